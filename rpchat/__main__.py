@@ -1,0 +1,3 @@
+from rpchat.cli import main
+
+raise SystemExit(main())

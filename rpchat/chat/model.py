@@ -1,0 +1,163 @@
+"""A chat: the greeting, then turns; each character turn carries swipes."""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+
+def now_stamp() -> str:
+    """A send date in the ISO form SillyTavern writes."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class Turn:
+    """One message. A character turn may hold several swipes; ``text`` is the selected one."""
+
+    is_user: bool
+    name: str
+    swipes: list[str]
+    swipe_id: int = 0
+    send_date: str = field(default_factory=now_stamp)
+    # SillyTavern's per-message ``extra``; rpchat keeps its own keys under ``extra["rpchat"]``.
+    extra: dict[str, Any] = field(default_factory=dict)
+    # SillyTavern's per-swipe info, kept verbatim (one dict per swipe when present).
+    swipe_info: list[Any] = field(default_factory=list)
+    # Keys of the message line rpchat does not know, written back as they came.
+    unknown: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        return self.swipes[self.swipe_id]
+
+    @property
+    def unfinished(self) -> bool:
+        """True when the selected swipe was cut off (a quit or crash during generation)."""
+        marks = self.extra.get("rpchat", {}).get("unfinished", [])
+        return isinstance(marks, list) and self.swipe_id in marks
+
+
+@dataclass
+class Chat:
+    """A conversation with one character. ``metadata`` is SillyTavern's ``chat_metadata``."""
+
+    user_name: str
+    character_name: str
+    turns: list[Turn] = field(default_factory=list)
+    create_date: str = field(default_factory=now_stamp)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    # Header keys rpchat does not know, written back as they came.
+    unknown: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.metadata.setdefault("integrity", str(uuid.uuid4()))
+
+    # --- rpchat's per-chat settings, stored in chat_metadata["rpchat"] -------------------------
+    @property
+    def settings(self) -> dict[str, Any]:
+        value = self.metadata.get("rpchat")
+        if not isinstance(value, dict):
+            value = {}
+            self.metadata["rpchat"] = value
+        return value
+
+    @property
+    def persona(self) -> str | None:
+        value = self.settings.get("persona")
+        return value if isinstance(value, str) else None
+
+    @persona.setter
+    def persona(self, name: str | None) -> None:
+        self.settings["persona"] = name
+
+    @property
+    def scenario(self) -> str | None:
+        """This chat's scenario, which overrides the card's; None when not set."""
+        value = self.settings.get("scenario")
+        return value if isinstance(value, str) else None
+
+    @scenario.setter
+    def scenario(self, text: str | None) -> None:
+        self.settings["scenario"] = text
+
+    @property
+    def length(self) -> str | None:
+        """The length modifier picked for the next reply; None for no modifier."""
+        value = self.settings.get("length")
+        return value if isinstance(value, str) else None
+
+    @length.setter
+    def length(self, value: str | None) -> None:
+        self.settings["length"] = value
+
+    # --- operations ----------------------------------------------------------------------------
+    @classmethod
+    def start(cls, character_name: str, user_name: str, greetings: list[str]) -> Chat:
+        """A new chat whose first turn is the greeting, with alternate greetings as its swipes."""
+        chat = cls(user_name=user_name, character_name=character_name)
+        if any(g.strip() for g in greetings):
+            chat.turns.append(Turn(is_user=False, name=character_name, swipes=list(greetings)))
+        return chat
+
+    def add(self, is_user: bool, text: str) -> Turn:
+        """Append a turn."""
+        turn = Turn(is_user=is_user, name=self.user_name if is_user else self.character_name, swipes=[text])
+        self.turns.append(turn)
+        return turn
+
+    def edit(self, index: int, text: str) -> None:
+        """Replace the selected swipe's text of any turn."""
+        turn = self.turns[index]
+        turn.swipes[turn.swipe_id] = text
+        self._clear_unfinished(turn)
+
+    def delete(self, index: int) -> Turn:
+        """Remove a turn."""
+        return self.turns.pop(index)
+
+    def select_swipe(self, index: int, swipe_id: int) -> None:
+        """Show another swipe of a character turn (clamped to the swipes there are)."""
+        turn = self.turns[index]
+        turn.swipe_id = max(0, min(swipe_id, len(turn.swipes) - 1))
+
+    def add_swipe(self, index: int, text: str) -> int:
+        """Add a swipe to a character turn, select it and return its id."""
+        turn = self.turns[index]
+        turn.swipes.append(text)
+        turn.swipe_id = len(turn.swipes) - 1
+        return turn.swipe_id
+
+    def mark_unfinished(self, index: int, unfinished: bool = True) -> None:
+        """Flag (or clear) the selected swipe of a turn as cut off mid-generation."""
+        turn = self.turns[index]
+        if unfinished:
+            marks = turn.extra.setdefault("rpchat", {}).setdefault("unfinished", [])
+            if turn.swipe_id not in marks:
+                marks.append(turn.swipe_id)
+        else:
+            self._clear_unfinished(turn)
+
+    @staticmethod
+    def _clear_unfinished(turn: Turn) -> None:
+        marks = turn.extra.get("rpchat", {}).get("unfinished")
+        if isinstance(marks, list) and turn.swipe_id in marks:
+            marks.remove(turn.swipe_id)
+
+    def branch(self, upto: int) -> Chat:
+        """A new chat holding a copy of turns ``0..upto`` (inclusive), linked to this one."""
+        meta = copy.deepcopy(self.metadata)
+        meta["integrity"] = str(uuid.uuid4())
+        meta.setdefault("rpchat", {})["parent"] = {
+            "integrity": self.metadata.get("integrity"),
+            "turn": upto,
+        }
+        return Chat(
+            user_name=self.user_name,
+            character_name=self.character_name,
+            turns=copy.deepcopy(self.turns[: upto + 1]),
+            metadata=meta,
+        )

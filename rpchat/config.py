@@ -1,0 +1,103 @@
+"""The user's settings: one typed schema, stored as YAML in the config dir.
+
+Each field's comment is its documentation; `rpchat config` and the settings screen show them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from rpchat.atomic import write_atomic
+from rpchat.errors import ConfigError
+from rpchat.paths import Paths
+from rpchat.yamlfile import dump_yaml, load_yaml
+
+
+@dataclass
+class EngineConfig:
+    """Which model runs, and how."""
+
+    kind: str = "local"  # "local" (llama.cpp in-process) or "remote" (a server URL)
+    model: str | None = None  # path to a GGUF file; None uses the bundled demo model
+    models_dir: str | None = None  # folder the model picker scans; default: <data dir>/models
+    n_ctx: int = 4096  # context size in tokens (rounded to a multiple of 256)
+    n_threads: int | None = None  # CPU threads; None picks the physical core count
+    n_batch: int = 512  # prompt evaluation batch size
+    n_gpu_layers: int | None = None  # layers to offload; None = all when the build can offload
+    flash_attn: bool = False  # flash attention (faster on GPUs)
+    kv_type: str = "f16"  # KV cache type: f16, q8_0 or q4_0
+    lora: str | None = None  # optional LoRA adapter GGUF applied on the model
+    remote_url: str | None = None  # e.g. http://127.0.0.1:8080 for llama-server
+    remote_api: str = "auto"  # auto, llama.cpp, openai or koboldcpp
+    api_key: str | None = None  # sent as "Authorization: Bearer <key>" to remote servers
+
+
+@dataclass
+class Config:
+    """Everything a user can set."""
+
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    format: str = "limarp-v3"  # prompt format name (see `rpchat formats`)
+    preset: str = "ashhlimarp"  # sampler preset name
+    theme: str = "rpchat-dark"  # TUI theme name
+    default_length: str | None = "medium"  # length modifier for new chats; None = model decides
+    max_new_tokens: int = 400  # reply budget in tokens
+    keys: dict[str, str] = field(default_factory=dict)  # binding id -> key, e.g. {regenerate: ctrl+r}
+
+
+def _from_dict(cls: type, data: Any, source: Path, prefix: str = "") -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'top level'} must be a mapping", source)
+    hints = get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        kind = hints[f.name]
+        where = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(kind):
+            values[f.name] = _from_dict(kind, value, source, where + ".")
+            continue
+        values[f.name] = _check_type(value, kind, where, source)
+    return cls(**values)
+
+
+def _check_type(value: Any, kind: Any, where: str, source: Path) -> Any:
+    text = str(kind)
+    if value is None:
+        if "None" in text:
+            return None
+        raise ConfigError(f"{where} must not be empty", source)
+    if kind is bool or text.startswith("bool"):
+        if isinstance(value, bool):
+            return value
+    elif "int" in text and "str" not in text:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif "dict" in text:
+        if isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            return dict(value)
+    elif "str" in text:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise ConfigError(f"{where} has the wrong type ({type(value).__name__}, expected {text})", source)
+
+
+def load_config(paths: Paths) -> Config:
+    """The saved config, or the defaults when there is none yet."""
+    path = paths.config_file
+    if not path.exists():
+        return Config()
+    data = load_yaml(path)
+    if data is None:
+        return Config()
+    return _from_dict(Config, data, path)
+
+
+def save_config(paths: Paths, config: Config) -> None:
+    """Write the config atomically."""
+    write_atomic(paths.config_file, dump_yaml(dataclasses.asdict(config)))

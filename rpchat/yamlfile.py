@@ -1,0 +1,51 @@
+"""Reading user-editable YAML safely: size-capped, no Python tags, no alias bombs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rpchat.errors import ConfigError
+
+MAX_YAML_BYTES = 2 * 1024 * 1024
+
+
+def parse_yaml(text: str, source: str | Path) -> Any:
+    """Parse YAML text with the safe loader; aliases are refused (they enable 'billion laughs')."""
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent):
+                raise ConfigError("YAML aliases (*name) are not allowed", source)
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"invalid YAML{where}: {problem}", source) from None
+    except RecursionError:
+        raise ConfigError("invalid YAML: nested too deeply", source) from None
+
+
+def load_yaml(path: Path, max_bytes: int = MAX_YAML_BYTES) -> Any:
+    """Read and parse a YAML file, with a clear error for a missing, huge or non-UTF-8 file."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(max_bytes + 1)
+    except FileNotFoundError:
+        raise ConfigError("file not found", path) from None
+    except OSError as e:
+        raise ConfigError(f"cannot read: {e.strerror or e}", path) from None
+    if len(raw) > max_bytes:
+        raise ConfigError(f"file is larger than {max_bytes // 1024} KiB", path)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"not UTF-8 text (byte {e.start})", path) from None
+    return parse_yaml(text, path)
+
+
+def dump_yaml(data: Any) -> bytes:
+    """Serialize plain data as readable block YAML."""
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100).encode("utf-8")
