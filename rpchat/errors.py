@@ -11,12 +11,19 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def _one_line(text: str) -> str:
+    # Names and problems may quote hostile input (a file name with a newline or ESC): keep one inert line.
+    from rpchat.text import strip_controls
+
+    return " ".join(strip_controls(text.replace("\n", " ").replace("\r", " ")).split())
+
+
 class RpchatError(Exception):
     """A user-facing error: one line, naming the file (or URL) and the problem."""
 
     def __init__(self, problem: str, source: str | Path | None = None) -> None:
-        self.problem = " ".join(str(problem).split())
-        self.source = str(source) if source is not None else None
+        self.problem = _one_line(str(problem))
+        self.source = _one_line(str(source)) if source is not None else None
         super().__init__(f"{self.source}: {self.problem}" if self.source else self.problem)
 
 

@@ -42,6 +42,11 @@ class Card:
     unknown: dict[str, Any] = field(default_factory=dict)
     # The avatar as PNG (or other image) bytes; None when the card has no image.
     avatar: bytes | None = None
+    # Keys found next to ``spec``/``data`` at the top level (SillyTavern's ``chat``, ``create_date``,
+    # ``fav``...), written back as they came.
+    outer: dict[str, Any] = field(default_factory=dict)
+    # Other files of a CharX archive (path inside the zip -> bytes), written back to the archive.
+    embedded: dict[str, bytes] = field(default_factory=dict)
     # The spec the card was read from: "chara_card_v1", "chara_card_v2" or "chara_card_v3".
     spec: str = "chara_card_v2"
 

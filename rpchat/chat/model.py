@@ -29,10 +29,18 @@ class Turn:
     swipe_info: list[Any] = field(default_factory=list)
     # Keys of the message line rpchat does not know, written back as they came.
     unknown: dict[str, Any] = field(default_factory=dict)
+    # Whether the loaded line had a ``swipes`` key (None for turns rpchat made), so a re-save
+    # writes the line back the way it came.
+    had_swipes: bool | None = field(default=None, compare=False, repr=False)
 
     @property
     def text(self) -> str:
         return self.swipes[self.swipe_id]
+
+    @property
+    def is_system(self) -> bool:
+        """True for SillyTavern's hidden/system messages, which stay out of the prompt."""
+        return self.unknown.get("is_system") is True
 
     @property
     def unfinished(self) -> bool:
@@ -52,6 +60,8 @@ class Chat:
     metadata: dict[str, Any] = field(default_factory=dict)
     # Header keys rpchat does not know, written back as they came.
     unknown: dict[str, Any] = field(default_factory=dict)
+    # What loading had to repair (a torn last line); shown to the user, never saved.
+    warnings: list[str] = field(default_factory=list, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         self.metadata.setdefault("integrity", str(uuid.uuid4()))

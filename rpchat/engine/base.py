@@ -38,6 +38,10 @@ class Sampling:
     mirostat_eta: float = 0.1
     seed: int | None = None
     max_tokens: int = 300
+    # added by the sampler helper: dynamic temperature (temp +/- range) and sampler order
+    dynatemp_range: float = 0.0
+    dynatemp_exponent: float = 1.0
+    temperature_last: bool = True
 
 
 @dataclass

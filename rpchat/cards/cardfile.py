@@ -1,0 +1,98 @@
+"""Card files on disk: read any format (told apart by content), write one chosen by the extension."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from rpchat.atomic import write_atomic
+from rpchat.cards import charx, jsoncard, png
+from rpchat.cards.model import Card
+from rpchat.errors import CardError
+
+# No real card comes near this; the cap keeps a hostile file from filling memory.
+FILE_CAP = 64 * 1024 * 1024
+EXTENSIONS = (".png", ".json", ".charx")
+
+
+def read_capped(path: Path, cap: int = FILE_CAP) -> bytes:
+    """The bytes of ``path``, refusing files over ``cap`` with a `CardError`."""
+    try:
+        # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        with open(fd, "rb") as f:
+            info = os.fstat(f.fileno())
+            # A FIFO or device would block or never end; a card is always a plain file.
+            if not stat.S_ISREG(info.st_mode):
+                raise CardError("not a regular file", path)
+            if info.st_size > cap:
+                raise CardError(f"file is larger than {cap // 2**20} MiB", path)
+            data = f.read(cap + 1)
+    except FileNotFoundError:
+        raise CardError("no such file", path) from None
+    except IsADirectoryError:
+        raise CardError("is a folder, not a card file", path) from None
+    except OSError as e:
+        raise CardError(f"cannot read: {e.strerror or type(e).__name__}", path) from None
+    if len(data) > cap:
+        raise CardError(f"file is larger than {cap // 2**20} MiB", path)
+    return data
+
+
+def card_format(raw: bytes) -> str | None:
+    """``"png"``, ``"charx"`` or ``"json"`` judged from the bytes, or None when it is none of them."""
+    if png.is_png(raw):
+        return "png"
+    if charx.is_zip(raw):
+        return "charx"
+    head = raw[:64].lstrip(b"\xef\xbb\xbf \t\r\n")
+    if head.startswith(b"{"):
+        return "json"
+    return None
+
+
+def load_card(path: Path) -> Card:
+    """Load a PNG, JSON or CharX card, whatever its extension says; raises `CardError`."""
+    path = Path(path)
+    raw = read_capped(path)
+    kind = card_format(raw)
+    if kind == "png":
+        return png.read_png_card(raw, path)
+    if kind == "charx":
+        return charx.read_charx_card(raw, path)
+    suffix = path.suffix.lower()
+    if kind == "json" or suffix == ".json":
+        # A .json file that is not an object still gets the JSON parser's precise message.
+        return jsoncard.card_from_dict(jsoncard.parse_json_bytes(raw, path), path)
+    if suffix == ".png":
+        raise CardError("not a PNG file", path)
+    if suffix == ".charx":
+        raise CardError("not a CharX (zip) file", path)
+    raise CardError("not a character card (expected PNG, JSON or CharX)", path)
+
+
+def card_bytes(card: Card, suffix: str, source: str | Path | None = None) -> bytes:
+    """The card encoded for a file extension (``.png``, ``.json``, ``.charx``)."""
+    where = source if source is not None else card.name
+    suffix = suffix.lower()
+    if suffix == ".png":
+        return png.write_png_card(card, where)
+    if suffix == ".charx":
+        return charx.write_charx_card(card, where)
+    if suffix == ".json":
+        spec = card.spec if card.spec in jsoncard.SPEC_VERSIONS else jsoncard.V2
+        return jsoncard.dump_json(jsoncard.card_to_dict(card, spec, hybrid=True), where, indent=4) + b"\n"
+    raise CardError(
+        f"cannot save a card as {suffix or 'a file without extension'!r} (use .png, .json or .charx)", where
+    )
+
+
+def save_card(card: Card, path: Path) -> None:
+    """Write the card atomically in the format its extension names; raises `CardError`."""
+    path = Path(path)
+    data = card_bytes(card, path.suffix, path)
+    try:
+        write_atomic(path, data)
+    except OSError as e:
+        raise CardError(f"cannot write: {e.strerror or type(e).__name__}", path) from None

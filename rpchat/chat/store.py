@@ -1,0 +1,470 @@
+"""Chat files in SillyTavern's JSONL format: a header line, then one message per line.
+
+Reading is strict (a bad file raises ChatError naming it) except for a torn last line, which a
+tool appending in place can leave behind: the lines before it load and ``Chat.warnings`` says so.
+Writing is always a whole-file atomic rewrite. ``ChatStore`` also remembers what it loaded, so a
+file changed meanwhile by another program is never silently overwritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from rpchat.atomic import clean_stale_temps, write_atomic
+from rpchat.chat.model import Chat, Turn
+from rpchat.errors import ChatError
+
+# A months-long chat with many swipes stays far below these; they only stop hostile files.
+MAX_CHAT_BYTES = 128 * 1024 * 1024
+MAX_LINE_BYTES = 32 * 1024 * 1024
+
+_HEADER_KEYS = ("user_name", "character_name", "create_date", "chat_metadata")
+_MESSAGE_KEYS = ("name", "is_user", "send_date", "mes", "extra", "swipes", "swipe_id", "swipe_info")
+
+
+class ChatConflictError(ChatError):
+    """The file changed on disk since it was opened; ``conflict_path`` holds the unsaved version."""
+
+    def __init__(self, problem: str, source: str | Path | None, conflict_path: Path) -> None:
+        super().__init__(problem, source)
+        self.conflict_path = conflict_path
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+
+def _reject_constant(name: str) -> Any:
+    # NaN/Infinity are not JSON; SillyTavern's JSON.parse would reject the file we wrote back.
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"number {text[:20]} is out of range")  # 1e400 could never be saved back
+    return value
+
+
+def _parse_line(raw: bytes) -> Any:
+    text = raw.decode("utf-8")
+    return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+
+
+def _date(value: Any, what: str) -> str:
+    """A send/create date as text; SillyTavern imports may hold epoch milliseconds."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            when = datetime.fromtimestamp(value / 1000, tz=timezone.utc)
+        except (OverflowError, OSError, ValueError):
+            raise ValueError(f"{what} is out of range") from None
+        return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    raise ValueError(f"{what} must be text, not {type(value).__name__}")
+
+
+def _header(obj: Any) -> Chat:
+    if not isinstance(obj, dict) or "mes" in obj or not any(k in obj for k in _HEADER_KEYS):
+        raise ValueError("missing header line (user_name, character_name, chat_metadata)")
+    names = {}
+    for key in ("user_name", "character_name"):
+        value = obj.get(key, "")
+        if not isinstance(value, str):
+            raise TypeError(f"header {key} must be text, not {type(value).__name__}")
+        names[key] = value
+    meta = obj.get("chat_metadata", {})
+    if not isinstance(meta, dict):
+        raise TypeError(f"header chat_metadata must be an object, not {type(meta).__name__}")
+    create = _date(obj["create_date"], "header create_date") if "create_date" in obj else ""
+    unknown = {k: v for k, v in obj.items() if k not in _HEADER_KEYS}
+    return Chat(
+        user_name=names["user_name"],
+        character_name=names["character_name"],
+        create_date=create,
+        metadata=meta,
+        unknown=unknown,
+    )
+
+
+def _turn(obj: Any, chat: Chat) -> Turn:
+    if not isinstance(obj, dict):
+        raise TypeError(f"a message must be an object, not {type(obj).__name__}")
+    is_user = obj.get("is_user")
+    if not isinstance(is_user, bool):
+        raise TypeError("is_user must be true or false")
+    name = obj.get("name", chat.user_name if is_user else chat.character_name)
+    if not isinstance(name, str):
+        raise TypeError(f"name must be text, not {type(name).__name__}")
+    mes = obj.get("mes", "")
+    if mes is None:
+        mes = ""
+    if not isinstance(mes, str):
+        raise TypeError(f"mes must be text, not {type(mes).__name__}")
+    extra = obj.get("extra", {})
+    if not isinstance(extra, dict):
+        raise TypeError(f"extra must be an object, not {type(extra).__name__}")
+    swipe_info = obj.get("swipe_info", [])
+    if not isinstance(swipe_info, list):
+        raise TypeError(f"swipe_info must be a list, not {type(swipe_info).__name__}")
+    send_date = _date(obj["send_date"], "send_date") if "send_date" in obj else ""
+    unknown = {k: v for k, v in obj.items() if k not in _MESSAGE_KEYS}
+
+    swipes_raw = obj.get("swipes")
+    if swipes_raw is None:
+        swipes, swipe_id = [mes], 0
+        if "swipe_id" in obj:
+            # A swipe_id without swipes means nothing to rpchat; keep it as it came.
+            unknown["swipe_id"] = obj["swipe_id"]
+    else:
+        if not isinstance(swipes_raw, list) or not all(isinstance(s, str) for s in swipes_raw):
+            raise ValueError("swipes must be a list of text")
+        swipe_id = obj.get("swipe_id", 0)
+        if not isinstance(swipe_id, int) or isinstance(swipe_id, bool):
+            raise ValueError(f"swipe_id must be a whole number, not {type(swipe_id).__name__}")
+        swipes = list(swipes_raw) or [mes]
+        if not 0 <= swipe_id < len(swipes):
+            # SillyTavern shows ``mes``; point at it rather than lose it.
+            if mes in swipes:
+                swipe_id = swipes.index(mes)
+            else:
+                swipes.append(mes)
+                swipe_id = len(swipes) - 1
+        # ``mes`` is what SillyTavern shows and edits, so it wins over a stale swipe.
+        swipes[swipe_id] = mes
+    return Turn(
+        is_user=is_user,
+        name=name,
+        swipes=swipes,
+        swipe_id=swipe_id,
+        send_date=send_date,
+        extra=extra,
+        swipe_info=swipe_info,
+        unknown=unknown,
+        had_swipes=swipes_raw is not None,
+    )
+
+
+def parse_chat(data: bytes, source: str | Path) -> Chat:
+    """Parse the bytes of a chat file; ChatError names ``source`` and the first problem."""
+    if len(data) > MAX_CHAT_BYTES:
+        raise ChatError(f"file is larger than {MAX_CHAT_BYTES // (1024 * 1024)} MiB", source)
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    # Split on \n only: U+2028 and friends may sit inside JSON strings.
+    lines = [(n, line.rstrip(b"\r")) for n, line in enumerate(data.split(b"\n"), 1)]
+    lines = [(n, line) for n, line in lines if line.strip()]
+    if not lines:
+        raise ChatError("empty file, no header line", source)
+    warnings: list[str] = []
+    objs: list[tuple[int, Any]] = []
+    for i, (n, raw) in enumerate(lines):
+        if len(raw) > MAX_LINE_BYTES:
+            raise ChatError(f"line {n} is longer than {MAX_LINE_BYTES // (1024 * 1024)} MiB", source)
+        try:
+            objs.append((n, _parse_line(raw)))
+        except UnicodeDecodeError:
+            raise ChatError(f"line {n} is not UTF-8 text", source) from None
+        except (ValueError, RecursionError) as exc:
+            if i == len(lines) - 1 and i > 0:
+                # A crash mid-append tears only the last line; what came before is intact.
+                warnings.append(f"line {n} was torn (cut off mid-write) and was left out")
+                break
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else "not valid JSON"
+            raise ChatError(f"line {n} is {reason}", source) from None
+    try:
+        chat = _header(objs[0][1])
+    except (ValueError, TypeError) as exc:
+        raise ChatError(f"line {objs[0][0]}: {exc}", source) from None
+    for n, obj in objs[1:]:
+        try:
+            chat.turns.append(_turn(obj, chat))
+        except (ValueError, TypeError) as exc:
+            raise ChatError(f"line {n}: {exc}", source) from None
+    chat.warnings = warnings
+    return chat
+
+
+def load_chat(path: Path) -> Chat:
+    """Read a SillyTavern-format chat file; ChatError on anything but a loadable chat."""
+    path = Path(path)
+    return parse_chat(_read(path), path)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        mode = path.stat().st_mode
+        if stat.S_ISDIR(mode):
+            raise ChatError("is a folder, not a chat file", path)
+        if not stat.S_ISREG(mode):
+            raise ChatError("is not a regular file", path)  # a FIFO or device would hang or never end
+        with path.open("rb") as f:
+            return f.read(MAX_CHAT_BYTES + 1)
+    except FileNotFoundError:
+        raise ChatError("no such chat file", path) from None
+    except OSError as exc:
+        raise ChatError(f"cannot read: {exc.strerror or exc}", path) from None
+
+
+# --- writing -------------------------------------------------------------------------------------
+
+
+def _line(obj: dict[str, Any]) -> str:
+    # Compact like JSON.stringify; raw UTF-8 where possible, escapes for lone surrogates.
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(obj, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+    return text
+
+
+def _turn_obj(turn: Turn) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "name": turn.name,
+        "is_user": turn.is_user,
+        "send_date": turn.send_date,
+        "mes": turn.text,
+        "extra": turn.extra,
+    }
+    # SillyTavern gives character messages swipes and user messages none; a loaded line keeps
+    # the shape it came in unless it has gained swipes since.
+    with_swipes = turn.had_swipes if turn.had_swipes is not None else not turn.is_user
+    if with_swipes or len(turn.swipes) > 1 or turn.swipe_id != 0:
+        obj["swipes"] = turn.swipes
+        obj["swipe_id"] = turn.swipe_id
+        obj["swipe_info"] = turn.swipe_info
+    elif turn.swipe_info:
+        obj["swipe_info"] = turn.swipe_info
+    for key, value in turn.unknown.items():
+        obj.setdefault(key, value)
+    return obj
+
+
+def dump_chat(chat: Chat) -> bytes:
+    """The chat as SillyTavern JSONL bytes (lines joined by \\n, as SillyTavern writes them)."""
+    header: dict[str, Any] = {
+        "user_name": chat.user_name,
+        "character_name": chat.character_name,
+        "create_date": chat.create_date,
+        "chat_metadata": chat.metadata,
+    }
+    for key, value in chat.unknown.items():
+        header.setdefault(key, value)
+    try:
+        lines = [_line(header)] + [_line(_turn_obj(t)) for t in chat.turns]
+    except (TypeError, ValueError, RecursionError, IndexError) as exc:
+        raise ChatError(f"cannot be written: {exc}", chat.character_name or "chat") from None
+    return "\n".join(lines).encode("utf-8")
+
+
+def save_chat(chat: Chat, path: Path) -> None:
+    """Write the chat atomically (temp file, fsync, rename): a crash leaves old or new, never torn."""
+    path = Path(path)
+    data = dump_chat(chat)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _folder_lock(path.parent):
+        _write(data, path)
+
+
+def _write(data: bytes, path: Path) -> None:
+    try:
+        write_atomic(path, data)
+    except OSError as exc:
+        raise ChatError(f"cannot write: {exc.strerror or exc}", path) from None
+
+
+def aside_path(path: Path, tag: str) -> Path:
+    """A free name next to ``path`` like ``name.TAG-20240501T123000.jsonl``."""
+    stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
+    candidate = path.with_name(f"{path.stem}.{tag}-{stamp}.jsonl")
+    n = 2
+    while candidate.exists():
+        candidate = path.with_name(f"{path.stem}.{tag}-{stamp}-{n}.jsonl")
+        n += 1
+    return candidate
+
+
+def save_conflict_copy(chat: Chat, path: Path) -> Path:
+    """Save ``chat`` beside ``path`` as ``name.conflict-<time>.jsonl`` and return that path."""
+    target = aside_path(Path(path), "conflict")
+    save_chat(chat, target)
+    return target
+
+
+def keep_aside(path: Path, tag: str = "corrupt", move: bool = True) -> Path:
+    """Move (or copy) a bad chat file to ``name.corrupt-<time>.jsonl`` so nothing overwrites it."""
+    target = aside_path(Path(path), tag)
+    try:
+        if move:
+            os.replace(path, target)
+        else:
+            shutil.copy2(path, target)
+    except OSError as exc:
+        raise ChatError(f"cannot keep the file aside: {exc.strerror or exc}", path) from None
+    return target
+
+
+# --- the store: one chat file and what was last seen of it ---------------------------------------
+
+
+@dataclass(frozen=True)
+class _Fingerprint:
+    size: int
+    sha256: str
+
+
+def _fingerprint(path: Path, data: bytes | None = None) -> _Fingerprint | None:
+    try:
+        if data is None:
+            with path.open("rb") as f:
+                data = f.read(MAX_CHAT_BYTES + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ChatError(f"cannot read: {exc.strerror or exc}", path) from None
+    return _Fingerprint(len(data), hashlib.sha256(data).hexdigest())
+
+
+@contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """An advisory lock on the chat's folder, so rpchat processes check-and-write in turn."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: the content check alone still catches most conflicts.
+        yield
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass  # a file system without locks: carry on with the content check alone
+        yield
+    finally:
+        os.close(fd)  # closing drops the flock
+
+
+class ChatStore:
+    """One chat file. Saves refuse to overwrite changes another program made since ``open``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._seen: _Fingerprint | None = None
+        self._conflict_path: Path | None = None
+
+    def open(self) -> Chat:
+        """Load the file. A corrupt file is moved aside (never overwritten) and ChatError raised.
+
+        A torn last line is recovered: the original is copied aside first and ``chat.warnings``
+        says what happened.
+        """
+        if self.path.parent.is_dir():
+            # Under the lock: a temp file is only stale when no rpchat writer holds the folder.
+            with _folder_lock(self.path.parent):
+                clean_stale_temps(self.path.parent)
+        data = _read(self.path)  # a missing or unreadable file is reported, not moved
+        try:
+            chat = parse_chat(data, self.path)
+        except ChatError as exc:
+            kept = keep_aside(self.path, "corrupt", move=True)
+            raise ChatError(f"{exc.problem}; the file was kept aside as {kept.name}", self.path) from None
+        if chat.warnings:
+            kept = keep_aside(self.path, "corrupt", move=False)
+            chat.warnings.append(f"the original file was kept as {kept.name}")
+        self._seen = _fingerprint(self.path, data)
+        return chat
+
+    def reload(self) -> Chat:
+        """Load the file again, accepting whatever is on disk now as the new baseline."""
+        return self.open()
+
+    def changed_on_disk(self) -> bool:
+        """True when the file's content differs from what this store last loaded or saved."""
+        now = _fingerprint(self.path)
+        if now is None:
+            return False  # deleted or renamed: writing it again loses nothing
+        if self._seen is None:
+            return True  # a file appeared where this store expected none
+        # Compare content, not stat: inodes get reused and mtimes are coarse.
+        return now.sha256 != self._seen.sha256
+
+    def save(self, chat: Chat, force: bool = False) -> None:
+        """Write the chat atomically. If the file changed since it was opened, save this version
+        as a conflict copy and raise ChatConflictError, unless ``force``."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with _folder_lock(self.path.parent):
+            if not force and self.changed_on_disk():
+                target = self._conflict_path
+                if target is None or not target.exists():
+                    target = aside_path(self.path, "conflict")
+                _write(dump_chat(chat), target)  # the lock is held already; flock does not nest
+                self._conflict_path = target
+                raise ChatConflictError(
+                    "changed by another program since it was opened; your version was saved as "
+                    f"{target.name}; reload the chat to continue",
+                    self.path,
+                    target,
+                )
+            data = dump_chat(chat)
+            _write(data, self.path)
+            self._seen = _fingerprint(self.path, data)
+
+
+# --- SillyTavern import and export ---------------------------------------------------------------
+
+
+def import_st_chat(src: Path, dest_dir: Path) -> Path:
+    """Validate a SillyTavern chat and copy it into ``dest_dir/<character>/``; returns the new path."""
+    from rpchat.chat.library import safe_name, unique_path
+
+    src = Path(src)
+    chat = load_chat(src)
+    folder = Path(dest_dir) / safe_name(chat.character_name or src.parent.name)
+    target = unique_path(folder / f"{safe_name(src.stem)}.jsonl")
+    ChatStore(target).save(chat)
+    return target
+
+
+def export_st_chat(chat: Chat, dest: Path) -> None:
+    """Write a plain SillyTavern chat file (without rpchat's own keys) to ``dest``."""
+    dest = Path(dest)
+    if dest.is_dir():
+        from rpchat.chat.library import new_chat_path
+
+        dest = new_chat_path(chat.character_name, folder=dest)
+    pure = Chat(
+        user_name=chat.user_name,
+        character_name=chat.character_name,
+        create_date=chat.create_date,
+        metadata={k: v for k, v in chat.metadata.items() if k != "rpchat"},
+        unknown=chat.unknown,
+    )
+    for turn in chat.turns:
+        pure.turns.append(
+            Turn(
+                is_user=turn.is_user,
+                name=turn.name,
+                swipes=turn.swipes,
+                swipe_id=turn.swipe_id,
+                send_date=turn.send_date,
+                extra={k: v for k, v in turn.extra.items() if k != "rpchat"},
+                swipe_info=turn.swipe_info,
+                unknown=turn.unknown,
+                had_swipes=turn.had_swipes,
+            )
+        )
+    save_chat(pure, dest)

@@ -1,0 +1,388 @@
+"""Sampler presets: named `Sampling` settings stored as YAML files users can copy and edit.
+
+Shipped presets live in ``rpchat/engine/presets/*.yaml``; a file of the same name in the user's
+``presets`` folder overrides one. A preset file looks like::
+
+    description: What it is for and where the numbers come from.
+    sampling:
+      temperature: 0.7
+      tfs_z: 0.9
+
+Fields left out keep the neutral `Sampling` defaults. SillyTavern text-generation presets (JSON)
+can be imported with `import_st_textgen`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rpchat.atomic import write_atomic
+from rpchat.engine.base import Sampling
+from rpchat.errors import ConfigError
+from rpchat.paths import profile
+from rpchat.yamlfile import dump_yaml, load_yaml
+
+SHIPPED_DIR = Path(__file__).resolve().parent / "presets"
+MAX_ST_PRESET_BYTES = 1024 * 1024
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+SAMPLER_HELP: dict[str, str] = {
+    "temperature": "Scales randomness: below 1 sharper and safer, above 1 wilder; 0 always picks the top token.",
+    "top_k": "Keep only the K most likely tokens; 0 turns it off.",
+    "top_p": "Keep the smallest set of tokens whose probabilities add up to P (nucleus); 1 turns it off.",
+    "min_p": "Drop tokens less likely than min-p times the top token's probability; 0 turns it off.",
+    "typical_p": "Locally typical sampling: keep tokens close to the expected surprise; 1 turns it off.",
+    "tfs_z": "Tail-free sampling: cut the flat tail of the sorted distribution; 0.85-0.95 is usual, 1 is off.",
+    "repeat_penalty": "Make tokens seen in the last N tokens of the chat less likely; 1 turns it off.",
+    "repeat_last_n": "How many tokens of chat history (prompt and reply) the repetition penalty looks at; "
+    "-1 means the whole context.",
+    "presence_penalty": "Subtract this from every token already present in the penalty window; 0 is off.",
+    "frequency_penalty": "Subtract this per occurrence of a token in the penalty window; 0 is off.",
+    "dry_multiplier": "DRY: penalize continuing a sequence that already appeared; 0 turns it off, 0.8 is common.",
+    "dry_base": "DRY: how fast the penalty grows with the length of the repeated sequence.",
+    "dry_allowed_length": "DRY: repeated sequences up to this many tokens are not penalized.",
+    "dry_penalty_last_n": "DRY: how many tokens of history to scan; -1 means the whole context.",
+    "dry_sequence_breakers": "DRY: strings that end a repeated sequence (newline, colon, quotes, asterisk).",
+    "xtc_probability": "XTC: chance per token to exclude the top choices, for more varied prose; 0 is off.",
+    "xtc_threshold": "XTC: tokens above this probability count as top choices (all but the least are dropped).",
+    "mirostat": "Mirostat: 1 or 2 replaces the other truncation samplers and steers perplexity; 0 is off.",
+    "mirostat_tau": "Mirostat: target surprise (entropy); lower is more focused.",
+    "mirostat_eta": "Mirostat: learning rate of the steering.",
+    "seed": "Random seed; empty picks a new one per reply, a number makes replies repeatable.",
+    "max_tokens": "The most tokens one reply may have.",
+    "dynatemp_range": "Dynamic temperature: vary temperature by up to this much with the model's certainty; 0 is off.",
+    "dynatemp_exponent": "Dynamic temperature: curve of the variation.",
+    "temperature_last": "Apply temperature after the truncation samplers (llama.cpp and SillyTavern default).",
+}
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Sampling)}
+_DEFAULTS = Sampling()
+
+
+@dataclass(frozen=True)
+class SamplerPreset:
+    """A named set of sampler settings and where it came from."""
+
+    name: str
+    description: str
+    sampling: Sampling
+    source: str  # the file it was read from ("" for one made in code)
+    unmapped: tuple[str, ...] = ()  # imported keys rpchat could not apply, as "key=value"
+
+
+def _bad(where: str, what: str, source: str | Path) -> ConfigError:
+    return ConfigError(f"sampling.{where} {what}", source)
+
+
+def _number(key: str, value: Any, source: str | Path, *, integer: bool) -> float | int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _bad(key, f"must be a number, not {type(value).__name__}", source)
+    if integer:
+        if isinstance(value, float) and not value.is_integer():
+            raise _bad(key, "must be a whole number", source)
+        return int(value)
+    if not math.isfinite(value):
+        raise _bad(key, "must be a finite number", source)
+    return float(value)
+
+
+# (low, high) inclusive bounds; None = unbounded
+_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "temperature": (0, 10),
+    "top_k": (0, None),
+    "top_p": (0, 1),
+    "min_p": (0, 1),
+    "typical_p": (0, 1),
+    "tfs_z": (0, 1),
+    "repeat_penalty": (0.01, 10),
+    "repeat_last_n": (-1, None),
+    "presence_penalty": (-10, 10),
+    "frequency_penalty": (-10, 10),
+    "dry_multiplier": (0, 100),
+    "dry_base": (1, 100),
+    "dry_allowed_length": (0, None),
+    "dry_penalty_last_n": (-1, None),
+    "xtc_probability": (0, 1),
+    "xtc_threshold": (0, 1),
+    "mirostat": (0, 2),
+    "mirostat_tau": (0, 100),
+    "mirostat_eta": (0, 10),
+    "seed": (0, 2**32 - 2),  # 2**32-1 is llama.cpp's "random" marker
+    "max_tokens": (1, None),
+    "dynatemp_range": (0, 10),
+    "dynatemp_exponent": (0.01, 100),
+}
+
+
+def sampling_from_dict(data: Any, source: str | Path) -> Sampling:
+    """Validate a mapping of `Sampling` fields (missing ones keep their defaults)."""
+    if data is None:
+        return Sampling()
+    if not isinstance(data, dict):
+        raise ConfigError("sampling must be a mapping of sampler settings", source)
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in _FIELDS:
+            raise ConfigError(f"unknown sampler setting {str(key)[:40]!r}", source)
+        default = getattr(_DEFAULTS, key)
+        if key == "seed" and value is None:
+            values[key] = None
+            continue
+        if key == "dry_sequence_breakers":
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+                raise _bad(key, "must be a list of non-empty strings", source)
+            values[key] = tuple(value)
+            continue
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise _bad(key, "must be true or false", source)
+            values[key] = value
+            continue
+        integer = key == "seed" or isinstance(default, int)
+        number = _number(key, value, source, integer=integer)
+        low, high = _RANGES.get(key, (None, None))
+        if (low is not None and number < low) or (high is not None and number > high):
+            span = f"{low if low is not None else '-inf'}..{high if high is not None else 'inf'}"
+            raise _bad(key, f"= {number} is outside {span}", source)
+        values[key] = number
+    return Sampling(**values)
+
+
+def sampling_to_dict(sampling: Sampling, *, only_changed: bool = True) -> dict[str, Any]:
+    """Plain data for YAML; by default only the fields that differ from the neutral defaults."""
+    out: dict[str, Any] = {}
+    for name in _FIELDS:
+        value = getattr(sampling, name)
+        if only_changed and value == getattr(_DEFAULTS, name):
+            continue
+        out[name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def preset_from_file(path: Path) -> SamplerPreset:
+    """Read one preset YAML file; a bad file raises ConfigError naming it."""
+    data = load_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError("a preset must be a mapping with 'description' and 'sampling'", path)
+    unknown = sorted(set(map(str, data)) - {"name", "description", "sampling"})
+    if unknown:
+        raise ConfigError(f"unknown key {unknown[0][:40]!r} (expected description, sampling)", path)
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        raise ConfigError("description must be text", path)
+    sampling = sampling_from_dict(data.get("sampling"), path)
+    return SamplerPreset(_name_of(path), " ".join(description.split()), sampling, str(path))
+
+
+def _name_of(path: Path) -> str:
+    return path.stem.lower()
+
+
+def _preset_files(user_dir: Path | None) -> dict[str, Path]:
+    files: dict[str, Path] = {}
+    folders = [SHIPPED_DIR, user_dir if user_dir is not None else profile().user_presets_dir]
+    for folder in folders:  # later folders override earlier ones by name
+        try:
+            found = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".yaml", ".yml"))
+        except OSError:
+            continue
+        for path in found:
+            if not path.name.startswith("."):
+                files[_name_of(path)] = path
+    return files
+
+
+def list_presets(
+    user_dir: Path | None = None, errors: list[ConfigError] | None = None
+) -> list[SamplerPreset]:
+    """All presets by name, user files overriding shipped ones; bad files are skipped into ``errors``."""
+    presets = []
+    for _, path in sorted(_preset_files(user_dir).items()):
+        try:
+            presets.append(preset_from_file(path))
+        except ConfigError as e:
+            if errors is not None:
+                errors.append(e)
+    return presets
+
+
+def load_preset(name: str, user_dir: Path | None = None) -> SamplerPreset:
+    """The preset called ``name`` (user folder first); ConfigError if unknown or invalid."""
+    files = _preset_files(user_dir)
+    path = files.get(name.strip().lower())
+    if path is None:
+        known = ", ".join(sorted(files)) or "none"
+        raise ConfigError(f"no sampler preset named {name[:60]!r} (known: {known})")
+    return preset_from_file(path)
+
+
+def save_preset(preset: SamplerPreset, folder: Path | None = None) -> Path:
+    """Write ``preset`` as ``<folder>/<name>.yaml`` (default: the user presets folder), atomically."""
+    name = preset.name.strip().lower()
+    if not _NAME.match(name):
+        raise ConfigError(f"preset name {preset.name[:60]!r} must be letters, digits, '.', '_' or '-'")
+    target = (folder if folder is not None else profile().user_presets_dir) / f"{name}.yaml"
+    data: dict[str, Any] = {"description": preset.description, "sampling": sampling_to_dict(preset.sampling)}
+    try:
+        write_atomic(target, dump_yaml(data))
+    except OSError as e:
+        raise ConfigError(f"cannot write preset: {e.strerror or e}", target) from None
+    return target
+
+
+# SillyTavern textgen key -> Sampling field (plain one-to-one copies)
+_ST_DIRECT = {
+    "temp": "temperature",
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "min_p": "min_p",
+    "typical_p": "typical_p",
+    "typical": "typical_p",
+    "tfs": "tfs_z",
+    "rep_pen": "repeat_penalty",
+    "presence_pen": "presence_penalty",
+    "freq_pen": "frequency_penalty",
+    "dry_multiplier": "dry_multiplier",
+    "dry_base": "dry_base",
+    "dry_allowed_length": "dry_allowed_length",
+    "xtc_threshold": "xtc_threshold",
+    "xtc_probability": "xtc_probability",
+    "mirostat_mode": "mirostat",
+    "mirostat_tau": "mirostat_tau",
+    "mirostat_eta": "mirostat_eta",
+    "dynatemp_exponent": "dynatemp_exponent",
+    "temperature_last": "temperature_last",
+}
+# keys handled by hand in import_st_textgen
+_ST_SPECIAL = {
+    "rep_pen_range",
+    "dry_penalty_last_n",
+    "dry_sequence_breakers",
+    "seed",
+    "dynatemp",
+    "min_temp",
+    "max_temp",
+    "do_sample",
+}
+# samplers rpchat lacks, at the value that makes them do nothing (then they are not worth a notice)
+_ST_NEUTRAL: dict[str, Any] = {
+    "top_a": 0,
+    "epsilon_cutoff": 0,
+    "eta_cutoff": 0,
+    "rep_pen_decay": 0,
+    "rep_pen_slope": 1,
+    "no_repeat_ngram_size": 0,
+    "penalty_alpha": 0,
+    "num_beams": 1,
+    "length_penalty": 1,
+    "min_length": 0,
+    "encoder_rep_pen": 1,
+    "skew": 0,
+    "smoothing_factor": 0,
+    "smoothing_curve": 1,
+    "guidance_scale": 1,
+    "negative_prompt": "",
+    "grammar_string": "",
+    "json_schema": {},
+    "banned_tokens": "",
+    "logit_bias": [],
+    "ban_eos_token": False,
+    "ignore_eos_token": False,
+    "speculative_ngram": False,
+    "nsigma": 0,
+    "top_n_sigma": 0,
+    "rep_pen_size": 0,
+    "early_stopping": False,
+    "dry_penalty_range": 0,
+    "max_tokens_second": 0,
+}
+# settings of the backend or the UI, not of sampling; rpchat uses a fixed sampler order
+_ST_IRRELEVANT = {
+    "add_bos_token",
+    "skip_special_tokens",
+    "spaces_between_special_tokens",
+    "streaming",
+    "sampler_priority",
+    "samplers",
+    "sampler_order",
+    "samplers_priorities",
+    "include_reasoning",
+    "json_schema_allow_empty",
+    "extensions",
+    "n",
+    "openrouter_allow_fallbacks",
+    "generic_model",
+    "legacy_api",
+    "type",
+    "server_urls",
+    "preset",
+}
+
+
+def import_st_textgen(path: Path) -> SamplerPreset:
+    """Convert a SillyTavern text-generation preset (JSON); ``unmapped`` lists what was dropped."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()[: MAX_ST_PRESET_BYTES + 1]
+    except OSError as e:
+        raise ConfigError(f"cannot read: {e.strerror or e}", path) from None
+    if len(raw) > MAX_ST_PRESET_BYTES:
+        raise ConfigError("file is too large for a sampler preset", path)
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ConfigError(f"not a JSON preset: {str(e).splitlines()[0][:80]}", path) from None
+    if not isinstance(data, dict):
+        raise ConfigError("not a SillyTavern textgen preset (expected a JSON object)", path)
+
+    values: dict[str, Any] = {}
+    for key, field_name in _ST_DIRECT.items():
+        if key in data and field_name not in values:
+            values[field_name] = data[key]
+    if "rep_pen_range" in data:
+        # SillyTavern (like text-generation-webui) reads a range of 0 as "the whole context"
+        values["repeat_last_n"] = data["rep_pen_range"] or -1
+    if "dry_penalty_last_n" in data:
+        values["dry_penalty_last_n"] = data["dry_penalty_last_n"] or -1
+    breakers = data.get("dry_sequence_breakers")
+    if isinstance(breakers, str):  # SillyTavern stores the list as a JSON string
+        try:
+            breakers = json.loads(breakers)
+        except ValueError:
+            raise ConfigError("dry_sequence_breakers is not a JSON list", path) from None
+    if breakers is not None:
+        values["dry_sequence_breakers"] = breakers
+    seed = data.get("seed")
+    if isinstance(seed, (int, float)) and not isinstance(seed, bool) and seed >= 0:
+        values["seed"] = seed
+    if data.get("dynatemp") is True:
+        # SillyTavern gives the span; llama.cpp wants a centre and a range
+        low, high = data.get("min_temp", 0), data.get("max_temp", 2)
+        if isinstance(low, (int, float)) and isinstance(high, (int, float)) and high >= low:
+            values["temperature"] = (low + high) / 2
+            values["dynatemp_range"] = (high - low) / 2
+    if data.get("do_sample") is False:
+        values["temperature"] = 0.0  # greedy
+    if values.get("mirostat") not in (None, 0, 1, 2):
+        values["mirostat"] = 2
+    sampling = sampling_from_dict(values, path)
+
+    unmapped = []
+    for key, value in data.items():
+        if key in _ST_DIRECT or key in _ST_SPECIAL or key in _ST_IRRELEVANT:
+            continue
+        if key in _ST_NEUTRAL and value == _ST_NEUTRAL[key]:
+            continue
+        unmapped.append(f"{key}={json.dumps(value)[:40]}")
+    name = re.sub(r"[^a-z0-9._-]+", "-", path.stem.lower()).strip("-.") or "imported"
+    description = f"Imported from the SillyTavern textgen preset {path.name}."
+    if unmapped:
+        description += f" Not applied: {', '.join(k.split('=')[0] for k in unmapped)}."
+    return SamplerPreset(name[:64], description, sampling, str(path), tuple(unmapped))

@@ -1,0 +1,414 @@
+"""The remote engine: streams replies from a llama.cpp, OpenAI-compatible or KoboldCpp server over HTTP.
+
+For users whose model does not fit their machine. ``RemoteEngine(url).load()`` detects the API
+(or takes the one the user names), reads the context size and model name, and `stream` sends one
+streaming request per reply. A reader thread pulls the SSE stream so cancel works between chunks
+and even while the server is still evaluating the prompt.
+
+Prompt text: llama-server gets token ids for user text whenever that text contains control-token
+text, so a typed ``</s>`` stays text. OpenAI-compatible servers and KoboldCpp only take text, which
+they tokenize with special tokens parsed (llama-cpp-python does); `EngineInfo.notice` says so.
+"""
+
+from __future__ import annotations
+
+import queue
+import socket
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from rpchat.engine.base import EngineInfo, ProgressCallback, Result, Sampling
+from rpchat.engine.remote_apis import API_CLASSES, KoboldApi, LlamaServerApi, OpenAIApi, estimate_tokens
+from rpchat.engine.remote_http import Chunk, Connection, ServerApi, describe_failure, status_problem
+from rpchat.errors import EngineError
+from rpchat.prompt.segments import Segment
+
+API_NAMES = ("auto", *API_CLASSES)
+_POLL_S = 0.02  # how often a waiting stream looks at the cancel event
+_COUNT_CACHE = 2048
+
+
+def normalize_url(url: str) -> str:
+    """``host:port``, ``http://host:port/``, ``.../v1`` and ``.../api`` all mean the server root."""
+    url = url.strip()
+    if "://" not in url:
+        url = "http://" + url
+    url = url.rstrip("/")
+    for suffix in ("/v1", "/api"):
+        url = url.removesuffix(suffix)
+    return url
+
+
+@dataclass(frozen=True)
+class _Failure:
+    problem: str
+    streaming: bool  # the server had started the reply (HTTP 200) when it failed
+
+
+_END = object()
+
+
+class _StopScan:
+    """Client-side stop strings, in case a server ignores them; holds back text that may start one."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.pending = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        if not self.stops:
+            return text, False
+        buf = self.pending + text
+        hits = [i for i in (buf.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            self.pending = ""
+            return buf[: min(hits)], True
+        keep = 0
+        for s in self.stops:
+            for k in range(min(len(s) - 1, len(buf)), keep, -1):
+                if buf.endswith(s[:k]):
+                    keep = k
+                    break
+        self.pending = buf[len(buf) - keep :] if keep else ""
+        return buf[: len(buf) - keep], False
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+class RemoteGeneration:
+    """One streaming reply. Iterate for text pieces; `result` is complete once iteration ends.
+
+    A request the server refuses (no connection, HTTP error) raises `EngineError` from the iteration.
+    A stream that breaks after it started ends the iteration normally with the partial text in
+    ``result.text``, ``result.finish_reason == "error"`` and ``result.error`` set.
+    """
+
+    def __init__(
+        self,
+        conn: Connection,
+        api: ServerApi,
+        body: dict[str, Any],
+        stop: Sequence[str],
+        cancel: threading.Event | None,
+        unsupported: list[str],
+    ) -> None:
+        self.result = Result(unsupported=list(unsupported))
+        self._conn = conn
+        self._api = api
+        self._body = body
+        self._stop = list(stop)
+        self._cancel = cancel
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._closing = threading.Event()
+        self._response: httpx.Response | None = None
+        self._used = False
+        self._complete = False
+        self._started = time.perf_counter()
+        self._thread = threading.Thread(target=self._read, name="rpchat-remote-stream", daemon=True)
+        self._thread.start()
+
+    # -- reader thread -------------------------------------------------------------------------
+    def _read(self) -> None:
+        path = self._api.path
+        try:
+            with self._conn.client.stream(
+                "POST", path, json=self._body, timeout=self._conn.stream_timeout
+            ) as resp:
+                if resp.status_code != 200:
+                    resp.read()
+                    self._queue.put(_Failure(status_problem(resp, path), streaming=False))
+                    return
+                self._response = resp
+                event, data = "", []
+                for line in resp.iter_lines():
+                    if self._closing.is_set():
+                        return
+                    if not line:
+                        if data:
+                            self._emit(event, "\n".join(data))
+                        event, data = "", []
+                    elif not line.startswith(":"):  # ":" lines are SSE comments (keep-alive pings)
+                        name, _, value = line.partition(":")
+                        value = value.removeprefix(" ")
+                        if name == "event":
+                            event = value
+                        elif name == "data":
+                            data.append(value)
+                if data:
+                    self._emit(event, "\n".join(data))
+                self._queue.put(_END)
+        except httpx.HTTPError as exc:
+            if not self._closing.is_set():
+                self._queue.put(_Failure(describe_failure(exc), streaming=self._response is not None))
+        except Exception as exc:  # noqa: BLE001 - a reader thread must report, never die silently
+            if not self._closing.is_set():
+                problem = f"unexpected {type(exc).__name__}: {exc}"
+                self._queue.put(_Failure(problem, streaming=self._response is not None))
+
+    def _emit(self, event: str, data: str) -> None:
+        chunk = self._api.parse(event, data)
+        if chunk is not None:
+            self._queue.put(chunk)
+
+    # -- consumer ------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[str]:
+        if self._used:
+            return
+        self._used = True
+        try:
+            yield from self._pump()
+        except GeneratorExit:  # the caller stopped iterating: that is a cancel
+            self.result.finish_reason = "cancelled"
+            raise
+        finally:
+            self._shut()
+
+    def _pump(self) -> Iterator[str]:
+        r = self.result
+        scan = _StopScan(self._stop)
+        stats: dict[str, int] = {}
+        first_at = last_at = 0.0
+        pieces = 0
+        finished = stopped = False
+        while True:
+            if self._cancel is not None and self._cancel.is_set():
+                r.finish_reason = "cancelled"
+                break
+            try:
+                item = self._queue.get(timeout=_POLL_S)
+            except queue.Empty:
+                continue
+            if item is _END:
+                self._complete = True
+                if not finished:
+                    self._fail("the server ended the stream before the reply was complete")
+                break
+            if isinstance(item, _Failure):
+                if not item.streaming:
+                    self._complete = True
+                    raise EngineError(item.problem, self._conn.url)
+                self._fail(item.problem)
+                break
+            chunk: Chunk = item
+            if chunk.error is not None:
+                self._fail(f"the server reported an error mid-reply: {chunk.error}")
+                break
+            if chunk.text:
+                now = time.perf_counter()
+                if not pieces:
+                    first_at = now
+                    r.ttft_s = now - self._started
+                last_at = now
+                pieces += 1
+                out, stopped = scan.feed(chunk.text)
+                if out:
+                    r.text += out
+                    yield out
+                if stopped:
+                    r.finish_reason = "stop"
+                    break
+            stats.update(chunk.stats)
+            if chunk.finish is not None:
+                r.finish_reason = chunk.finish
+                finished = True
+            if chunk.done:
+                self._complete = finished = True
+                break
+        if not stopped:
+            rest = scan.flush()
+            if rest:
+                r.text += rest
+                yield rest
+        if finished and r.finish_reason != "error":
+            self._complete = True
+            late = self._api.after()
+            if late is not None:
+                stats.update(late.stats)
+                if late.finish is not None and r.finish_reason == "stop":
+                    r.finish_reason = late.finish
+        r.gen_time_s = last_at - first_at if pieces else 0.0
+        r.tokens_generated = stats.get("generated", pieces)
+        r.prompt_tokens = stats.get("prompt", 0)
+        r.prompt_tokens_reused = stats.get("reused", 0)
+        r.prompt_tokens_evaluated = stats.get("evaluated", max(0, r.prompt_tokens - r.prompt_tokens_reused))
+
+    def _fail(self, problem: str) -> None:
+        self.result.finish_reason = "error"
+        self.result.error = str(EngineError(problem, self._conn.url))
+
+    def _shut(self) -> None:
+        """Stop reading; if the reply is unfinished, close the socket (the server sees it) and abort."""
+        self._closing.set()
+        if self._complete:
+            return
+        resp = self._response
+        if resp is not None:
+            # Shutting the socket down wakes a reader blocked in recv() at once; closing alone would not.
+            try:
+                stream = resp.extensions.get("network_stream")
+                sock = stream.get_extra_info("socket") if stream is not None else None
+                if sock is not None:
+                    sock.shutdown(socket.SHUT_RDWR)
+            except (OSError, AttributeError):
+                pass
+        self._api.abort()
+
+    def close(self) -> None:
+        """Abandon the reply without iterating it (closes the stream)."""
+        self._used = True
+        self._shut()
+
+
+class RemoteEngine:
+    """An `Engine` backed by a llama.cpp server, an OpenAI-compatible server or KoboldCpp."""
+
+    def __init__(
+        self,
+        url: str,
+        api: str = "auto",
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        *,
+        stream_timeout: float = 600.0,
+        n_ctx: int | None = None,
+    ) -> None:
+        """``api``: auto, llama.cpp, openai or koboldcpp. ``n_ctx`` is used when the server does not say."""
+        self.url = normalize_url(url)
+        if api not in API_NAMES:
+            raise EngineError(
+                f"unknown remote API {api!r} (expected one of: {', '.join(API_NAMES)})", self.url
+            )
+        self._requested = api
+        self._api_key = api_key or None
+        self._timeout = timeout
+        self._stream_timeout = stream_timeout
+        self._fallback_ctx = n_ctx
+        self._conn: Connection | None = None
+        self._api: ServerApi | None = None
+        self._n_ctx = n_ctx or 0
+        self._notices: list[str] = []
+        self._counts: OrderedDict[str, int] = OrderedDict()
+        self._exact_counts = False
+
+    # -- Engine protocol -----------------------------------------------------------------------
+    @property
+    def n_ctx(self) -> int:
+        return self._n_ctx
+
+    @property
+    def info(self) -> EngineInfo:
+        api = self._api
+        notices = self._notices + (api.notices if api else [])
+        return EngineInfo(
+            model_name=(api.model_name if api else "") or self.url,
+            backend=api.label if api else "remote (not connected)",
+            n_ctx=self._n_ctx,
+            notice="; ".join(dict.fromkeys(notices)) or None,
+        )
+
+    @property
+    def api(self) -> str:
+        """The API in use: llama.cpp, openai or koboldcpp ("auto" until `load`)."""
+        return self._api.name if self._api else self._requested
+
+    @property
+    def exact_token_count(self) -> bool:
+        """True when `count_tokens` asks the server's tokenizer, False when it estimates."""
+        return self._exact_counts
+
+    def load(self, progress: ProgressCallback | None = None) -> None:
+        """Connect, detect the API when it is "auto", and read the context size and model name."""
+        self.close()
+        if progress:
+            progress(0.0)
+        conn = Connection(self.url, self._api_key, self._timeout, self._stream_timeout)
+        try:
+            cls = self._detect(conn) if self._requested == "auto" else API_CLASSES[self._requested]
+            if progress:
+                progress(0.5)
+            api = cls(conn)
+            api.probe()
+            self._notices = []
+            if api.n_ctx:
+                self._n_ctx = api.n_ctx
+            else:
+                self._n_ctx = self._fallback_ctx or 4096
+                self._notices.append(f"the server does not report its context size; assuming {self._n_ctx}")
+            self._exact_counts = api.count("Hello world") is not None
+            if not self._exact_counts:
+                self._notices.append("the server has no tokenizer endpoint: token counts are estimates")
+        except BaseException:
+            conn.close()
+            raise
+        self._conn, self._api = conn, api
+        self._counts.clear()
+        if progress:
+            progress(1.0)
+
+    @staticmethod
+    def _detect(conn: Connection) -> type[ServerApi]:
+        # KoboldCpp first: it also serves /v1/models, and newer builds emulate parts of llama-server.
+        version = conn.probe("/api/extra/version")
+        if isinstance(version, dict) and "version" in version:
+            return KoboldApi
+        props = conn.probe("/props")
+        if isinstance(props, dict) and "default_generation_settings" in props:
+            return LlamaServerApi
+        models = conn.probe("/v1/models")
+        if isinstance(models, dict) and isinstance(models.get("data"), list):
+            return OpenAIApi
+        raise conn.fail(
+            "no llama.cpp server, KoboldCpp or OpenAI-compatible API found here "
+            "(tried /api/extra/version, /props and /v1/models)"
+        )
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens in ``text`` by the server's tokenizer (cached), or an estimate when it has none."""
+        api = self._require()
+        cached = self._counts.get(text)
+        if cached is not None:
+            self._counts.move_to_end(text)
+            return cached
+        n = api.count(text) if self._exact_counts else None
+        if n is None:
+            n = estimate_tokens(text)
+        self._counts[text] = n
+        if len(self._counts) > _COUNT_CACHE:
+            self._counts.popitem(last=False)
+        return n
+
+    def unsupported(self, sampling: Sampling) -> list[str]:
+        """The settings in ``sampling`` this server's API cannot honour (also in `Result.unsupported`)."""
+        return self._require().unsupported(sampling)
+
+    def stream(
+        self,
+        prompt: Sequence[Segment],
+        sampling: Sampling,
+        stop: Sequence[str] = (),
+        cancel: threading.Event | None = None,
+    ) -> RemoteGeneration:
+        """Send the request and return the reply stream (see `RemoteGeneration` for errors)."""
+        api = self._require()
+        assert self._conn is not None
+        body = api.body(prompt, sampling, stop, self._n_ctx)
+        return RemoteGeneration(self._conn, api, body, stop, cancel, api.unsupported(sampling))
+
+    def close(self) -> None:
+        """Close the connection pool; `load` reconnects."""
+        if self._conn is not None:
+            self._conn.close()
+        self._conn = self._api = None
+
+    def _require(self) -> ServerApi:
+        if self._api is None:
+            raise EngineError("not connected (call load first)", self.url)
+        return self._api

@@ -1,0 +1,319 @@
+"""The prompt builder: card + persona + chat history -> prompt segments in a `PromptFormat`.
+
+Format text is tagged "template"; everything that comes from a card, a persona, a lorebook or the
+chat (names included) is tagged "user", so the engine tokenizes it without special tokens.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from rpchat.cards.model import Card
+from rpchat.chat.model import Turn
+from rpchat.errors import ChatError, ConfigError
+from rpchat.personas import Persona
+from rpchat.prompt.fitting import choose_cut
+from rpchat.prompt.formats import PromptFormat, Template
+from rpchat.prompt.lorebook import LoreActivation, Lorebook, LoreHit, activate, lorebook_from_card
+from rpchat.prompt.macros import clean_text, expand_macros, normalize_newlines
+from rpchat.prompt.segments import Segment, join_text
+
+Counter = Callable[[str], int]
+MODES = ("reply", "continue", "impersonate")
+KEEP_LAST = 2  # the last exchange always stays in the prompt
+LORE_BUDGET_RATIO = 0.25
+MAX_SCAN_MESSAGES = 1000  # lorebooks never look further back than this
+_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_LORE_BEFORE: Template = (("lore_before", True),)
+_LORE_AFTER: Template = (("lore_after", True),)
+_CONTENT = ("description", "persona", "scenario", "greeting", "lore_before", "lore_after")
+
+
+@dataclass(frozen=True)
+class BuiltPrompt:
+    """A finished prompt: tagged text, stop strings and what context fitting and lorebooks did."""
+
+    segments: tuple[Segment, ...]
+    stop: tuple[str, ...]
+    dropped: tuple[int, ...] = ()  # history indices left out to fit the context
+    n_tokens: int | None = None  # tokens of the whole prompt, when a counter was given
+    first_kept: int | None = None  # history index of the first kept turn after a cut, else None
+    lore: LoreActivation | None = None  # lorebook entries that fired, and why
+    format_name: str = ""
+    mode: str = "reply"
+    budget: int | None = None  # n_ctx - max_new, when fitting was asked for
+
+    @property
+    def text(self) -> str:
+        """The prompt as one string."""
+        return join_text(self.segments)
+
+    @property
+    def lore_fired(self) -> tuple[LoreHit, ...]:
+        """Lorebook entries placed in this prompt, in insertion order."""
+        return self.lore.hits if self.lore else ()
+
+
+def _check_length(fmt: PromptFormat, length: str | None, what: str) -> str | None:
+    if length is None or length == "":
+        return None
+    if not isinstance(length, str) or not _WORD.fullmatch(length) or (fmt.lengths and length not in fmt.lengths):
+        allowed = ", ".join(fmt.lengths) or "a plain word"
+        raise ConfigError(f"unknown {what} {str(length)[:40]!r} (format {fmt.name} takes: {allowed})", fmt.name)
+    return length
+
+
+def _render(tpl: Template, values: dict[str, str]) -> list[Segment]:
+    # Literal template text is "template"; every variable brings in "user" text.
+    out: list[Segment] = []
+    for text, is_var in tpl:
+        if is_var:
+            if values[text]:
+                out.append(Segment(values[text], "user"))
+        else:
+            out.append(Segment(text, "template"))
+    return out
+
+
+def _header(fmt: PromptFormat, header: str, length: str | None) -> list[Segment]:
+    segs = [Segment(header, "template")]
+    if length:
+        # The length is checked against the format's own list, so it is template text.
+        segs += [Segment(s.text, "template") for s in _render(fmt.length_modifier, {"length": length})]
+    segs.append(Segment("\n", "template"))
+    return segs
+
+
+def _message(fmt: PromptFormat, name: str, text: str, *, open_end: bool = False) -> list[Segment]:
+    """``Name: text``. With ``open_end`` the message is left open (the model writes the rest)."""
+    out: list[Segment] = []
+    for part, is_var in fmt.message:
+        if not is_var:
+            out.append(Segment(part, "template"))
+        elif part == "name":
+            out.append(Segment(name, "user"))
+        else:
+            if not text:
+                # "Name:" with nothing after it, not "Name: ".
+                if out and out[-1].kind == "template":
+                    out[-1] = Segment(out[-1].text.rstrip(" \t"), "template")
+            else:
+                out.append(Segment(text, "user"))
+            if open_end:
+                break
+    return out
+
+
+def _stop(fmt: PromptFormat, char: str, user: str, mode: str) -> tuple[str, ...]:
+    # Impersonation writes as the user, so it must stop where the character would speak.
+    if mode == "impersonate":
+        char, user = user, char
+    values = {"char": char, "user": user}
+    stops = ["".join(values[t] if v else t for t, v in tpl) for tpl in fmt.stop]
+    return tuple(dict.fromkeys(s for s in stops if s))
+
+
+def _merge(segments: list[Segment]) -> tuple[Segment, ...]:
+    out: list[Segment] = []
+    for s in segments:
+        if not s.text:
+            continue
+        if out and out[-1].kind == s.kind:
+            out[-1] = Segment(out[-1].text + s.text, s.kind)
+        else:
+            out.append(s)
+    return tuple(out)
+
+
+def _instruction(fmt: PromptFormat, values: dict[str, str]) -> list[Segment]:
+    """The instruction block; a paragraph whose text variables are empty is left out."""
+    paragraphs = list(fmt.instruction)
+    # A user format without lore slots still gets lore: before everything, after the description.
+    if not fmt.uses("lore_before"):
+        paragraphs.insert(0, _LORE_BEFORE)
+    if not fmt.uses("lore_after"):
+        at = next((i + 1 for i, p in enumerate(paragraphs) if ("description", True) in p), len(paragraphs))
+        paragraphs.insert(at, _LORE_AFTER)
+    out = [Segment(fmt.instruction_header, "template"), Segment("\n", "template")]
+    kept = [p for p in paragraphs if all(values[name] for name, is_var in p if is_var and name in _CONTENT)]
+    for i, p in enumerate(kept):
+        if i:
+            out.append(Segment(fmt.instruction_separator, "template"))
+        out += _render(p, values)
+    return out
+
+
+def _turn_text(turn: Turn) -> str:
+    # A damaged chat may point past its swipes; show the last one rather than fail the prompt.
+    if 0 <= turn.swipe_id < len(turn.swipes):
+        return turn.swipes[turn.swipe_id]
+    return turn.swipes[-1] if turn.swipes else ""
+
+
+def _books(card: Card, lorebook: Lorebook | Sequence[Lorebook] | None) -> list[Lorebook]:
+    books: list[Lorebook] = []
+    own = lorebook_from_card(card)
+    if own is not None:
+        books.append(own)
+    if isinstance(lorebook, Lorebook):
+        books.append(lorebook)
+    elif lorebook:
+        books.extend(lorebook)
+    return books
+
+
+def _fit(
+    fmt: PromptFormat,
+    head: list[list[Segment]],
+    turn_blocks: list[list[Segment]],
+    tail: list[Segment],
+    assemble: Callable[[int], list[Segment]],
+    counter: Counter | None,
+    budget: int | None,
+) -> tuple[int, int | None]:
+    """How many turn blocks to leave out, and the prompt's token count (None without a counter)."""
+    if counter is None:
+        return 0, None
+    cache: dict[str, int] = {}
+
+    def count(text: str) -> int:
+        # Each distinct text is counted once per build.
+        if text not in cache:
+            cache[text] = counter(text)
+        return cache[text]
+
+    if budget is None:
+        return 0, count(join_text(assemble(0)))
+    sep = fmt.block_separator
+    costs = [count(sep + join_text(b)) for b in turn_blocks]
+    fixed = sum(count(join_text(b)) for b in head) + (len(head) - 1) * count(sep)
+    if tail:
+        fixed += count(sep + join_text(tail))
+    cut, error = 0, 0
+    n_tokens = 0
+    for _ in range(3):
+        cut = max(cut, choose_cut(costs, fixed + error, budget, keep_last=KEEP_LAST))
+        n_tokens = count(join_text(assemble(cut)))
+        # Separate counts do not add up exactly; correct with the real total and try again.
+        if n_tokens <= budget or cut >= max(0, len(costs) - KEEP_LAST):
+            break
+        error = max(error + 1, n_tokens - (fixed + sum(costs[cut:])))
+    return cut, n_tokens
+
+
+def build_prompt(
+    fmt: PromptFormat,
+    card: Card,
+    persona: Persona,
+    history: Sequence[Turn],
+    *,
+    scenario: str | None = None,
+    length: str | None = None,
+    mode: str = "reply",
+    input_length: str | None = None,
+    counter: Counter | None = None,
+    n_ctx: int | None = None,
+    max_new: int = 0,
+    lorebook: Lorebook | Sequence[Lorebook] | None = None,
+) -> BuiltPrompt:
+    """Build the prompt for the next message.
+
+    ``mode``: "reply" ends with ``Char:``; "continue" ends with the last character message so
+    the model extends it; "impersonate" ends with the input header and ``User:``. ``scenario``
+    (when not None) replaces the card's. With ``counter`` and ``n_ctx``, older turns are left out
+    in chunks so the prompt plus ``max_new`` fits.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+    length = _check_length(fmt, length, "length") if fmt.response_length else None
+    input_length = _check_length(fmt, input_length, "input length") if fmt.input_length else None
+    # Names are one line each: they end the prompt ("Name:") and appear in the stop strings.
+    char = " ".join(card.display_name.split()) or "Character"
+    user = " ".join(persona.name.split()) or "User"
+    if mode == "continue" and (not history or history[-1].is_user):
+        raise ChatError("nothing to continue: the last message is not the character's", "chat")
+
+    # Chat text: newlines normalized, macros expanded, trimmed (the continued message keeps its end).
+    texts = [clean_text(_turn_text(t), char, user) for t in history]
+    if mode == "continue":
+        texts[-1] = expand_macros(normalize_newlines(_turn_text(history[-1])), char, user).lstrip()
+
+    first = 0
+    greeting = ""
+    if fmt.greeting_in_instruction and history and not history[0].is_user:
+        greeting, first = texts[0], 1
+
+    # Lorebooks scan the latest messages as "Name: text", the way SillyTavern does.
+    books = _books(card, lorebook)
+    lore: LoreActivation | None = None
+    if books:
+        start = max(0, len(history) - MAX_SCAN_MESSAGES)
+        scan = [f"{user if t.is_user else char}: {texts[i]}" for i, t in enumerate(history) if i >= start]
+        lore_budget = int(n_ctx * LORE_BUDGET_RATIO) if n_ctx else None
+        lore = activate(books, scan, char=char, user=user, counter=counter, budget=lore_budget)
+
+    description = clean_text(card.description, char, user)
+    personality = clean_text(card.personality, char, user)
+    if personality:
+        description = f"{description}\n{personality}" if description else personality
+    values = {
+        "char": char,
+        "user": user,
+        "description": description,
+        "persona": clean_text(persona.description, char, user),
+        "scenario": clean_text(card.scenario if scenario is None else scenario, char, user),
+        "greeting": greeting,
+        "lore_before": "\n".join(lore.before) if lore else "",
+        "lore_after": "\n".join(lore.after) if lore else "",
+    }
+    instruction = _instruction(fmt, values)
+    head: list[list[Segment]] = []
+    if fmt.preamble:
+        head.append([Segment(fmt.preamble, "template")])
+    head.append(instruction)
+
+    # One block per turn; the response length goes on the last response header only.
+    turn_blocks: list[list[Segment]] = []
+    for i in range(first, len(history)):
+        turn = history[i]
+        last = i == len(history) - 1
+        if turn.is_user:
+            block = _header(fmt, fmt.input_header, input_length) + _message(fmt, user, texts[i])
+        elif mode == "continue" and last:
+            block = _header(fmt, fmt.response_header, length) + _message(fmt, char, texts[i], open_end=True)
+        else:
+            block = _header(fmt, fmt.response_header, None) + _message(fmt, char, texts[i])
+        turn_blocks.append(block)
+    tail: list[Segment] = []
+    if mode == "reply":
+        tail = _header(fmt, fmt.response_header, length) + _message(fmt, char, "", open_end=True)
+    elif mode == "impersonate":
+        tail = _header(fmt, fmt.input_header, input_length) + _message(fmt, user, "", open_end=True)
+
+    sep = Segment(fmt.block_separator, "template")
+
+    def assemble(cut: int) -> list[Segment]:
+        out: list[Segment] = []
+        for block in [*head, *turn_blocks[cut:], *([tail] if tail else [])]:
+            if out:
+                out.append(sep)
+            out += block
+        return out
+
+    budget = n_ctx - max_new if n_ctx else None
+    cut, n_tokens = _fit(fmt, head, turn_blocks, tail, assemble, counter, budget)
+    segments = _merge(assemble(cut))
+    dropped = tuple(range(first, first + cut))
+    return BuiltPrompt(
+        segments=segments,
+        stop=_stop(fmt, char, user, mode),
+        dropped=dropped,
+        n_tokens=n_tokens,
+        first_kept=first + cut if cut else None,
+        lore=lore,
+        format_name=fmt.name,
+        mode=mode,
+        budget=budget,
+    )

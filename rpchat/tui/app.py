@@ -1,0 +1,340 @@
+"""`RpchatApp`: themes, keymap, the model loaded in the background, and the screens.
+
+The model loads in a thread worker (group "model") while the user browses the library; screens
+watch ``engine_state`` to know when replies can start. Every failure becomes a notification.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.style import Style
+from textual import on, work
+from textual.app import App
+from textual.binding import Binding
+from textual.reactive import reactive
+from textual.screen import Screen
+from textual.worker import Worker, WorkerState
+
+from rpchat.config import Config, load_config
+from rpchat.engine.base import Engine, EngineInfo
+from rpchat.errors import RpchatError
+from rpchat.paths import Paths, profile
+from rpchat.personas import PersonaBook
+from rpchat.session import RoleplaySession
+from rpchat.tui.bindings import BY_ID, bindings_for, check_keymap, effective_key
+from rpchat.tui.commands import RpchatCommands
+from rpchat.tui.messages import ModelFailed, ModelLoaded, ModelLoading
+
+EngineFactory = Callable[[Config], Engine]
+
+
+class RpchatApp(App[None]):
+    """The rpchat terminal app."""
+
+    TITLE = "rpchat"
+    BINDINGS: list[Binding] = bindings_for("app")  # type: ignore[assignment]
+    COMMANDS = App.COMMANDS | {RpchatCommands}
+    CSS = """
+    Screen { background: $background; }
+    """
+
+    engine_state: reactive[str] = reactive("idle")  # idle, loading, ready, failed, missing
+    load_progress: reactive[float] = reactive(0.0)
+
+    def __init__(self, *, paths: Paths | None = None, engine_factory: EngineFactory | None = None,
+                 load_model: bool = True) -> None:
+        super().__init__()
+        self.paths = paths or profile()
+        self._notices: list[str] = []
+        try:
+            self.config = load_config(self.paths)
+        except RpchatError as e:
+            self.config = Config()
+            self._notices.append(f"{e}; using the default settings")
+        try:
+            self.personas = PersonaBook.load(self.paths.personas_file)
+        except RpchatError as e:
+            self.personas = PersonaBook(path=self.paths.personas_file)
+            self._notices.append(f"{e}; using the persona 'User'")
+        self.engine: Engine | None = None
+        self.engine_info: EngineInfo | None = None
+        self.engine_problem: str | None = None
+        self._engine_factory = engine_factory
+        self._load_model = load_model
+        self._keymap: dict[str, str] = {}
+        self._prose_cache: tuple[str, dict[str, Style]] | None = None
+
+    # --- start -------------------------------------------------------------------------------------------
+    def get_theme_variable_defaults(self) -> dict[str, str]:
+        from rpchat.tui.themes import prose_variable_defaults
+
+        return prose_variable_defaults()
+
+    def on_mount(self) -> None:
+        from rpchat.tui.library import LibraryScreen
+        from rpchat.tui.themes import install_themes
+
+        notice = install_themes(self, self.config.theme, self.paths)
+        if notice:
+            self._notices.append(notice)
+        keymap, problems = check_keymap(self.config.keys)
+        self._keymap = keymap
+        self.set_keymap(keymap)
+        if problems:
+            self._notices.append(f"{self.paths.config_file}: keys: " + "; ".join(problems))
+        for notice in self._notices:
+            self.notify(notice, severity="warning", timeout=10, markup=False)
+        self.push_screen(LibraryScreen())
+        if self._load_model:
+            self.start_loading()
+
+    def watch_theme(self, name: str) -> None:
+        # Remember a theme picked from the palette; the config file is the source of truth.
+        if self.is_mounted and name != self.config.theme and self.get_theme(name) is not None:
+            from rpchat.tui.themes import remember_theme
+
+            self.config.theme = name
+            try:
+                remember_theme(name, self.paths)
+            except (RpchatError, OSError) as e:
+                self.notify(f"Could not save the theme choice: {e}", severity="warning", markup=False)
+
+    # --- the model ---------------------------------------------------------------------------------------
+    def start_loading(self) -> None:
+        """(Re)load the model configured in ``self.config`` in a background thread."""
+        old, self.engine = self.engine, None
+        self.engine_info = None
+        self.engine_problem = None
+        self.load_progress = 0.0
+        self.engine_state = "loading"
+        self._load_engine(old)
+
+    @work(thread=True, group="model", exclusive=True, exit_on_error=False)
+    def _load_engine(self, old: Engine | None) -> None:
+        if old is not None:
+            old.close()
+        try:
+            factory = self._engine_factory or _default_engine
+            engine = factory(self.config)
+            engine.load(progress=lambda p: self.post_message(ModelLoading(p)))
+        except RpchatError as e:
+            self.post_message(ModelFailed(str(e)))
+            return
+        except Exception as e:  # noqa: BLE001 - a loader bug is a notice, never a crash
+            self.post_message(ModelFailed(f"{type(e).__name__}: {e}"))
+            return
+        self.engine = engine
+        self.post_message(ModelLoaded(engine.info))
+
+    def action_reload_model(self) -> None:
+        """Load the configured model again."""
+        self.start_loading()
+
+    def on_model_loading(self, message: ModelLoading) -> None:
+        self.load_progress = max(0.0, min(1.0, message.progress))
+        self._refresh_status()
+
+    def on_model_loaded(self, message: ModelLoaded) -> None:
+        self.engine_info = message.info
+        self.engine_state = "ready"
+        if message.info.notice:
+            self.notify(message.info.notice, markup=False)
+        self.notify(f"Model ready: {message.info.model_name} ({message.info.backend})", markup=False)
+
+    def on_model_failed(self, message: ModelFailed) -> None:
+        self.engine_problem = message.problem
+        self.engine_state = "missing" if message.problem.startswith("No model") else "failed"
+        self.notify(message.problem, severity="error", timeout=15, markup=False)
+
+    def _refresh_status(self) -> None:
+        update = getattr(self.screen, "update_status", None)
+        if callable(update):
+            update()
+
+    @on(Worker.StateChanged)
+    def _worker_failed(self, event: Worker.StateChanged) -> None:
+        # Workers report their own failures; this catches anything that still escaped one.
+        if event.state == WorkerState.ERROR and event.worker.error is not None:
+            error = event.worker.error
+            self.notify(f"{type(error).__name__}: {error}", severity="error", markup=False)
+
+    # --- shared helpers for screens -----------------------------------------------------------------------
+    def prose_styles(self) -> dict[str, Style]:
+        """Rich styles for roleplay prose under the current theme (cached per theme)."""
+        from rpchat.tui.themes import prose_styles
+
+        name = self.theme
+        if self._prose_cache is None or self._prose_cache[0] != name:
+            self._prose_cache = (name, prose_styles(self.current_theme))
+        return self._prose_cache[1]
+
+    def key_for(self, binding_id: str) -> str:
+        """The key a binding answers to now (after the user's remapping), for hints."""
+        spec = BY_ID.get(binding_id)
+        if spec is None:
+            return "?"
+        key = effective_key(spec, self._keymap).split(",")[0]
+        return self.get_key_display(Binding(key, ""))
+
+    @property
+    def keymap(self) -> dict[str, str]:
+        return dict(self._keymap)
+
+    def open_chat(self, card_path: Path, chat_path: Path | None = None) -> None:
+        """Open (``chat_path``) or start a chat with a card and show it."""
+        from rpchat.tui.chat import ChatScreen
+
+        try:
+            session = open_session_for(self, card_path, chat_path)
+        except RpchatError as e:
+            self.notify(str(e), severity="error", markup=False)
+            return
+        self.push_screen(ChatScreen(session))
+
+    # --- other screens ------------------------------------------------------------------------------------
+    def action_show_help(self) -> None:
+        from rpchat.tui.help import HelpScreen
+
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def action_open_settings(self) -> None:
+        from rpchat.tui.settings import SettingsScreen
+
+        if isinstance(self.screen, SettingsScreen):
+            return
+
+        def done(config: Config | None) -> None:
+            if config is None:
+                return
+            engine_changed = config.engine != self.config.engine
+            self.config = config
+            keymap, _ = check_keymap(config.keys)
+            self._keymap = keymap
+            self.set_keymap(keymap)
+            for screen in self.screen_stack:
+                apply = getattr(screen, "settings_changed", None)
+                if callable(apply):
+                    apply(config)
+            if engine_changed and self._load_model:
+                self.start_loading()
+
+        self.push_screen(SettingsScreen(self.config, self.paths), done)
+
+    def open_persona_editor(self, chat: Any) -> None:
+        """Pick the persona and edit the scenario of the chat on ``chat`` (a ChatScreen)."""
+        from rpchat.tui.persona_editor import PersonaChoice, PersonaEditor
+
+        session: RoleplaySession = chat.session
+
+        def done(choice: PersonaChoice | None) -> None:
+            if choice is None:
+                return
+            try:
+                self.personas = PersonaBook.load(self.paths.personas_file)
+                session.set_persona(self.personas.resolve(choice.persona))
+                session.set_scenario(choice.scenario)
+            except RpchatError as e:
+                self.notify(str(e), severity="error", markup=False)
+                return
+            chat.update_sidebar()
+            chat.measure()
+
+        self.push_screen(PersonaEditor(self.personas, persona=session.persona.name, scenario=session.chat.scenario,
+                                       card_scenario=session.card.scenario), done)
+
+    def open_card_editor(self, card_path: Path | None, origin: Any = None) -> None:
+        """Edit a card file, or make a new card when ``card_path`` is None; ``origin.card_changed(saved)``
+        hears about the saved result."""
+        from rpchat.cards import Card, load_card
+        from rpchat.tui.card_editor import CardEditor, SavedCard
+
+        try:
+            card = load_card(card_path) if card_path is not None else Card(name="New character")
+        except RpchatError as e:
+            self.notify(str(e), severity="error", markup=False)
+            return
+
+        def done(saved: SavedCard | None) -> None:
+            refresh = getattr(origin, "card_changed", None)
+            if saved is not None and callable(refresh):
+                refresh(saved)
+
+        self.push_screen(CardEditor(card, card_path), done)
+
+    def open_prompt_inspector(self, chat: Any) -> None:
+        """Show the exact prompt the next reply would get."""
+        from rpchat.tui.inspector import PromptInspector
+
+        session: RoleplaySession = chat.session
+        if chat.generating:
+            self.notify("Wait for the reply to finish.", severity="warning")
+            return
+        try:
+            built: Any = session.build("reply")
+        except RpchatError as e:
+            self.notify(str(e), severity="error", markup=False)
+            return
+        n_ctx = session.engine.n_ctx if session.engine is not None else None
+        self.push_screen(PromptInspector(built, n_ctx=n_ctx, max_new=session.max_new))
+
+    # --- quitting -----------------------------------------------------------------------------------------
+    async def action_quit(self) -> None:
+        """Quit; a reply being written is stopped and kept, marked unfinished."""
+        from rpchat.tui.chat import ChatScreen
+
+        waiting: list[Worker[Any]] = []
+        for screen in self.screen_stack:
+            if isinstance(screen, ChatScreen) and screen.generating:
+                screen.stop_for_quit()
+                waiting += [w for w in self.workers if w.group == "generate" and w.is_running]
+        for worker in waiting:
+            # The engine stops within ~100 ms; the session then saves the partial reply.
+            await self._wait_thread(worker, 5.0)
+        self.exit()
+
+    async def _wait_thread(self, worker: Worker[Any], timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while worker.is_running and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+
+    def on_unmount(self) -> None:
+        if self.engine is not None:
+            try:
+                self.engine.close()
+            except Exception:  # noqa: BLE001 - closing at exit must not raise
+                pass
+
+
+def _default_engine(config: Config) -> Engine:
+    from rpchat.session import make_engine
+
+    return make_engine(config)
+
+
+def open_session_for(app: RpchatApp, card_path: Path, chat_path: Path | None) -> RoleplaySession:
+    """A session for the app's config, personas and (possibly still loading) engine."""
+    from rpchat.session import open_session
+
+    return open_session(card_path, chat_path, config=app.config, personas=app.personas,
+                        engine=app.engine if app.engine_state == "ready" else None)
+
+
+def screen_of(app: App[Any], kind: type[Screen[Any]]) -> Screen[Any] | None:
+    """The topmost screen of ``kind`` in the stack, if any."""
+    for screen in reversed(app.screen_stack):
+        if isinstance(screen, kind):
+            return screen
+    return None
+
+
+def run_app() -> int:
+    """Run the TUI until the user quits; returns the exit code."""
+    app = RpchatApp()
+    app.run()
+    return app.return_code or 0

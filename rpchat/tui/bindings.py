@@ -1,0 +1,107 @@
+"""Every key binding, with an id users can remap in the config (``keys: {regenerate: ctrl+r}``).
+
+Screens take their `BINDINGS` from here, the help screen lists this table and the command palette
+offers every action in it, so the three never disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from textual.binding import Binding
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """One binding: a stable id, its default key(s), the action it runs and where it applies."""
+
+    id: str
+    key: str
+    action: str
+    description: str
+    scope: str  # "app", "library", "chat", "transcript" (the message cursor)
+    show: bool = True  # shown in the footer
+    priority: bool = False  # wins over the focused widget (e.g. Esc while typing)
+    palette: bool = True  # offered in the command palette
+
+
+KEYS: tuple[KeySpec, ...] = (
+    KeySpec("quit", "ctrl+q", "app.quit", "Quit", "app", priority=True),
+    KeySpec("help", "f1", "app.show_help", "Help", "app"),
+    KeySpec("settings", "f2", "app.open_settings", "Settings", "app"),
+    # library
+    KeySpec("open_card", "enter", "open_card", "Chats", "library", palette=True),
+    KeySpec("resume_chat", "ctrl+o", "resume_chat", "Resume last chat", "library"),
+    KeySpec("new_chat", "ctrl+n", "new_chat", "New chat", "library"),
+    KeySpec("import_card", "ctrl+t", "import_card", "Import card", "library"),
+    KeySpec("new_card", "ctrl+a", "new_card", "New card", "library"),
+    KeySpec("duplicate_card", "ctrl+d", "duplicate_card", "Duplicate card", "library"),
+    KeySpec("delete_card", "ctrl+x", "delete_card", "Delete card", "library"),
+    KeySpec("edit_card", "ctrl+e", "edit_card", "Edit card", "library"),
+    KeySpec("filter", "ctrl+f", "focus_filter", "Filter", "library", show=False),
+    KeySpec("card_up", "up", "move(-1)", "Previous card", "library", show=False, palette=False),
+    KeySpec("card_down", "down", "move(1)", "Next card", "library", show=False, palette=False),
+    # chat
+    KeySpec("stop", "escape", "stop", "Stop", "chat", priority=True),
+    KeySpec("regenerate", "ctrl+r", "regenerate", "Regenerate", "chat"),
+    KeySpec("swipe_left", "alt+left", "swipe(-1)", "Swipe left", "chat", show=False),
+    KeySpec("swipe_right", "alt+right", "swipe(1)", "Swipe right", "chat", show=False),
+    KeySpec("continue", "ctrl+g", "continue_reply", "Continue", "chat"),
+    KeySpec("impersonate", "ctrl+t", "impersonate", "Impersonate", "chat"),
+    KeySpec("length", "ctrl+l", "cycle_length", "Length", "chat"),
+    KeySpec("messages", "ctrl+up", "focus_transcript", "Messages", "chat", show=False),
+    KeySpec("persona", "f3", "edit_persona", "Persona/scenario", "chat", show=False),
+    KeySpec("chat_card", "f4", "edit_card", "Edit card", "chat", show=False),
+    KeySpec("inspect", "f5", "inspect_prompt", "Prompt", "chat", show=False),
+    KeySpec("back", "ctrl+b", "back", "Library", "chat"),
+    # the message cursor (transcript focused)
+    KeySpec("turn_up", "up,k", "cursor(-1)", "Previous turn", "transcript", show=False, palette=False),
+    KeySpec("turn_down", "down,j", "cursor(1)", "Next turn", "transcript", show=False, palette=False),
+    KeySpec("turn_edit", "e,enter", "edit_turn", "Edit turn", "transcript"),
+    KeySpec("turn_delete", "delete,d", "delete_turn", "Delete turn", "transcript"),
+    KeySpec("turn_branch", "b", "branch_turn", "Branch here", "transcript"),
+    KeySpec("turn_copy", "c,y", "copy_turn", "Copy turn", "transcript"),
+    KeySpec("turn_swipe_left", "left", "swipe(-1)", "Swipe left", "transcript", show=False, palette=False),
+    KeySpec("turn_swipe_right", "right", "swipe(1)", "Swipe right", "transcript", show=False, palette=False),
+    KeySpec("turn_input", "i,tab", "focus_input", "Write", "transcript", palette=False),
+)
+
+PRIORITY_SCOPES = ("library", "chat")
+BY_ID = {spec.id: spec for spec in KEYS}
+
+
+def bindings_for(scope: str) -> list[Binding]:
+    """Textual bindings (with ids, so `App.set_keymap` can remap them) for one scope."""
+    return [
+        # Library and chat keys must win over the focused filter box / text area, whose own
+        # editing keys (ctrl+a, ctrl+d, ...) would otherwise swallow them.
+        Binding(s.key, s.action, s.description, show=s.show, priority=s.priority or s.scope in PRIORITY_SCOPES,
+                id=s.id)
+        for s in KEYS
+        if s.scope == scope
+    ]
+
+
+def specs_for(scope: str) -> list[KeySpec]:
+    """The specs of one scope, in table order."""
+    return [s for s in KEYS if s.scope == scope]
+
+
+def check_keymap(keys: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """Split a config ``keys`` mapping into a usable keymap and problems (unknown ids, empty keys)."""
+    keymap: dict[str, str] = {}
+    problems: list[str] = []
+    for binding_id, key in keys.items():
+        if binding_id not in BY_ID:
+            problems.append(f"unknown binding id {binding_id!r}")
+        elif not isinstance(key, str) or not key.strip():
+            problems.append(f"binding {binding_id!r} has no key")
+        else:
+            keymap[binding_id] = key.strip()
+    return keymap, problems
+
+
+def effective_key(spec: KeySpec, keymap: Mapping[str, str]) -> str:
+    """The key(s) a binding answers to after the user's remapping."""
+    return keymap.get(spec.id, spec.key)

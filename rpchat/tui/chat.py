@@ -1,0 +1,575 @@
+"""The chat screen: sidebar, transcript, input box and status line; turn operations and streaming.
+
+Generation runs in a thread worker (group "generate", exclusive, exit_on_error=False) that reports
+through typed messages posted with `post_message`; the screen never blocks on the engine.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+from textual import events, on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import Footer, Static, TextArea
+
+from rpchat.chat.model import Turn
+from rpchat.errors import RpchatError
+from rpchat.session import RoleplaySession
+from rpchat.tui.avatar import AvatarView
+from rpchat.tui.bindings import bindings_for
+from rpchat.tui.messages import PromptMeasured, ReplyFailed, ReplyFinished, TokensArrived
+from rpchat.tui.prose import clean
+from rpchat.tui.transcript import Transcript, TurnView
+
+if TYPE_CHECKING:
+    from rpchat.tui.app import RpchatApp
+
+
+class ChatInput(TextArea):
+    """A multi-line input: Enter sends, Shift+Enter or Ctrl+J makes a newline."""
+
+    DEFAULT_CSS = """
+    ChatInput { height: auto; min-height: 3; max-height: 10; border: round $primary 50%; }
+    ChatInput:focus { border: round $primary; }
+    """
+
+    class Submitted(Message):
+        def __init__(self, box: ChatInput, text: str) -> None:
+            super().__init__()
+            self.box = box
+            self.text = text
+
+        @property
+        def control(self) -> ChatInput:
+            return self.box
+
+    class EmptyKey(Message):
+        """Up/Left/Right pressed while the box is empty (edit last message, swipe)."""
+
+        def __init__(self, box: ChatInput, key: str) -> None:
+            super().__init__()
+            self.box = box
+            self.key = key
+
+        @property
+        def control(self) -> ChatInput:
+            return self.box
+
+    def __init__(self, text: str = "", *, placeholder: str = "", id: str | None = None,
+                 classes: str | None = None) -> None:
+        super().__init__(text, soft_wrap=True, show_line_numbers=False, tab_behavior="focus",
+                         placeholder=placeholder, id=id, classes=classes, compact=True)
+
+    async def _on_key(self, event: events.Key) -> None:
+        if event.key == "enter":
+            event.stop()
+            event.prevent_default()
+            self.post_message(self.Submitted(self, self.text))
+            return
+        if event.key in ("shift+enter", "ctrl+j", "alt+enter"):
+            event.stop()
+            event.prevent_default()
+            start, end = self.selection
+            self.replace("\n", start, end, maintain_selection_offset=False)
+            return
+        if event.key in ("up", "left", "right") and not self.text:
+            event.stop()
+            event.prevent_default()
+            self.post_message(self.EmptyKey(self, event.key))
+            return
+        await super()._on_key(event)
+
+
+class EditBox(ChatInput):
+    """Edits one turn in place: Enter saves, Esc cancels."""
+
+    DEFAULT_CSS = """
+    EditBox { border: round $accent; margin-bottom: 1; }
+    """
+
+    def __init__(self, index: int, text: str) -> None:
+        super().__init__(text, placeholder="Enter saves, Esc cancels")
+        self.index = index
+
+    async def _on_key(self, event: events.Key) -> None:
+        if event.key in ("up", "left", "right"):
+            # In the edit box arrows always move the cursor, even when it is empty.
+            await TextArea._on_key(self, event)
+            return
+        await super()._on_key(event)
+
+
+class ChatScreen(Screen[None]):
+    """One chat with one character."""
+
+    BINDINGS: list[Binding] = bindings_for("chat")  # type: ignore[assignment]
+    SCOPES = ("chat", "transcript")
+
+    DEFAULT_CSS = """
+    ChatScreen #sidebar { width: 30; padding: 0 1; border-right: vkey $primary 40%; }
+    ChatScreen #sidebar AvatarView { width: 28; height: 14; }
+    ChatScreen #sidebar Static { margin-top: 1; }
+    ChatScreen #char-name { text-style: bold; color: $primary; }
+    ChatScreen #length { color: $accent; }
+    ChatScreen #main { width: 1fr; }
+    ChatScreen #status { height: 1; background: $panel; color: $text-muted; padding: 0 1; }
+    """
+
+    def __init__(self, session: RoleplaySession) -> None:
+        super().__init__()
+        self.session = session
+        self.generating: str | None = None
+        self._cancel = threading.Event()
+        self._gen_id = 0
+        self._editing: EditBox | None = None
+        self._n_tokens: int | None = None
+        self._n_ctx: int | None = None
+        self._status = ""
+
+    @property
+    def rp_app(self) -> RpchatApp:
+        return self.app  # type: ignore[return-value]
+
+    # --- layout ----------------------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        card = self.session.card
+        with Horizontal():
+            with Vertical(id="sidebar"):
+                yield AvatarView(card.avatar)
+                yield Static(clean(card.display_name), id="char-name", markup=False)
+                yield Static(self._card_line(), id="card-info", markup=False)
+                yield Static("", id="persona", markup=False)
+                yield Static("", id="scenario", markup=False)
+                yield Static("", id="length", markup=False)
+                yield Static("", id="preset", markup=False)
+            with Vertical(id="main"):
+                yield Transcript(id="transcript")
+                yield ChatInput(placeholder="Write... (Enter sends, Shift+Enter or Ctrl+J: newline)", id="input")
+                yield Static("", id="status", markup=False)
+        yield Footer()
+
+    def _card_line(self) -> str:
+        card = self.session.card
+        spec = {"chara_card_v1": "V1", "chara_card_v2": "V2", "chara_card_v3": "V3"}.get(card.spec, card.spec)
+        parts = [spec]
+        if card.creator:
+            parts.append(f"by {card.creator}")
+        line = " ".join(parts)
+        if card.tags:
+            line += "\ntags: " + ", ".join(card.tags[:6])
+        return clean(line)
+
+    @property
+    def transcript(self) -> Transcript:
+        return self.query_one(Transcript)
+
+    @property
+    def input(self) -> ChatInput:
+        return self.query_one("#input", ChatInput)
+
+    def on_mount(self) -> None:
+        self.transcript.anchor()
+        self.show_chat()
+        self.input.focus()
+        self.watch(self.app, "engine_state", self._engine_changed)
+        self.watch(self.app, "theme", lambda _: self.show_chat())
+        for warning in self.session.chat.warnings:
+            self.notify(warning, severity="warning", markup=False)
+
+    def show_chat(self) -> None:
+        """Render the whole chat again (after open, delete, branch, theme change)."""
+        self.transcript.show_turns(self.session.chat.turns, self.rp_app.prose_styles(),
+                                   first_kept=self._first_kept())
+        self.update_sidebar()
+        self.update_status()
+
+    def _first_kept(self) -> int | None:
+        built = self.session.last_built
+        return getattr(built, "first_kept", None) if built is not None else None
+
+    def update_sidebar(self) -> None:
+        s = self.session
+        self.query_one("#persona", Static).update(f"Persona: {clean(s.persona.name)}")
+        scenario = s.chat.scenario or s.card.scenario
+        label = "Scenario (chat)" if s.chat.scenario else "Scenario"
+        short = " ".join(scenario.split())
+        self.query_one("#scenario", Static).update(
+            f"{label}: {clean(short[:160] + ('...' if len(short) > 160 else ''))}" if short else "Scenario: -")
+        self.query_one("#length", Static).update(f"Next reply: [{s.length or 'auto'}]  ({self._key('length')})")
+        self.query_one("#preset", Static).update(f"Preset: {clean(s.preset_name or '-')}")
+
+    def _key(self, binding_id: str) -> str:
+        return self.rp_app.key_for(binding_id)
+
+    def update_status(self) -> None:
+        """model | backend | ctx used/n_ctx | tok/s | preset, or the loading state."""
+        app = self.rp_app
+        parts: list[str] = []
+        info = app.engine_info
+        if app.engine_state == "ready" and info is not None:
+            parts += [info.model_name, info.backend]
+            n_ctx = self._n_ctx or info.n_ctx
+            used = f"{self._n_tokens:,}" if self._n_tokens is not None else "?"
+            parts.append(f"ctx {used}/{n_ctx:,}")
+        elif app.engine_state == "loading":
+            parts.append(f"loading model {int(app.load_progress * 100)}%")
+        else:
+            parts.append(app.engine_problem or "no model")
+        result = self.session.last_result
+        if result is not None and result.tok_per_s:
+            parts.append(f"{result.tok_per_s:.1f} tok/s")
+        parts.append(f"preset {self.session.preset_name or '-'}")
+        parts.append(f"length {self.session.length or 'auto'}")
+        if self.generating:
+            parts.append(f"{self.generating}... ({self._key('stop')} stops)")
+        self._status = clean(" | ".join(parts))
+        self.query_one("#status", Static).update(self._status)
+
+    def _engine_changed(self, state: str) -> None:
+        if state == "ready":
+            self.session.engine = self.rp_app.engine
+            self.measure()
+        self.update_status()
+
+    # --- sending and generating ------------------------------------------------------------------------
+    @on(ChatInput.Submitted, "#input")
+    def _send(self, event: ChatInput.Submitted) -> None:
+        event.stop()
+        text = event.text.strip()
+        if self.generating:
+            self.notify(f"Still writing; {self._key('stop')} stops it.", severity="warning")
+            return
+        if text:
+            try:
+                self.session.send(text)
+            except RpchatError as e:
+                self.notify(str(e), severity="error", markup=False)
+                return
+            self.input.clear()
+            self.transcript.end_stream(self.session.chat.turns)
+        elif not self.session.chat.turns or not self.session.chat.turns[-1].is_user:
+            return
+        self.generate("reply")
+
+    def generate(self, mode: str) -> None:
+        """Start a reply, regeneration, continuation or impersonation in the worker thread."""
+        if self.generating:
+            self.notify("Already writing.", severity="warning")
+            return
+        if self.rp_app.engine_state != "ready" or self.rp_app.engine is None:
+            if self.rp_app.engine_state == "loading":
+                msg = "The model is still loading; your message is saved. Press regenerate when it is ready."
+            else:
+                msg = self.rp_app.engine_problem or "No model is loaded."
+            self.notify(msg, severity="warning", markup=False)
+            return
+        self.session.engine = self.rp_app.engine
+        chat = self.session.chat
+        last = len(chat.turns) - 1
+        if mode in ("regenerate", "continue"):
+            if last < 0 or chat.turns[last].is_user or (last == 0 and mode == "regenerate"):
+                self.notify(f"Nothing to {mode}: the last turn is not a reply.", severity="warning")
+                return
+        self._gen_id += 1
+        self._cancel = threading.Event()
+        self.generating = mode
+        self._close_editor()
+        if mode == "reply":
+            placeholder = Turn(is_user=False, name=chat.character_name, swipes=[""])
+            self.transcript.start_stream(placeholder)
+        elif mode == "regenerate":
+            shown = Turn(is_user=False, name=chat.turns[last].name, swipes=[""])
+            self.transcript.start_stream(shown, replace_index=last)
+        elif mode == "continue":
+            shown = Turn(is_user=False, name=chat.turns[last].name, swipes=[chat.turns[last].text])
+            self.transcript.start_stream(shown, replace_index=last, base=chat.turns[last].text)
+        else:
+            self.input.clear()
+        self.update_status()
+        self._run_generation(mode, self._gen_id, self._cancel)
+
+    @work(thread=True, group="generate", exclusive=True, exit_on_error=False)
+    def _run_generation(self, mode: str, gen_id: int, cancel: threading.Event) -> None:
+        def on_piece(piece: str) -> None:
+            self.post_message(TokensArrived(piece, gen_id))
+
+        try:
+            result = self.session.reply(on_piece, cancel, mode)  # type: ignore[arg-type]
+        except RpchatError as e:
+            self.post_message(ReplyFailed(str(e), mode, gen_id))
+            return
+        except Exception as e:  # noqa: BLE001 - shown as a notification, never a crash
+            self.post_message(ReplyFailed(f"{type(e).__name__}: {e}", mode, gen_id))
+            return
+        self.post_message(ReplyFinished(result, mode, gen_id))
+
+    def on_tokens_arrived(self, message: TokensArrived) -> None:
+        if message.generation != self._gen_id:
+            return
+        if self.generating == "impersonate":
+            self.input.insert(message.text, self.input.document.end)
+        elif self.transcript.streaming is not None:
+            self.transcript.streaming.append(message.text)
+
+    def on_reply_finished(self, message: ReplyFinished) -> None:
+        if message.generation != self._gen_id:
+            return
+        self.generating = None
+        result = message.result
+        self.transcript.end_stream(self.session.chat.turns)
+        if message.mode == "impersonate":
+            self.input.text = result.text.strip()
+            self.input.move_cursor(self.input.document.end)
+            self.input.focus()
+        if result.error:
+            self.notify(f"Generation failed: {result.error} (partial reply kept)", severity="error",
+                        markup=False)
+        elif result.finish_reason == "cancelled":
+            self.notify("Stopped; the partial reply is kept.", markup=False)
+        self.update_status()
+        self.measure()
+
+    def on_reply_failed(self, message: ReplyFailed) -> None:
+        if message.generation != self._gen_id:
+            return
+        self.generating = None
+        self.transcript.end_stream(self.session.chat.turns)
+        self.notify(message.problem, severity="error", markup=False)
+        self.update_status()
+
+    # --- prompt measuring (context used, cut marker) ---------------------------------------------------
+    def measure(self) -> None:
+        """Build the next prompt in a worker to show the context use and the cut marker."""
+        if self.session.engine is None or self.generating:
+            return
+        self._run_measure()
+
+    @work(thread=True, group="measure", exclusive=True, exit_on_error=False)
+    def _run_measure(self) -> None:
+        try:
+            built: Any = self.session.build("reply")
+        except RpchatError:
+            return
+        engine = self.session.engine
+        self.post_message(PromptMeasured(built.n_tokens, engine.n_ctx if engine else None, built.first_kept))
+
+    def on_prompt_measured(self, message: PromptMeasured) -> None:
+        self._n_tokens, self._n_ctx = message.n_tokens, message.n_ctx
+        if message.first_kept != self.transcript.first_kept and not self.generating:
+            self.transcript.first_kept = message.first_kept
+            self.transcript.show_turns(self.session.chat.turns, self.rp_app.prose_styles(), message.first_kept)
+        self.update_status()
+
+    # --- actions (keys and command palette) ------------------------------------------------------------
+    def action_stop(self) -> None:
+        """Esc: stop generating; else close the edit box; else return to the input."""
+        if self.generating:
+            self._cancel.set()
+        elif self._editing is not None:
+            self._close_editor()
+        elif not self.input.has_focus:
+            self.input.focus()
+
+    def stop_for_quit(self) -> None:
+        """The app is quitting: stop the reply; the session keeps it, marked unfinished."""
+        self._cancel.set()
+
+    def settings_changed(self, config: Any) -> None:
+        """Apply new settings (format, preset, reply budget) from the next reply on."""
+        from rpchat.engine.presets import load_preset
+        from rpchat.prompt import load_format
+
+        try:
+            self.session.fmt = load_format(config.format)
+            preset = load_preset(config.preset)
+        except RpchatError as e:
+            self.notify(str(e), severity="error", markup=False)
+            return
+        self.session.sampling, self.session.preset_name = preset.sampling, preset.name
+        self.session.max_new = config.max_new_tokens
+        self.update_sidebar()
+        self.update_status()
+        self.measure()
+
+    def card_changed(self, saved: Any) -> None:
+        """The card was edited and saved: use it for the sidebar and the next prompt."""
+        self.session.card, self.session.card_path = saved.card, saved.path
+        self.query_one(AvatarView).set_image(self.session.card.avatar)
+        self.query_one("#card-info", Static).update(self._card_line())
+        self.update_sidebar()
+        self.measure()
+
+    def action_regenerate(self) -> None:
+        turns = self.session.chat.turns
+        self.generate("reply" if turns and turns[-1].is_user else "regenerate")
+
+    def action_continue_reply(self) -> None:
+        self.generate("continue")
+
+    def action_impersonate(self) -> None:
+        self.generate("impersonate")
+
+    def action_swipe(self, step: int) -> None:
+        if self.generating:
+            return
+        try:
+            outcome = self.session.swipe(step)
+        except RpchatError as e:
+            self.notify(str(e), severity="error", markup=False)
+            return
+        if outcome == "moved":
+            index = self.session.last_reply_index()
+            if index is not None:
+                self.transcript.refresh_turn(index)
+            self.measure()
+        elif outcome == "generate":
+            self.generate("regenerate")
+
+    def action_cycle_length(self) -> None:
+        try:
+            self.session.cycle_length()
+        except RpchatError as e:
+            self.notify(str(e), severity="error", markup=False)
+        self.update_sidebar()
+        self.update_status()
+        self.measure()
+
+    def action_focus_transcript(self) -> None:
+        self.transcript.focus()
+
+    def action_back(self) -> None:
+        if self.generating:
+            self._cancel.set()
+        self.app.pop_screen()
+
+    def action_edit_turn(self) -> None:
+        self._turn_op("edit", self._target())
+
+    def action_delete_turn(self) -> None:
+        self._turn_op("delete", self._target())
+
+    def action_branch_turn(self) -> None:
+        self._turn_op("branch", self._target())
+
+    def action_copy_turn(self) -> None:
+        self._turn_op("copy", self._target())
+
+    def action_edit_last(self) -> None:
+        index = self.session.last_user_index()
+        if index is not None:
+            self._turn_op("edit", index)
+
+    def action_edit_persona(self) -> None:
+        self.rp_app.open_persona_editor(self)
+
+    def action_edit_card(self) -> None:
+        self.rp_app.open_card_editor(self.session.card_path, self)
+
+    def action_inspect_prompt(self) -> None:
+        self.rp_app.open_prompt_inspector(self)
+
+    def _target(self) -> int | None:
+        t = self.transcript
+        if t.cursor is not None and t.cursor < len(self.session.chat.turns):
+            return t.cursor
+        return len(self.session.chat.turns) - 1 if self.session.chat.turns else None
+
+    @on(Transcript.CursorAction)
+    def _cursor_action(self, event: Transcript.CursorAction) -> None:
+        if event.action == "focus-input":
+            self.input.focus()
+        elif event.action in ("swipe-left", "swipe-right"):
+            self.action_swipe(-1 if event.action == "swipe-left" else 1)
+        else:
+            self._turn_op(event.action, event.index)
+
+    @on(ChatInput.EmptyKey, "#input")
+    def _empty_key(self, event: ChatInput.EmptyKey) -> None:
+        if event.key == "up":
+            self.action_edit_last()
+        else:
+            self.action_swipe(-1 if event.key == "left" else 1)
+
+    def _turn_op(self, op: str, index: int | None) -> None:
+        if index is None:
+            self.notify("No turn to act on.", severity="warning")
+            return
+        if self.generating and op != "copy":
+            self.notify(f"Still writing; {self._key('stop')} stops it.", severity="warning")
+            return
+        try:
+            if op == "copy":
+                self.app.copy_to_clipboard(self.session.chat.turns[index].text)
+                self.notify("Copied to the clipboard.")
+            elif op == "edit":
+                self._open_editor(index)
+            elif op == "delete":
+                self.session.delete(index)
+                self.transcript.cursor = min(index, len(self.session.chat.turns) - 1) if self.session.chat.turns \
+                    else None
+                self.show_chat()
+                self.measure()
+            elif op == "branch":
+                old = self.session.path.name
+                self.session = self.session.branch(index)
+                self.show_chat()
+                self.notify(f"Branched from {old} into {self.session.path.name}.", markup=False)
+                self.measure()
+        except RpchatError as e:
+            self.notify(str(e), severity="error", markup=False)
+
+    # --- editing in place ------------------------------------------------------------------------------
+    def _open_editor(self, index: int) -> None:
+        self._close_editor()
+        view = self.transcript.view_of(index)
+        if view is None:
+            self.transcript.cursor = index
+            self.transcript.load_more()
+            view = self.transcript.view_of(index)
+        if view is None:
+            return
+        box = EditBox(index, self.session.chat.turns[index].text)
+        self.transcript.mount(box, after=view)
+        view.display = False
+        self._editing = box
+        box.focus()
+        self.call_after_refresh(self.transcript.scroll_to_widget, box, animate=False)
+
+    def _close_editor(self) -> None:
+        box, self._editing = self._editing, None
+        if box is None:
+            return
+        view = self.transcript.view_of(box.index)
+        if view is not None:
+            view.display = True
+        box.remove()
+        self.input.focus()
+
+    @on(ChatInput.Submitted)
+    def _edit_submitted(self, event: ChatInput.Submitted) -> None:
+        if not isinstance(event.box, EditBox):
+            return
+        event.stop()
+        index = event.box.index
+        try:
+            self.session.edit(index, event.text.strip())
+        except RpchatError as e:
+            self.notify(str(e), severity="error", markup=False)
+            return
+        self._close_editor()
+        self.transcript.refresh_turn(index)
+        self.measure()
+
+    # --- for tests and the palette ---------------------------------------------------------------------
+    def turn_views(self) -> list[TurnView]:
+        """The mounted turn widgets, in order."""
+        return list(self.query(TurnView))
+
+    def status_text(self) -> str:
+        """The status line as plain text."""
+        return self._status

@@ -1,0 +1,57 @@
+"""The command palette's rpchat commands: every binding of the current screen, plus a few extras.
+
+Built from the same table as the keys (rpchat.tui.bindings), so nothing is reachable by key only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from textual.command import DiscoveryHit, Hit, Hits, Provider
+
+from rpchat.tui.bindings import KEYS, KeySpec
+
+# Extra palette-only commands: (scope, title, action, help).
+EXTRAS: tuple[tuple[str, str, str, str], ...] = (
+    ("chat", "Edit my last message", "edit_last", "Edit the last thing you said, in place"),
+    ("app", "Reload the model", "app.reload_model", "Load the configured model again"),
+)
+
+
+def screen_scopes(screen: Any) -> tuple[str, ...]:
+    """The binding scopes that apply on ``screen`` (its ``SCOPES`` attribute), plus the app's."""
+    return ("app", *getattr(screen, "SCOPES", ()))
+
+
+class RpchatCommands(Provider):
+    """Offers every rpchat action available on the screen the palette was opened from."""
+
+    def _commands(self) -> list[tuple[str, Callable[[], Any], str]]:
+        screen = self.screen
+        scopes = screen_scopes(screen)
+        out: list[tuple[str, Callable[[], Any], str]] = []
+        for spec in KEYS:
+            if spec.palette and spec.scope in scopes:
+                out.append((spec.description, partial(screen.run_action, spec.action), self._help(spec)))
+        for scope, title, action, help_text in EXTRAS:
+            if scope in scopes:
+                out.append((title, partial(screen.run_action, action), help_text))
+        return out
+
+    def _help(self, spec: KeySpec) -> str:
+        key_for = getattr(self.app, "key_for", None)
+        key = key_for(spec.id) if callable(key_for) else spec.key
+        return f"key: {key}"
+
+    async def discover(self) -> Hits:
+        for title, callback, help_text in self._commands():
+            yield DiscoveryHit(title, callback, help=help_text)
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for title, callback, help_text in self._commands():
+            score = matcher.match(title)
+            if score > 0:
+                yield Hit(score, matcher.highlight(title), callback, help=help_text)

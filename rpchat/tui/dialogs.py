@@ -1,0 +1,230 @@
+"""Small reusable modal dialogs: confirm, text prompt, path prompt, error.
+
+Push one with ``app.push_screen(ConfirmDialog("Delete Marisol?"), callback)`` or, from a worker,
+``await app.push_screen_wait(...)``. Every text shown here is data, never Textual markup.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar, Generic, TypeVar
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Static
+
+from rpchat.text import strip_controls
+
+DIALOG_CSS = """
+{name} {{
+    align: center middle;
+}}
+{name} > Vertical {{
+    width: 72;
+    max-width: 95%;
+    height: auto;
+    max-height: 90%;
+    border: thick $primary 60%;
+    background: $surface;
+    padding: 1 2;
+}}
+{name} .dialog-title {{
+    text-style: bold;
+    color: $primary;
+    margin-bottom: 1;
+}}
+{name} .dialog-message {{
+    margin-bottom: 1;
+}}
+{name} .dialog-error {{
+    color: $error;
+    height: auto;
+}}
+{name} .dialog-buttons {{
+    height: auto;
+    align-horizontal: right;
+    margin-top: 1;
+}}
+{name} .dialog-buttons Button {{
+    margin-left: 1;
+}}
+"""
+
+
+def _plain(text: str) -> Static:
+    # Dialog text often quotes card names or file paths: shown as data, controls made visible.
+    return Static(strip_controls(text), markup=False)
+
+
+class ConfirmDialog(ModalScreen[bool]):
+    """Ask a yes/no question; dismisses with True for yes, False for no or Esc."""
+
+    DEFAULT_CSS = DIALOG_CSS.format(name="ConfirmDialog")
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "answer(False)", "Cancel", id="dialog.cancel"),
+        Binding("y", "answer(True)", "Yes", show=False, id="dialog.yes"),
+        Binding("n", "answer(False)", "No", show=False, id="dialog.no"),
+    ]
+
+    def __init__(self, message: str, *, title: str = "Confirm", yes: str = "Yes", no: str = "No",
+                 danger: bool = False) -> None:
+        super().__init__()
+        self._message, self._title, self._yes, self._no, self._danger = message, title, yes, no, danger
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield _plain(self._title).add_class("dialog-title")
+            yield _plain(self._message).add_class("dialog-message")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button(self._no, id="no")
+                yield Button(self._yes, id="yes", variant="error" if self._danger else "primary")
+
+    def on_mount(self) -> None:
+        # Focus "no" for destructive questions, so a stray Enter cannot delete anything.
+        self.query_one("#no" if self._danger else "#yes", Button).focus()
+
+    @on(Button.Pressed)
+    def _pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
+
+    def action_answer(self, yes: bool) -> None:
+        self.dismiss(yes)
+
+
+_T = TypeVar("_T")
+
+
+class LinePrompt(ModalScreen[_T | None], Generic[_T]):
+    """Ask for one line; `check` refuses bad values in place, `result_value` converts a good one."""
+
+    DEFAULT_CSS = DIALOG_CSS.format(name="LinePrompt")
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel", id="dialog.cancel")]
+
+    def __init__(self, title: str, value: str = "", *, placeholder: str = "", allow_empty: bool = False,
+                 message: str = "") -> None:
+        super().__init__()
+        self._title, self._value, self._placeholder = title, value, placeholder
+        self._allow_empty, self._message = allow_empty, message
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield _plain(self._title).add_class("dialog-title")
+            if self._message:
+                yield _plain(self._message).add_class("dialog-message")
+            yield Input(self._value, placeholder=self._placeholder, id="value")
+            yield Static("", id="error", classes="dialog-error", markup=False)
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Cancel", id="cancel")
+                yield Button("OK", id="ok", variant="primary")
+
+    def on_mount(self) -> None:
+        self.query_one(Input).focus()
+
+    def check(self, value: str) -> str | None:
+        """The problem with ``value`` as one line, or None when it can be accepted."""
+        if not value.strip() and not self._allow_empty:
+            return "Please enter a value."
+        return None
+
+    def show_error(self, problem: str) -> None:
+        """Show a problem under the input and keep the dialog open."""
+        self.query_one("#error", Static).update(strip_controls(problem))
+
+    def _submit(self) -> None:
+        value = self.query_one(Input).value
+        problem = self.check(value)
+        if problem:
+            self.show_error(problem)
+            return
+        self.dismiss(self.result_value(value))
+
+    def result_value(self, value: str) -> _T:
+        """What the dialog returns for an accepted value."""
+        raise NotImplementedError
+
+    @on(Input.Submitted)
+    def _submitted(self) -> None:
+        self._submit()
+
+    @on(Button.Pressed, "#ok")
+    def _ok(self) -> None:
+        self._submit()
+
+    @on(Button.Pressed, "#cancel")
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class TextPrompt(LinePrompt[str]):
+    """Ask for one line of text; dismisses with the text, or None on Esc."""
+
+    DEFAULT_CSS = DIALOG_CSS.format(name="TextPrompt")
+
+    def result_value(self, value: str) -> str:
+        return value
+
+
+class PathPrompt(LinePrompt[Path]):
+    """Ask for a file path (``~`` expands); dismisses with a `Path`, or None on Esc.
+
+    ``must_exist`` refuses paths that are not there; ``suffixes`` (e.g. ``(".png", ".json")``) limits
+    the file types, so the caller gets a usable file or nothing.
+    """
+
+    DEFAULT_CSS = DIALOG_CSS.format(name="PathPrompt")
+
+    def __init__(self, title: str, value: str = "", *, must_exist: bool = True,
+                 suffixes: Sequence[str] = (), directory: bool = False, message: str = "") -> None:
+        hint = ", ".join(suffixes) if suffixes else ("a folder" if directory else "a file")
+        super().__init__(title, value, placeholder=f"path to {hint}", message=message)
+        self._must_exist, self._directory = must_exist, directory
+        self._suffixes = tuple(s.lower() for s in suffixes)
+
+    def check(self, value: str) -> str | None:
+        if not value.strip():
+            return "Please enter a path."
+        path = Path(value.strip()).expanduser()
+        if self._must_exist and not path.exists():
+            return f"{path}: no such file or folder"
+        if self._must_exist and self._directory and not path.is_dir():
+            return f"{path}: not a folder"
+        if self._must_exist and not self._directory and path.is_dir():
+            return f"{path}: is a folder, not a file"
+        if self._suffixes and not self._directory and path.suffix.lower() not in self._suffixes:
+            return f"{path}: expected {', '.join(self._suffixes)}"
+        return None
+
+    def result_value(self, value: str) -> Path:
+        return Path(value.strip()).expanduser()
+
+
+class ErrorDialog(ModalScreen[None]):
+    """Show an error message until the user closes it."""
+
+    DEFAULT_CSS = DIALOG_CSS.format(name="ErrorDialog") + """
+    ErrorDialog > Vertical { border: thick $error 70%; }
+    ErrorDialog .dialog-title { color: $error; }
+    """
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "close", "Close", id="dialog.close")]
+
+    def __init__(self, message: str, *, title: str = "Error") -> None:
+        super().__init__()
+        self._message, self._title = message, title
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield _plain(self._title).add_class("dialog-title")
+            yield _plain(self._message).add_class("dialog-message")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Close", id="close", variant="primary")
+
+    def on_mount(self) -> None:
+        self.query_one(Button).focus()
+
+    @on(Button.Pressed)
+    def action_close(self) -> None:
+        self.dismiss(None)

@@ -1,0 +1,412 @@
+"""The character library: cards with avatars, filter by typing, import/new/duplicate/delete, chats.
+
+The filter box keeps the focus, so typing filters at once; Up/Down move through the cards and Enter
+opens the card's chats (resume, start new, branch).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen, Screen
+from textual.widgets import Footer, Input, OptionList, ProgressBar, Static
+from textual.widgets.option_list import Option
+
+from rpchat.cards import CardEntry, delete_card, duplicate_card, import_card, list_cards, load_card
+from rpchat.errors import RpchatError
+from rpchat.tui.avatar import AvatarView
+from rpchat.tui.bindings import bindings_for
+from rpchat.tui.dialogs import ConfirmDialog, PathPrompt
+from rpchat.tui.prose import clean
+
+if TYPE_CHECKING:
+    from rpchat.tui.app import RpchatApp
+
+CARD_SUFFIXES = (".png", ".json", ".charx")
+
+
+def entry_matches(entry: CardEntry, query: str) -> bool:
+    """True when every word of ``query`` is in the card's name, tags or creator notes."""
+    hay = " ".join((entry.name, " ".join(entry.tags), entry.creator_notes)).casefold()
+    return all(word in hay for word in query.casefold().split())
+
+
+def entry_label(entry: CardEntry) -> Text:
+    """One list row: the name, then tags (or the load error), dimmed."""
+    text = Text(clean(entry.name), style="bold" if not entry.error else "dim strike", no_wrap=True,
+                overflow="ellipsis")
+    if entry.error:
+        text.append(f"  {clean(entry.error)}", style="red")
+    elif entry.tags:
+        text.append("  " + clean(", ".join(entry.tags[:4])), style="dim")
+    if entry.bundled:
+        text.append("  (bundled)", style="dim italic")
+    return text
+
+
+class ChatsDialog(ModalScreen["tuple[str, Path | None] | None"]):
+    """A card's chats: start a new one, resume one (Enter), or branch one (b)."""
+
+    DEFAULT_CSS = """
+    ChatsDialog { align: center middle; }
+    ChatsDialog > Vertical { width: 90; max-width: 95%; height: 80%; border: thick $primary 60%;
+                             background: $surface; padding: 0 1; }
+    ChatsDialog #chats-title { text-style: bold; color: $primary; }
+    ChatsDialog OptionList { height: 1fr; }
+    """
+    BINDINGS = [
+        Binding("escape", "cancel", "Close", id="chats.close"),
+        Binding("b", "branch", "Branch selected", id="chats.branch"),
+        Binding("n", "new", "New chat", id="chats.new"),
+    ]
+
+    def __init__(self, name: str, chats: list[Any]) -> None:
+        super().__init__()
+        self._name = name
+        self._chats = chats
+
+    def compose(self) -> ComposeResult:
+        options = [Option(Text("+ Start a new chat", style="bold"), id="new")]
+        for i, entry in enumerate(self._chats):
+            label = Text(clean(entry.path.stem), style="bold")
+            if entry.error:
+                label.append(f"  {clean(entry.error)}", style="red")
+            else:
+                label.append(f"  {entry.turns} turns  {clean(entry.last_date[:16])}", style="dim")
+                if entry.preview:
+                    label.append("\n  " + clean(entry.preview[:120]), style="italic")
+            options.append(Option(label, id=f"chat-{i}", disabled=bool(entry.error)))
+        with Vertical():
+            yield Static(f"Chats with {clean(self._name)}  (Enter opens, b branches, n new, Esc closes)",
+                         id="chats-title", markup=False)
+            yield OptionList(*options, id="chats")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        chats = self.query_one(OptionList)
+        chats.highlighted = 1 if self._chats and not self._chats[0].error else 0
+        chats.focus()
+
+    def _selected(self) -> Path | None:
+        option_list = self.query_one(OptionList)
+        index = option_list.highlighted
+        if index is None or index == 0:
+            return None
+        return self._chats[index - 1].path
+
+    @on(OptionList.OptionSelected)
+    def _chosen(self, event: OptionList.OptionSelected) -> None:
+        event.stop()
+        path = self._selected()
+        self.dismiss(("open", path) if path is not None else ("new", None))
+
+    def action_branch(self) -> None:
+        path = self._selected()
+        if path is None:
+            self.notify("Pick a chat to branch.", severity="warning")
+            return
+        self.dismiss(("branch", path))
+
+    def action_new(self) -> None:
+        self.dismiss(("new", None))
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class LibraryScreen(Screen[None]):
+    """All cards (bundled and the user's); the first screen."""
+
+    BINDINGS: list[Binding] = bindings_for("library")  # type: ignore[assignment]
+    SCOPES = ("library",)
+
+    DEFAULT_CSS = """
+    LibraryScreen #title { text-style: bold; color: $primary; padding: 0 1; }
+    LibraryScreen #filter { margin: 0 1; }
+    LibraryScreen #cards { width: 2fr; height: 1fr; margin: 0 1; }
+    LibraryScreen #detail { width: 3fr; height: 1fr; padding: 0 1; }
+    LibraryScreen #detail AvatarView { width: 32; height: 16; }
+    LibraryScreen #card-name { text-style: bold; color: $primary; margin-top: 1; }
+    LibraryScreen #card-tags { color: $accent; }
+    LibraryScreen #card-notes { margin-top: 1; }
+    LibraryScreen #model-bar { height: 1; padding: 0 1; background: $panel; }
+    LibraryScreen #model-text { width: 1fr; color: $text-muted; }
+    LibraryScreen #model-progress { width: 30; }
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entries: list[CardEntry] = []
+        self.shown: list[CardEntry] = []
+
+    @property
+    def rp_app(self) -> RpchatApp:
+        return self.app  # type: ignore[return-value]
+
+    def compose(self) -> ComposeResult:
+        yield Static("rpchat  \u2014  character library", id="title", markup=False)
+        yield Input(placeholder="Type to filter by name, tag or notes", id="filter")
+        with Horizontal():
+            yield OptionList(id="cards")
+            with VerticalScroll(id="detail"):
+                yield AvatarView(None)
+                yield Static("", id="card-name", markup=False)
+                yield Static("", id="card-tags", markup=False)
+                yield Static("", id="card-notes", markup=False)
+                yield Static("", id="card-chats", markup=False)
+        with Horizontal(id="model-bar"):
+            yield Static("", id="model-text", markup=False)
+            yield ProgressBar(total=100, show_eta=False, show_percentage=True, id="model-progress")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.reload()
+        self.query_one("#filter", Input).focus()
+        self.watch(self.app, "engine_state", lambda _: self.update_status())
+        self.watch(self.app, "load_progress", lambda _: self.update_status())
+
+    def on_screen_resume(self) -> None:
+        # Chats may have been added while the chat screen was open.
+        self._show_detail()
+
+    # --- list ----------------------------------------------------------------------------------------
+    def reload(self, select: Path | None = None) -> None:
+        """Read the card folders again and show the list (keeping the filter)."""
+        try:
+            self.entries = list_cards()
+        except RpchatError as e:
+            self.entries = []
+            self.notify(str(e), severity="error", markup=False)
+        self._apply_filter(select)
+
+    def _apply_filter(self, select: Path | None = None) -> None:
+        query = self.query_one("#filter", Input).value
+        self.shown = [e for e in self.entries if entry_matches(e, query)]
+        cards = self.query_one("#cards", OptionList)
+        cards.clear_options()
+        cards.add_options([Option(entry_label(e)) for e in self.shown])
+        index = 0
+        if select is not None:
+            index = next((i for i, e in enumerate(self.shown) if e.path == select), 0)
+        cards.highlighted = index if self.shown else None
+        self._show_detail()
+
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self) -> None:
+        self._apply_filter()
+
+    @on(OptionList.OptionHighlighted, "#cards")
+    def _highlighted(self) -> None:
+        self._show_detail()
+
+    @on(OptionList.OptionSelected, "#cards")
+    def _selected(self) -> None:
+        self.action_open_card()
+
+    @property
+    def current(self) -> CardEntry | None:
+        index = self.query_one("#cards", OptionList).highlighted
+        if index is None or not 0 <= index < len(self.shown):
+            return None
+        return self.shown[index]
+
+    def _show_detail(self) -> None:
+        entry = self.current
+        avatar = self.query_one(AvatarView)
+        name = self.query_one("#card-name", Static)
+        tags = self.query_one("#card-tags", Static)
+        notes = self.query_one("#card-notes", Static)
+        chats = self.query_one("#card-chats", Static)
+        if entry is None:
+            avatar.set_image(None)
+            name.update("No cards match." if self.entries else "No cards yet: import one (Ctrl+T).")
+            for w in (tags, notes, chats):
+                w.update("")
+            return
+        data = None
+        if not entry.error:
+            try:
+                data = load_card(entry.path).avatar
+            except RpchatError:
+                data = None
+        avatar.set_image(data)
+        name.update(clean(entry.name))
+        tags.update(clean(", ".join(entry.tags)) if entry.tags else "")
+        notes.update(clean(entry.error or entry.creator_notes or ""))
+        chats.update(self._chats_line(entry))
+
+    def _chats_line(self, entry: CardEntry) -> str:
+        from rpchat.chat.library import list_chats
+
+        try:
+            count = len(list_chats(entry.name))
+        except RpchatError:
+            count = 0
+        resume, new = self.rp_app.key_for("resume_chat"), self.rp_app.key_for("new_chat")
+        if count:
+            return f"{count} chat{'s' if count != 1 else ''}: Enter lists them, {resume} resumes the last, {new} starts new"
+        return f"No chats yet: Enter or {new} starts one"
+
+    def update_status(self) -> None:
+        """The model bar: loading progress, ready, or the problem."""
+        app = self.rp_app
+        text = self.query_one("#model-text", Static)
+        bar = self.query_one("#model-progress", ProgressBar)
+        if app.engine_state == "loading":
+            text.update("Loading the model... (you can browse meanwhile)")
+            bar.display = True
+            bar.update(progress=int(app.load_progress * 100))
+            return
+        bar.display = False
+        if app.engine_state == "ready" and app.engine_info is not None:
+            info = app.engine_info
+            text.update(clean(f"Model: {info.model_name} | {info.backend} | n_ctx {info.n_ctx:,}"))
+        elif app.engine_problem:
+            text.update(clean(app.engine_problem))
+        else:
+            text.update("No model loaded")
+
+    # --- actions ---------------------------------------------------------------------------------------
+    def action_move(self, step: int) -> None:
+        cards = self.query_one("#cards", OptionList)
+        if not self.shown:
+            return
+        current = cards.highlighted if cards.highlighted is not None else -1
+        cards.highlighted = max(0, min(len(self.shown) - 1, current + step))
+
+    def action_focus_filter(self) -> None:
+        self.query_one("#filter", Input).focus()
+
+    def _usable(self) -> CardEntry | None:
+        entry = self.current
+        if entry is None:
+            self.notify("No card selected.", severity="warning")
+            return None
+        if entry.error:
+            self.notify(f"{entry.path}: {entry.error}", severity="error", markup=False)
+            return None
+        return entry
+
+    def action_open_card(self) -> None:
+        from rpchat.chat.library import list_chats
+
+        entry = self._usable()
+        if entry is None:
+            return
+        try:
+            chats = list_chats(entry.name)
+        except RpchatError as e:
+            self.notify(str(e), severity="error", markup=False)
+            return
+        if not chats:
+            self.rp_app.open_chat(entry.path, None)
+            return
+
+        def chosen(choice: tuple[str, Path | None] | None) -> None:
+            if choice is None:
+                return
+            what, path = choice
+            if what == "branch" and path is not None:
+                self._branch(entry, path)
+            else:
+                self.rp_app.open_chat(entry.path, path)
+
+        self.app.push_screen(ChatsDialog(entry.name, chats), chosen)
+
+    def _branch(self, entry: CardEntry, path: Path) -> None:
+        from rpchat.tui.app import open_session_for
+        from rpchat.tui.chat import ChatScreen
+
+        try:
+            session = open_session_for(self.rp_app, entry.path, path)
+            if not session.chat.turns:
+                raise RpchatError("the chat is empty; nothing to branch", path)
+            session = session.branch(len(session.chat.turns) - 1)
+        except RpchatError as e:
+            self.notify(str(e), severity="error", markup=False)
+            return
+        self.app.push_screen(ChatScreen(session))
+        self.notify(f"Branched into {session.path.name}", markup=False)
+
+    def action_resume_chat(self) -> None:
+        from rpchat.chat.library import latest_chat
+
+        entry = self._usable()
+        if entry is not None:
+            self.rp_app.open_chat(entry.path, latest_chat(entry.name))
+
+    def action_new_chat(self) -> None:
+        entry = self._usable()
+        if entry is not None:
+            self.rp_app.open_chat(entry.path, None)
+
+    def action_import_card(self) -> None:
+        def chosen(path: Any) -> None:
+            if path is None:
+                return
+            try:
+                dest = import_card(Path(path))
+            except RpchatError as e:
+                self.notify(str(e), severity="error", markup=False)
+                return
+            self.query_one("#filter", Input).value = ""
+            self.reload(select=dest)
+            self.notify(f"Imported {dest.name}", markup=False)
+
+        self.app.push_screen(PathPrompt("Import a card (PNG, JSON or CharX)", suffixes=CARD_SUFFIXES), chosen)
+
+    def action_new_card(self) -> None:
+        self.rp_app.open_card_editor(None, self)
+
+    def action_edit_card(self) -> None:
+        entry = self._usable()
+        if entry is not None:
+            self.rp_app.open_card_editor(entry.path, self)
+
+    def card_changed(self, saved: Any) -> None:
+        """The card editor saved a card: show it in the list."""
+        self.query_one("#filter", Input).value = ""
+        self.reload(select=saved.path)
+
+    def action_duplicate_card(self) -> None:
+        entry = self._usable()
+        if entry is None:
+            return
+        try:
+            dest = duplicate_card(entry.path)
+        except RpchatError as e:
+            self.notify(str(e), severity="error", markup=False)
+            return
+        self.reload(select=dest)
+        self.notify(f"Duplicated as {dest.name}", markup=False)
+
+    def action_delete_card(self) -> None:
+        entry = self.current
+        if entry is None:
+            return
+        if entry.bundled:
+            self.notify("Bundled cards cannot be deleted (duplicate one to make it yours).", severity="warning")
+            return
+
+        def confirmed(yes: bool | None) -> None:
+            if not yes:
+                return
+            try:
+                delete_card(entry.path)
+            except RpchatError as e:
+                self.notify(str(e), severity="error", markup=False)
+                return
+            self.reload()
+            self.notify(f"Deleted {entry.path.name}", markup=False)
+
+        self.app.push_screen(
+            ConfirmDialog(f"Delete the card {entry.name} ({entry.path.name})? Its chats are kept.",
+                          title="Delete card", yes="Delete", danger=True),
+            confirmed,
+        )

@@ -1,0 +1,70 @@
+"""Typed messages the workers post to the UI (harlequin style: one class per event)."""
+
+from __future__ import annotations
+
+from textual.message import Message
+
+from rpchat.engine.base import EngineInfo, Result
+
+
+class ModelLoading(Message):
+    """Loading progress, 0.0 .. 1.0."""
+
+    def __init__(self, progress: float) -> None:
+        super().__init__()
+        self.progress = progress
+
+
+class ModelLoaded(Message):
+    """The engine is ready."""
+
+    def __init__(self, info: EngineInfo) -> None:
+        super().__init__()
+        self.info = info
+
+
+class ModelFailed(Message):
+    """The engine could not load; ``problem`` is the one-line reason."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__()
+        self.problem = problem
+
+
+class TokensArrived(Message):
+    """A piece of text from the engine for the live reply."""
+
+    def __init__(self, text: str, generation: int) -> None:
+        super().__init__()
+        self.text = text
+        self.generation = generation
+
+
+class ReplyFinished(Message):
+    """A generation ended (done, stopped or failed); the chat is already saved."""
+
+    def __init__(self, result: Result, mode: str, generation: int) -> None:
+        super().__init__()
+        self.result = result
+        self.mode = mode
+        self.generation = generation
+
+
+class ReplyFailed(Message):
+    """A generation could not start or crashed; ``problem`` is the one-line reason."""
+
+    def __init__(self, problem: str, mode: str, generation: int) -> None:
+        super().__init__()
+        self.problem = problem
+        self.mode = mode
+        self.generation = generation
+
+
+class PromptMeasured(Message):
+    """The prompt for the next reply was built: token count and where older turns were cut."""
+
+    def __init__(self, n_tokens: int | None, n_ctx: int | None, first_kept: int | None) -> None:
+        super().__init__()
+        self.n_tokens = n_tokens
+        self.n_ctx = n_ctx
+        self.first_kept = first_kept

@@ -1,0 +1,379 @@
+"""The settings screen: model, engine, prompt format, sampler preset and theme, saved to config.yaml.
+
+Push ``SettingsScreen(config)``; it dismisses with the saved `Config`, or None when cancelled. Every
+field is checked before anything is written, and all problems are listed together.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, ClassVar
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, HorizontalGroup, VerticalScroll
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import (
+    Button,
+    Checkbox,
+    DataTable,
+    Footer,
+    Input,
+    Label,
+    Select,
+    Static,
+    TabbedContent,
+    TabPane,
+)  # fmt: skip
+
+from rpchat.config import Config, save_config
+from rpchat.engine.base import Sampling
+from rpchat.engine.gguf_info import ModelInfo, scan_models
+from rpchat.engine.presets import SAMPLER_HELP, list_presets, load_preset
+from rpchat.errors import RpchatError
+from rpchat.paths import Paths, profile
+from rpchat.prompt.formats import list_formats
+from rpchat.text import strip_controls
+from rpchat.tui.themes import prose_styles
+
+REMOTE_APIS = ("auto", "llama.cpp", "openai", "koboldcpp")
+KV_TYPES = ("f16", "q8_0", "q4_0")
+MAX_CTX = 1 << 20
+PREVIEW = (
+    ("Marisol  ", "title"), ("*throws a blanket over you.* ", "action"), ('"Up you get, Theo." ', "dialogue"),
+    ("_He looks half drowned._ ", "thought"), ("''The Gull Island Gazette'' ", "title"), ("(OOC: brb)", "ooc"),
+)
+
+
+def _field(label: str, widget: Any) -> HorizontalGroup:
+    # One line per setting: the whole Engine tab fits a 24-line terminal.
+    widget.compact = True
+    return HorizontalGroup(Label(label, classes="field-label"), widget, classes="field")
+
+
+def _text(value: object) -> Text:
+    # Model names and paths come from files: shown as data, never as markup.
+    return Text(strip_controls(str(value)), no_wrap=True, overflow="ellipsis")
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+class SettingsScreen(Screen["Config | None"]):
+    """Edit and save the user's `Config`."""
+
+    DEFAULT_CSS = """
+    SettingsScreen { background: $background; }
+    SettingsScreen #settings-title { text-style: bold; color: $primary; padding: 0 1; }
+    SettingsScreen #tabs { height: 1fr; }
+    SettingsScreen ContentSwitcher { height: 1fr; }
+    SettingsScreen TabPane { height: 1fr; padding: 1 1 0 1; overflow-y: auto; }
+    SettingsScreen .field { height: auto; margin-bottom: 1; }
+    SettingsScreen .field-label { width: 18; color: $text-muted; }
+    SettingsScreen .field Input, SettingsScreen .field Select { width: 1fr; }
+    SettingsScreen #models { height: 1fr; min-height: 4; margin-bottom: 1; }
+    SettingsScreen #models-note { color: $text-muted; height: auto; margin-bottom: 1; }
+    SettingsScreen #sampler-values { height: 1fr; min-height: 6; border: round $panel; padding: 0 1; }
+    SettingsScreen #theme-preview { height: auto; border: round $panel; padding: 0 1; }
+    SettingsScreen #problems { color: $error; height: auto; padding: 0 1; }
+    SettingsScreen #buttons { height: auto; align-horizontal: right; padding: 0 1; }
+    SettingsScreen #buttons Button { margin-left: 2; }
+    """
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("ctrl+s", "save", "Save", id="settings.save"),
+        Binding("escape", "cancel", "Cancel", id="settings.cancel"),
+    ]
+
+    class ModelsScanned(Message):
+        """The models folder scan finished."""
+
+        def __init__(self, folder: Path, models: list[ModelInfo]) -> None:
+            super().__init__()
+            self.folder, self.models = folder, models
+
+    def __init__(self, config: Config | None = None, paths: Paths | None = None) -> None:
+        super().__init__()
+        self._paths = paths or profile()
+        self._config = dataclasses.replace(config or Config(), engine=dataclasses.replace((config or Config()).engine))
+        self._models: list[ModelInfo] = []
+        self._theme_before: str | None = None
+
+    # --- layout ----------------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        cfg, eng = self._config, self._config.engine
+        yield Static("Settings", id="settings-title")
+        with TabbedContent(id="tabs"):
+            with TabPane("Model", id="tab-model"):
+                yield _field("Models folder", Input(eng.models_dir or str(self._paths.models_dir), id="models-dir"))
+                yield DataTable(id="models", cursor_type="row", zebra_stripes=True)
+                yield Static("", id="models-note", markup=False)
+                yield _field("Model file", Input(eng.model or "", placeholder="empty: the bundled demo model",
+                                                 id="model"))
+                yield _field("LoRA adapter", Input(eng.lora or "", placeholder="optional .gguf adapter", id="lora"))
+            with TabPane("Engine", id="tab-engine"):
+                yield _field("Engine", Select([("local (llama.cpp)", "local"), ("remote server", "remote")],
+                                              value=eng.kind if eng.kind in ("local", "remote") else "local",
+                                              allow_blank=False, id="kind"))
+                yield _field("Server URL", Input(eng.remote_url or "", placeholder="http://127.0.0.1:8080",
+                                                 id="remote-url"))
+                yield _field("Server API", Select([(a, a) for a in REMOTE_APIS], allow_blank=False,
+                                                  value=eng.remote_api if eng.remote_api in REMOTE_APIS else "auto",
+                                                  id="remote-api"))
+                yield _field("API key", Input(eng.api_key or "", password=True, placeholder="optional",
+                                              id="api-key"))
+                yield _field("Context (n_ctx)", Input(str(eng.n_ctx), id="n-ctx"))
+                yield _field("GPU layers", Input(_opt(eng.n_gpu_layers), placeholder="empty: all that fit",
+                                                 id="n-gpu-layers"))
+                yield _field("CPU threads", Input(_opt(eng.n_threads), placeholder="empty: physical cores",
+                                                  id="n-threads"))
+                yield _field("Batch size", Input(str(eng.n_batch), id="n-batch"))
+                yield _field("KV cache type", Select([(k, k) for k in KV_TYPES], allow_blank=False,
+                                                     value=eng.kv_type if eng.kv_type in KV_TYPES else "f16",
+                                                     id="kv-type"))
+                yield _field("Flash attention", Checkbox("faster on GPUs", eng.flash_attn, id="flash-attn"))
+            with TabPane("Prompt & sampling", id="tab-prompt"):
+                yield _field("Prompt format", Select(_choices(_safe(list_formats), cfg.format), value=cfg.format,
+                                                     allow_blank=False, id="format"))
+                presets = [p.name for p in _safe(list_presets)]
+                yield _field("Sampler preset", Select(_choices(presets, cfg.preset), value=cfg.preset,
+                                                      allow_blank=False, id="preset"))
+                yield _field("Reply budget", Input(str(cfg.max_new_tokens), id="max-new-tokens"))
+                with VerticalScroll(id="sampler-values"):
+                    yield Static(id="sampler-table", markup=False)
+            with TabPane("Theme", id="tab-theme"):
+                yield _field("Theme", Select([(n, n) for n in self._theme_names()], value=self._current_theme(),
+                                             allow_blank=False, id="theme"))
+                yield Static(id="theme-preview")
+        yield Static("", id="problems", markup=False)
+        with Horizontal(id="buttons"):
+            yield Button("Cancel", id="cancel", compact=True)
+            yield Button("Save", id="save", variant="primary", compact=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self._theme_before = self.app.theme
+        table = self.query_one("#models", DataTable)
+        table.add_columns("Model", "Arch", "Quant", "Params", "Context", "Size", "File")
+        self._scan(self._models_folder())
+        self._show_preset(self._config.preset)
+        self._show_theme_preview()
+        self._engine_kind_changed()
+
+    def _theme_names(self) -> list[str]:
+        names = sorted(self.app.available_themes)
+        # rpchat's own themes first: they style the roleplay prose.
+        return [n for n in names if n.startswith("rpchat")] + [n for n in names if not n.startswith("rpchat")]
+
+    def _current_theme(self) -> str:
+        names = self.app.available_themes
+        return self._config.theme if self._config.theme in names else self.app.theme
+
+    # --- models ------------------------------------------------------------------------------------
+    def _models_folder(self) -> Path:
+        return Path(self.query_one("#models-dir", Input).value.strip() or self._paths.models_dir).expanduser()
+
+    @work(thread=True, exclusive=True, group="scan-models", exit_on_error=False)
+    def _scan(self, folder: Path) -> None:
+        # Reading GGUF headers touches disk; a folder on a slow drive must not freeze the UI.
+        self.post_message(self.ModelsScanned(folder, scan_models(folder)))
+
+    @on(ModelsScanned)
+    def _show_models(self, event: ModelsScanned) -> None:
+        self._models = event.models
+        table = self.query_one("#models", DataTable)
+        table.clear()
+        for i, m in enumerate(event.models):
+            ctx = f"{m.context_length:,}" if m.context_length else "?"
+            rel = m.path.relative_to(event.folder) if m.path.is_relative_to(event.folder) else m.path
+            name = m.name if not m.error else f"{m.name} (unreadable: {m.error})"
+            table.add_row(_text(name), _text(m.architecture), _text(m.quantization), _text(m.size_label or "?"),
+                          _text(ctx), _text(_size(m.size_bytes)), _text(rel), key=str(i))
+        note = self.query_one("#models-note", Static)
+        if event.models:
+            note.update("Enter on a row picks that model.")
+        else:
+            note.update(strip_controls(f"No .gguf files in {event.folder}. Put models there, or type another "
+                                       "folder above and press Enter."))
+
+    @on(Input.Submitted, "#models-dir")
+    def _rescan(self) -> None:
+        self._scan(self._models_folder())
+
+    @on(DataTable.RowSelected, "#models")
+    def _pick_model(self, event: DataTable.RowSelected) -> None:
+        key = event.row_key.value
+        if key is not None and key.isdigit() and int(key) < len(self._models):
+            self.query_one("#model", Input).value = str(self._models[int(key)].path)
+
+    # --- presets and theme ---------------------------------------------------------------------------
+    @on(Select.Changed, "#preset")
+    def _preset_changed(self, event: Select.Changed) -> None:
+        if isinstance(event.value, str):
+            self._show_preset(event.value)
+
+    def _show_preset(self, name: str) -> None:
+        target = self.query_one("#sampler-table", Static)
+        try:
+            preset = load_preset(name)
+        except RpchatError as e:
+            target.update(Text(strip_controls(str(e)), style="red"))
+            return
+        target.update(sampler_table(preset.description, preset.sampling))
+
+    @on(Select.Changed, "#theme")
+    def _theme_changed(self, event: Select.Changed) -> None:
+        # Preview at once; Cancel puts the old theme back.
+        if isinstance(event.value, str) and event.value in self.app.available_themes:
+            self.app.theme = event.value
+            self._show_theme_preview()
+
+    def _show_theme_preview(self) -> None:
+        styles = prose_styles(self.app.current_theme)
+        sample = Text()
+        for text, kind in PREVIEW:
+            sample.append(text, style=styles.get(kind, ""))
+        self.query_one("#theme-preview", Static).update(sample)
+
+    @on(Select.Changed, "#kind")
+    def _engine_kind_changed(self) -> None:
+        # Grey out what the chosen engine ignores, so nobody tunes threads for a remote server.
+        remote = self.query_one("#kind", Select).value == "remote"
+        for wid in ("remote-url", "remote-api", "api-key"):
+            self.query_one(f"#{wid}").disabled = not remote
+        for wid in ("n-gpu-layers", "n-threads", "n-batch", "kv-type", "flash-attn"):
+            self.query_one(f"#{wid}").disabled = remote
+
+    # --- save / cancel -------------------------------------------------------------------------------
+    def read_form(self) -> tuple[Config, list[str]]:
+        """The config the form describes, and every problem found (empty when it can be saved)."""
+        problems: list[str] = []
+
+        def value(wid: str) -> str:
+            return self.query_one(f"#{wid}", Input).value.strip()
+
+        def number(wid: str, label: str, low: int, high: int, *, optional: bool = False,
+                   step: int = 1) -> int | None:
+            raw = value(wid)
+            if not raw and optional:
+                return None
+            try:
+                n = int(raw.replace("_", "").replace(",", ""))
+            except ValueError:
+                problems.append(f"{label}: {raw!r} is not a whole number" if raw else f"{label}: enter a number")
+                return None
+            if not low <= n <= high:
+                problems.append(f"{label}: must be between {low:,} and {high:,} (got {n:,})")
+            elif n % step:
+                problems.append(f"{label}: must be a multiple of {step} (e.g. {max(step, n // step * step):,})")
+            return n
+
+        old = self._config.engine
+        kind = str(self.query_one("#kind", Select).value)
+        url = value("remote-url")
+        if kind == "remote" and not url:
+            problems.append("Server URL: needed for a remote engine (e.g. http://127.0.0.1:8080)")
+        elif url and not url.startswith(("http://", "https://")):
+            problems.append(f"Server URL: {url!r} must start with http:// or https://")
+        model, lora = value("model"), value("lora")
+        for label, path in (("Model file", model), ("LoRA adapter", lora)):
+            if path and not Path(path).expanduser().is_file():
+                problems.append(f"{label}: {path} does not exist")
+            elif path and not path.lower().endswith(".gguf"):
+                problems.append(f"{label}: {path} is not a .gguf file")
+        n_ctx = number("n-ctx", "Context (n_ctx)", 256, MAX_CTX, step=256)
+        gpu = number("n-gpu-layers", "GPU layers", -1, 10_000, optional=True)
+        threads = number("n-threads", "CPU threads", 1, 1024, optional=True)
+        batch = number("n-batch", "Batch size", 1, 65_536)
+        budget = number("max-new-tokens", "Reply budget", 1, 1_000_000)
+        models_dir = value("models-dir")
+        engine = dataclasses.replace(
+            old, kind=kind, model=model or None, lora=lora or None, remote_url=url or None,
+            remote_api=str(self.query_one("#remote-api", Select).value), api_key=value("api-key") or None,
+            n_ctx=n_ctx or old.n_ctx, n_gpu_layers=gpu, n_threads=threads, n_batch=batch or old.n_batch,
+            kv_type=str(self.query_one("#kv-type", Select).value),
+            flash_attn=self.query_one("#flash-attn", Checkbox).value,
+            models_dir=None if models_dir in ("", str(self._paths.models_dir)) else models_dir,
+        )
+        config = dataclasses.replace(
+            self._config, engine=engine, format=str(self.query_one("#format", Select).value),
+            preset=str(self.query_one("#preset", Select).value), theme=str(self.query_one("#theme", Select).value),
+            max_new_tokens=budget or self._config.max_new_tokens,
+        )
+        return config, problems
+
+    def action_save(self) -> None:
+        """Check every field; save and close when all are fine, else list the problems."""
+        config, problems = self.read_form()
+        if not problems:
+            try:
+                save_config(self._paths, config)
+            except (OSError, RpchatError) as e:
+                problems.append(f"{self._paths.config_file}: cannot save: {getattr(e, 'strerror', None) or e}")
+        self.query_one("#problems", Static).update("\n".join(problems))
+        if problems:
+            self.notify(problems[0], title="Settings not saved", severity="error")
+            return
+        self.dismiss(config)
+
+    @on(Button.Pressed, "#save")
+    def _save_pressed(self) -> None:
+        self.action_save()
+
+    @on(Button.Pressed, "#cancel")
+    def action_cancel(self) -> None:
+        """Close without saving (and undo the theme preview)."""
+        if self._theme_before and self.app.theme != self._theme_before:
+            self.app.theme = self._theme_before
+        self.dismiss(None)
+
+
+def sampler_table(description: str, sampling: Sampling) -> Group:
+    """Each sampler value with its one-line explanation; values that differ from neutral stand out."""
+    neutral = Sampling()
+    table = Table(box=None, show_header=False, expand=True, padding=(0, 1))
+    table.add_column("sampler", no_wrap=True)
+    table.add_column("value", justify="right", no_wrap=True)
+    table.add_column("meaning", ratio=1)
+    for f in dataclasses.fields(Sampling):
+        value = getattr(sampling, f.name)
+        style = "bold" if value != getattr(neutral, f.name) else "dim"
+        shown = "random" if value is None and f.name == "seed" else _show(value)
+        table.add_row(Text(f.name, style=style), Text(shown, style=style),
+                      Text(SAMPLER_HELP.get(f.name, ""), style="" if style == "bold" else "dim"))
+    intro = Text(strip_controls(description.strip()), style="italic") if description.strip() else Text()
+    return Group(intro, Text(), table) if intro else Group(table)
+
+
+def _show(value: object) -> str:
+    if isinstance(value, tuple):
+        return " ".join(repr(v)[1:-1] for v in value) or "-"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _opt(value: int | None) -> str:
+    return "" if value is None else str(value)
+
+
+def _choices(names: list[str], current: str) -> list[tuple[Text, str]]:
+    # A config naming a file that is gone still shows (and saves) its value rather than failing.
+    options = [(_text(n), n) for n in names]
+    if current not in names:
+        options.append((_text(f"{current} (missing)"), current))
+    return options
+
+
+def _safe(lister: Any) -> list[Any]:
+    try:
+        return list(lister())
+    except RpchatError:
+        return []
+

