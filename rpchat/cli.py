@@ -118,9 +118,10 @@ def cmd_prompt(args: argparse.Namespace) -> int:
     paths = profile()
     config = load_config(paths)
     card = load_card(args.card)
-    persona = PersonaBook.load(paths.personas_file).default
+    book = PersonaBook.load(paths.personas_file)
+    persona = book.default_persona()
     if args.user:
-        found = PersonaBook.load(paths.personas_file).get(args.user)
+        found = book.find(args.user)
         persona = found if found is not None else Persona(args.user, "")
     if args.persona is not None:
         persona = Persona(persona.name, args.persona)
@@ -213,8 +214,13 @@ def cmd_card(args: argparse.Namespace) -> int:
     if args.card_command == "show":
         card = load_card(args.card)
         if args.json:
-            d = card_to_dict(card, "chara_card_v3")
-            print(json.dumps({"spec": card.spec, "data": d["data"]}, ensure_ascii=False, indent=2))
+            from rpchat.cards.jsoncard import V3_ONLY
+
+            data = card_to_dict(card, "chara_card_v3")["data"]
+            # Every V2/V3 field, set or not, so scripts can rely on the keys being there.
+            for key in V3_ONLY:
+                data.setdefault(key, getattr(card, key))
+            print(json.dumps({"spec": card.spec, "data": data}, ensure_ascii=False, indent=2))
         else:
             _print_card(card)
         return 0

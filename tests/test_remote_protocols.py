@@ -396,7 +396,9 @@ def test_cancel_while_server_is_still_evaluating_the_prompt(fake: Fake) -> None:
 
 def test_abandoning_the_iteration_closes_the_stream(fake: Fake) -> None:
     llama_routes(fake)
-    fake.routes[("POST", "/completion")] = lambda req: Stream(itertools.chain([sse({"content": "a"})], pings(fake)))
+    fake.routes[("POST", "/completion")] = lambda req: Stream(
+        itertools.chain([sse({"content": "a"})], pings(fake))
+    )
     gen = connect(fake).stream([Segment("x", "template")], Sampling())
     for _piece in gen:
         break
@@ -568,7 +570,9 @@ def test_kobold_stream_cut_before_finish_is_an_error(fake: Fake) -> None:
 def test_openai_server_reports_context_usage_and_counts(fake: Fake) -> None:
     models = {"object": "list", "data": [{"id": "org/model-8b", "max_model_len": 32768}]}
     fake.routes[("GET", "/v1/models")] = lambda req: Json(models)
-    fake.routes[("POST", "/tokenize")] = lambda req: Json({"count": len(req.body["prompt"]), "tokens": list(range(len(req.body["prompt"])))})
+    fake.routes[("POST", "/tokenize")] = lambda req: Json(
+        {"count": len(req.body["prompt"]), "tokens": list(range(len(req.body["prompt"])))}
+    )
 
     def completions(req: Request) -> Stream:
         chunk = {"choices": [{"index": 0, "text": "Hi", "finish_reason": None}]}
@@ -596,4 +600,33 @@ def test_openai_server_reports_context_usage_and_counts(fake: Fake) -> None:
         6,
         3,
         2,
+    )
+
+
+def test_openai_reports_each_sampler_it_cannot_honour_once(fake: Fake) -> None:
+    fake.routes[("GET", "/v1/models")] = lambda req: Json({"object": "list", "data": [{"id": "m"}]})
+    engine = connect(fake, n_ctx=4096)
+    assert engine.n_ctx == 4096 and not engine.exact_token_count
+    assert "estimates" in (engine.info.notice or "")
+    assert engine.count_tokens("seven chars") == 4  # the estimate: 11 characters / 3.5, rounded up
+    sampling = Sampling(
+        tfs_z=0.9, dry_multiplier=0.8, dry_base=2.0, dry_allowed_length=3, xtc_probability=0.5,
+        xtc_threshold=0.2, mirostat=2, mirostat_tau=3.0, dynatemp_range=0.5, temperature_last=False,
+        min_p=0.1, top_k=20, presence_penalty=0.5, seed=1,
+    )  # fmt: skip
+    assert engine.unsupported(sampling) == [
+        "tfs_z", "dry_multiplier", "xtc_probability", "mirostat", "dynatemp_range", "temperature_last",
+    ]  # fmt: skip
+    assert engine.unsupported(Sampling()) == []
+
+
+def test_server_still_loading_its_model(fake: Fake) -> None:
+    fake.routes[("GET", "/api/extra/version")] = lambda req: Json(
+        {"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}}, 503
+    )
+    with pytest.raises(EngineError) as err:
+        connect(fake)
+    assert (
+        str(err.value)
+        == f"{fake.url}: the server is not ready yet (HTTP 503 on /api/extra/version: Loading model)"
     )

@@ -86,9 +86,13 @@ def server(scripted_model: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     srv.stop()
 
 
-@pytest.fixture
-def engine(server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RemoteEngine]:
+@pytest.fixture(autouse=True)
+def _home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RPCHAT_HOME", str(tmp_path))
+
+
+@pytest.fixture
+def engine(server: Server) -> Iterator[RemoteEngine]:
     eng = RemoteEngine(server.url, n_ctx=N_CTX)
     eng.load()
     yield eng
@@ -98,6 +102,7 @@ def engine(server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> I
 def test_detects_openai_api_and_counts_with_the_server_tokenizer(engine: RemoteEngine) -> None:
     assert engine.api == "openai"
     assert "OpenAI" in engine.info.backend
+    assert engine.info.model_name == "scripted.gguf"
     assert engine.n_ctx == N_CTX  # llama_cpp.server does not report it: our fallback, with a notice
     assert "assuming 2048" in (engine.info.notice or "")
     assert engine.exact_token_count
@@ -165,7 +170,6 @@ def test_server_dying_mid_stream_keeps_the_partial_reply(scripted_model: Path, t
         assert len(pieces) < 1800
         assert r.error is not None and r.error.startswith(srv.url + ": ")
         assert "\n" not in r.error
-        print("ERROR:", r.error, len(pieces))
         # Afterwards the server is gone: a new reply fails with a one-line error naming the URL.
         with pytest.raises(EngineError, match="connection refused"):
             list(engine.stream(PROMPT, GREEDY))

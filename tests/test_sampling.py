@@ -12,8 +12,9 @@ import pytest
 from tinymodel import token_id
 
 from rpchat.engine.base import Sampling
+from rpchat.engine.custom_samplers import TOKEN_DATA, PenaltySampler, tail_free_keep
 from rpchat.engine.presets import list_presets
-from rpchat.engine.sampling import SamplerChain, tail_free_keep
+from rpchat.engine.sampling import SamplerChain
 from rpchat.errors import EngineError
 
 PROMPTS = [
@@ -171,6 +172,41 @@ def test_penalty_matches_llama_cpp_rule_on_real_logits(llm: L.Llama) -> None:
     assert by_id[untouched] == pytest.approx(float(logits[untouched]))
 
 
+def apply_sampler(sampler: object, logits: np.ndarray, shuffle: bool = False) -> dict[int, float]:
+    """Apply one C sampler to a fresh candidate array; token id -> logit afterwards."""
+    ids = np.arange(logits.shape[0], dtype=np.int32)
+    if shuffle:
+        ids = np.random.default_rng(0).permutation(ids).astype(np.int32)
+    buf = (L.llama_token_data * logits.shape[0])()
+    data = np.frombuffer(memoryview(buf), TOKEN_DATA)
+    data["id"], data["logit"] = ids, logits[ids]
+    cur_p = L.llama_token_data_array(data=buf, size=logits.shape[0], selected=-1, sorted=False)
+    L.llama_sampler_apply(sampler, ctypes.byref(cur_p))
+    return dict(zip(data["id"].tolist(), data["logit"].tolist()))
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_numpy_penalties_equal_llama_cpp_penalties_as_the_window_slides(shuffle: bool) -> None:
+    n = 262_144
+    logits = lm_like_logits(11, n)
+    rng = np.random.default_rng(5)
+    ours = PenaltySampler(n, 64, 1.11, 0.05, 0.2)
+    theirs = L.llama_sampler_init_penalties(n, 64, 1.11, 0.05, 0.2)
+    hot = np.argsort(-logits)[:50]  # repeat likely tokens, so positive and negative logits both occur
+    stream = np.concatenate([rng.choice(hot, 150), rng.integers(0, n, 150)]).tolist()
+    stream += np.argsort(logits)[:20].tolist()  # the most negative logits too
+    try:
+        for i, token in enumerate(stream):
+            L.llama_sampler_accept(ours.sampler, token)
+            L.llama_sampler_accept(theirs, token)
+            if i % 47 == 0 or i == len(stream) - 1:
+                assert apply_sampler(ours.sampler, logits, shuffle) == apply_sampler(theirs, logits, shuffle)
+        assert ours.error is None
+    finally:
+        L.llama_sampler_free(ours.sampler)
+        L.llama_sampler_free(theirs)
+
+
 # --- the other samplers ------------------------------------------------------------------------
 
 
@@ -299,6 +335,13 @@ def test_no_seed_gives_a_new_seed_per_request(llm: L.Llama) -> None:
     assert len(replies) > 1
 
 
+def test_seed_minus_one_is_random_and_big_seeds_still_fix_the_reply(llm: L.Llama) -> None:
+    seeds = {SamplerChain(llm, llm, Sampling(seed=-1)).seed for _ in range(3)}
+    assert len(seeds) == 3
+    big = SamplerChain(llm, llm, Sampling(seed=2**40 + 5))
+    assert 0 <= big.seed < 2**32 - 1 and big.seed == SamplerChain(llm, llm, Sampling(seed=2**40 + 5)).seed
+
+
 # --- lifecycle and presets -----------------------------------------------------------------------
 
 
@@ -335,3 +378,46 @@ def test_token_view_reads_a_chain_result_in_place() -> None:
     assert out.ids.shape[0] == reference_tfs_count(logits, 0.9)
     assert abs(float(out.probs.sum()) - 1.0) < 1e-4
     assert ctypes.sizeof(L.llama_token_data) == 12
+
+
+# --- the real demo model (Gemma 3 270M, 262k vocabulary) ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gemma(demo_model: Path) -> Iterator[tuple[object, object, list[int]]]:
+    """The demo model with a prompt evaluated; weight repacking off (AMX faults on build machines)."""
+    mparams = L.llama_model_default_params()
+    mparams.use_extra_bufts = False
+    model = L.llama_model_load_from_file(str(demo_model).encode(), mparams)
+    assert model
+    cparams = L.llama_context_default_params()
+    cparams.n_ctx, cparams.n_batch, cparams.n_threads, cparams.n_threads_batch = 512, 512, 2, 2
+    ctx = L.llama_init_from_model(model, cparams)
+    text = b"### Input:\nTheo: Where am I?\n\n### Response: (length = medium)\nMarisol: *She smiles.* \""
+    buf = (L.llama_token * 128)()
+    n = L.llama_tokenize(L.llama_model_get_vocab(model), text, len(text), buf, 128, True, False)
+    tokens = list(buf[:n])
+    assert L.llama_decode(ctx, L.llama_batch_get_one(buf, n)) == 0
+    yield model, ctx, tokens
+    L.llama_free(ctx)
+    L.llama_model_free(model)
+
+
+
+def test_tfs_and_penalty_on_the_real_262k_vocabulary(gemma: tuple[object, object, list[int]]) -> None:
+    model, ctx, tokens = gemma
+    n_vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(model))
+    logits = np.ctypeslib.as_array(L.llama_get_logits_ith(ctx, -1), shape=(n_vocab,)).copy()
+    assert n_vocab == 262_144
+    for z in (0.85, 0.9, 0.95):
+        with SamplerChain(model, ctx, Sampling(tfs_z=z)) as c:
+            assert c.apply(logits).ids.shape[0] == reference_tfs_count(logits, z)
+    allowed = set(np.argsort(-logits)[: reference_tfs_count(logits, 0.9)].tolist())
+    for seed in range(5):
+        with SamplerChain(model, ctx, Sampling(tfs_z=0.9, temperature=0.7, seed=seed), tokens) as c:
+            assert c.sample(ctx) in allowed
+    top = int(np.argmax(logits))
+    with SamplerChain(model, ctx, Sampling(temperature=0.0, repeat_penalty=1e3), [*tokens, top]) as c:
+        assert c.sample(ctx) != top
+    with SamplerChain(model, ctx, Sampling(temperature=0.0), tokens) as c:
+        assert c.sample(ctx) == top

@@ -12,11 +12,14 @@ import pytest
 from PIL import Image
 from textual.app import App
 from textual.screen import Screen
-from textual.widgets import Input, OptionList, Static, TextArea
+from textual.widgets import ContentSwitcher, Input, OptionList, Static, TextArea
 
+from rpchat.cards.model import Card
+from rpchat.chat.model import Chat
 from rpchat.paths import profile
 from rpchat.personas import Persona, PersonaBook
-from rpchat.prompt.builder import BuiltPrompt
+from rpchat.prompt.builder import BuiltPrompt, build_prompt
+from rpchat.prompt.formats import load_format
 from rpchat.prompt.segments import Segment
 from rpchat.tui.avatar import AvatarView, render_avatar
 from rpchat.tui.dialogs import ConfirmDialog, ErrorDialog, PathPrompt, TextPrompt
@@ -207,11 +210,36 @@ def test_inspector_shows_exact_prompt_cut_and_tokens_without_markup() -> None:
         svg = app.export_screenshot()
         assert "\x1b" not in svg and "[bold&#160;red]shout[/]" in svg
         await pilot.press("t")  # the template view keeps the text literal too
+        assert screen.query_one("#views", ContentSwitcher).current == "prompt-segments"
         assert "\x1b" not in app.export_screenshot()
+        await pilot.press("c")
+        assert app.clipboard == built.text  # the copy is the exact prompt, controls included
         await pilot.press("escape")
 
     app = drive(lambda: PromptInspector(built, n_ctx=4096, max_new=400), script)
     assert app.results == [None]
+
+
+def test_inspector_lists_fired_lore_and_the_cut_of_a_real_prompt() -> None:
+    card = Card(name="Marisol", description=HOSTILE, first_mes="Hello.", character_book={
+        "name": "Gull lore", "entries": [{"keys": ["gull"], "content": "Gulls steal bread.", "comment": "Gulls"}]})
+    chat = Chat.start("Marisol", "Theo", card.greetings)
+    for i in range(6):
+        chat.add(True, f"Do you see gull number {i}? " + "word " * 40)
+        chat.add(False, "Yes. " + "more " * 40)
+    built = build_prompt(load_format("limarp-v3"), card, Persona("Theo"), chat.turns,
+                         counter=lambda text: len(text) // 4 + 1, n_ctx=512, max_new=100)
+    assert built.dropped and built.lore_fired
+
+    async def script(app: Host, pilot: Any) -> None:
+        lore = str(app.screen.query_one("#lore", Static).render())
+        assert "Gulls of Gull lore (key 'gull'" in lore
+        summary = str(app.screen.query_one("#summary", Static).render())
+        assert f"{len(built.dropped)} older turns left out" in summary
+        assert app.screen.query_one("#prompt-text", TextArea).text == built.text.replace("\x1b", "␛")
+        await pilot.press("escape")
+
+    drive(lambda: PromptInspector(built, n_ctx=512, max_new=100), script)
 
 
 # --- persona and scenario editor -------------------------------------------------------------------------

@@ -140,6 +140,7 @@ def test_edit_every_kind_of_field_and_save_png_with_both_chunks(card_file: Path)
     assert card.extensions.get("depth_prompt") == {"depth": 4}
     assert card.alternate_greetings == ["First hello, edited.", "Third hello.", "A brand new hello."]
     assert card.description == HOSTILE  # untouched fields keep their exact text
+    assert card.modification_date is not None and card.creation_date is not None
     assert card.character_book is not None and card.character_book["entries"][0]["content"] == "Gulls steal."
     chunks = text_chunks(card_file)
     assert chunks["chara"]["spec"] == "chara_card_v2" and chunks["ccv3"]["spec"] == "chara_card_v3"

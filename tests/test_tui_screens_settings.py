@@ -64,6 +64,7 @@ def test_bad_numbers_are_listed_and_nothing_is_saved() -> None:
         screen.query_one("#n-ctx", Input).value = "4000"
         screen.query_one("#n-threads", Input).value = "two"
         screen.query_one("#n-batch", Input).value = "0"
+        screen.query_one("#default-length", Select).value = ""
         screen.query_one("#max-new-tokens", Input).value = ""
         await pilot.press("ctrl+s")
         await pilot.pause()
@@ -93,6 +94,7 @@ def test_remote_engine_needs_a_url_and_a_missing_lora_is_refused() -> None:
         screen.query_one("#remote-url", Input).value = "http://127.0.0.1:8080"
         screen.query_one("#remote-api", Select).value = "openai"
         screen.query_one("#api-key", Input).value = "sk-test"
+        screen.query_one("#default-length", Select).value = ""
         await pilot.press("ctrl+s")
 
     app = drive(lambda: SettingsScreen(Config()), script)
@@ -100,6 +102,7 @@ def test_remote_engine_needs_a_url_and_a_missing_lora_is_refused() -> None:
     assert app.results == [saved]
     assert saved.engine.kind == "remote" and saved.engine.remote_url == "http://127.0.0.1:8080"
     assert saved.engine.remote_api == "openai" and saved.engine.api_key == "sk-test"
+    assert saved.default_length is None  # "none": the model decides the length
 
 
 def test_pick_model_from_folder_and_save_everything(tiny_model: Path, tmp_path: Path) -> None:
@@ -108,7 +111,8 @@ def test_pick_model_from_folder_and_save_everything(tiny_model: Path, tmp_path: 
     shutil.copy(tiny_model, models / "tiny.gguf")
     lora = models / "style-lora.gguf"
     lora.write_bytes(b"GGUF")  # the picker skips unreadable files' errors; LoRA only needs to exist
-    start = Config(engine=EngineConfig(models_dir=str(models)), default_length="long")
+    start = Config(engine=EngineConfig(models_dir=str(models)), default_length="long",
+                   keys={"regenerate": "ctrl+r"})
 
     async def script(app: Host, pilot: Any) -> None:
         screen = app.screen
@@ -130,6 +134,11 @@ def test_pick_model_from_folder_and_save_everything(tiny_model: Path, tmp_path: 
         screen.query_one("#max-new-tokens", Input).value = "250"
         screen.query_one("#tabs", TabbedContent).active = "tab-prompt"
         await pilot.pause()
+        screen.query_one("#format", Select).value = "limamono"
+        await pilot.pause()
+        length = screen.query_one("#default-length", Select)
+        assert length.value == "long"  # limamono has "long" too, so the pick stays
+        length.value = "huge"
         preset = screen.query_one("#preset", Select)
         options = [value for _, value in preset._options if isinstance(value, str)]
         other = next(name for name in options if name != "ashhlimarp")
@@ -152,7 +161,8 @@ def test_pick_model_from_folder_and_save_everything(tiny_model: Path, tmp_path: 
     assert (saved.engine.n_ctx, saved.engine.n_gpu_layers, saved.engine.n_threads) == (8192, 0, 2)
     assert saved.engine.kv_type == "q8_0" and saved.engine.flash_attn is True
     assert saved.max_new_tokens == 250 and saved.preset != "ashhlimarp" and saved.theme == "rpchat-nord"
-    assert saved.default_length == "long"  # fields the screen does not show are kept
+    assert saved.format == "limamono" and saved.default_length == "huge"
+    assert saved.keys == {"regenerate": "ctrl+r"}  # fields the screen does not show are kept
     assert "n_ctx: 8192" in profile().config_file.read_text(encoding="utf-8")
 
 

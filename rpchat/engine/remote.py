@@ -99,6 +99,7 @@ class RemoteGeneration:
         stop: Sequence[str],
         cancel: threading.Event | None,
         unsupported: list[str],
+        started: float | None = None,
     ) -> None:
         self.result = Result(unsupported=list(unsupported))
         self._conn = conn
@@ -111,7 +112,7 @@ class RemoteGeneration:
         self._response: httpx.Response | None = None
         self._used = False
         self._complete = False
-        self._started = time.perf_counter()
+        self._started = time.perf_counter() if started is None else started
         self._thread = threading.Thread(target=self._read, name="rpchat-remote-stream", daemon=True)
         self._thread.start()
 
@@ -127,7 +128,9 @@ class RemoteGeneration:
                     self._queue.put(_Failure(status_problem(resp, path), streaming=False))
                     return
                 self._response = resp
-                event, data = "", []
+                if self._closing.is_set():  # cancelled while the server was still sending headers
+                    return
+                event, data = "", list[str]()
                 for line in resp.iter_lines():
                     if self._closing.is_set():
                         return
@@ -259,7 +262,7 @@ class RemoteGeneration:
                     sock.shutdown(socket.SHUT_RDWR)
             except (OSError, AttributeError):
                 pass
-        self._api.abort()
+        self._api.abort(self._body)
 
     def close(self) -> None:
         """Abandon the reply without iterating it (closes the stream)."""
@@ -296,6 +299,7 @@ class RemoteEngine:
         self._n_ctx = n_ctx or 0
         self._notices: list[str] = []
         self._counts: OrderedDict[str, int] = OrderedDict()
+        self._counts_lock = threading.Lock()  # the UI thread counts while a worker streams
         self._exact_counts = False
 
     # -- Engine protocol -----------------------------------------------------------------------
@@ -307,8 +311,11 @@ class RemoteEngine:
     def info(self) -> EngineInfo:
         api = self._api
         notices = self._notices + (api.notices if api else [])
+        name = api.model_name if api else ""
+        if name.lower().endswith(".gguf"):  # llama-cpp-python names models by their file path
+            name = name.replace("\\", "/").rsplit("/", 1)[-1]
         return EngineInfo(
-            model_name=(api.model_name if api else "") or self.url,
+            model_name=name or self.url,
             backend=api.label if api else "remote (not connected)",
             n_ctx=self._n_ctx,
             notice="; ".join(dict.fromkeys(notices)) or None,
@@ -373,16 +380,18 @@ class RemoteEngine:
     def count_tokens(self, text: str) -> int:
         """Tokens in ``text`` by the server's tokenizer (cached), or an estimate when it has none."""
         api = self._require()
-        cached = self._counts.get(text)
-        if cached is not None:
-            self._counts.move_to_end(text)
-            return cached
+        with self._counts_lock:
+            cached = self._counts.get(text)
+            if cached is not None:
+                self._counts.move_to_end(text)
+                return cached
         n = api.count(text) if self._exact_counts else None
         if n is None:
             n = estimate_tokens(text)
-        self._counts[text] = n
-        if len(self._counts) > _COUNT_CACHE:
-            self._counts.popitem(last=False)
+        with self._counts_lock:
+            self._counts[text] = n
+            if len(self._counts) > _COUNT_CACHE:
+                self._counts.popitem(last=False)
         return n
 
     def unsupported(self, sampling: Sampling) -> list[str]:
@@ -399,8 +408,9 @@ class RemoteEngine:
         """Send the request and return the reply stream (see `RemoteGeneration` for errors)."""
         api = self._require()
         assert self._conn is not None
+        started = time.perf_counter()  # time to first token includes building the prompt (/tokenize)
         body = api.body(prompt, sampling, stop, self._n_ctx)
-        return RemoteGeneration(self._conn, api, body, stop, cancel, api.unsupported(sampling))
+        return RemoteGeneration(self._conn, api, body, stop, cancel, api.unsupported(sampling), started)
 
     def close(self) -> None:
         """Close the connection pool; `load` reconnects."""

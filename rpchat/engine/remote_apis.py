@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from rpchat.engine.base import Sampling
+from rpchat.engine.base import FinishReason, Sampling
 from rpchat.engine.remote_http import Chunk, Connection, ServerApi, as_int, loads
 from rpchat.errors import EngineError
 from rpchat.prompt.segments import Segment, join_text
@@ -34,7 +34,6 @@ class LlamaServerApi(ServerApi):
         super().__init__(conn)
         self.default_samplers: list[str] = []
         self.tokenize_ok = True
-        self.exact_specials = True
 
     def probe(self) -> None:
         props = self.conn.probe("/props")
@@ -88,7 +87,6 @@ class LlamaServerApi(ServerApi):
         parsed = self.tokenize(user, special=True)
         if plain is None or parsed is None:
             self.tokenize_ok = False
-            self.exact_specials = False
             self.notices.append("the server's /tokenize failed: user text is sent as text")
             return text
         if plain == parsed:
@@ -159,7 +157,7 @@ class LlamaServerApi(ServerApi):
                 chunk.finish = "length"
             else:
                 chunk.finish = "stop"
-            timings = obj.get("timings") if isinstance(obj.get("timings"), dict) else {}
+            timings: dict[str, Any] = obj["timings"] if isinstance(obj.get("timings"), dict) else {}
             total = as_int(obj.get("tokens_evaluated"))
             evaluated = as_int(timings.get("prompt_n"))
             reused = as_int(timings.get("cache_n"))
@@ -327,10 +325,6 @@ class KoboldApi(ServerApi):
     path = "/api/extra/generate/stream"
     supported = (_LLAMA_FIELDS - {"frequency_penalty"}) | {"tfs_z", "temperature_last"}
 
-    def __init__(self, conn: Connection) -> None:
-        super().__init__(conn)
-        self.genkey = ""
-
     def probe(self) -> None:
         version = self.conn.probe("/api/extra/version")
         if not isinstance(version, dict) or "version" not in version:
@@ -361,7 +355,6 @@ class KoboldApi(ServerApi):
             return n_ctx if n < 0 else n  # llama.cpp's -1 means "the whole context"
 
         # A fresh key per request lets /api/extra/abort stop this generation even on a shared server.
-        self.genkey = "KCPP" + secrets.token_hex(4).upper()
         body: dict[str, Any] = {
             "prompt": join_text(list(prompt)),
             "max_length": s.max_tokens,
@@ -392,7 +385,7 @@ class KoboldApi(ServerApi):
             "sampler_seed": -1 if s.seed is None else s.seed,
             "stop_sequence": list(stop),
             "trim_stop": True,
-            "genkey": self.genkey,
+            "genkey": "KCPP" + secrets.token_hex(4).upper(),
         }
         return body
 
@@ -409,9 +402,9 @@ class KoboldApi(ServerApi):
             chunk.finish = "length" if reason == "length" else "stop"
         return chunk
 
-    def abort(self) -> None:
+    def abort(self, body: dict[str, Any]) -> None:
         try:
-            self.conn.client.post("/api/extra/abort", json={"genkey": self.genkey}, timeout=2.0)
+            self.conn.client.post("/api/extra/abort", json={"genkey": body.get("genkey", "")}, timeout=2.0)
         except httpx.HTTPError:
             pass  # the stream is closed anyway; a dead server needs no abort
 
@@ -425,7 +418,8 @@ class KoboldApi(ServerApi):
             return None
         chunk = Chunk()
         reason = as_int(perf.get("stop_reason"))
-        chunk.finish = {0: "length", 1: "eos", 2: "stop"}.get(reason) if reason is not None else None
+        finishes: dict[int, FinishReason] = {0: "length", 1: "eos", 2: "stop"}
+        chunk.finish = finishes.get(reason) if reason is not None else None
         generated = as_int(perf.get("last_token_count"))
         prompt = as_int(perf.get("last_input_count"))
         if generated is not None:

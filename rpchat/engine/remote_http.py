@@ -145,6 +145,8 @@ class Connection:
             raise self.fail(describe_failure(exc)) from None
         if response.status_code in (401, 403):
             raise self.fail(status_problem(response, path))
+        if response.status_code == 503:  # llama-server answers 503 everywhere while it loads the model
+            raise self.fail(f"the server is not ready yet ({status_problem(response, path)})")
         if response.status_code != 200:
             return None
         try:
@@ -194,7 +196,6 @@ class ServerApi:
     label = ""  # shown to the user
     path = ""  # the streaming endpoint
     supported: frozenset[str] = frozenset()
-    exact_specials = False  # True when user text is guaranteed never to become control tokens
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
@@ -223,8 +224,8 @@ class ServerApi:
         """The sampler settings in ``sampling`` this API cannot honour."""
         return unsupported_settings(sampling, self.supported)
 
-    def abort(self) -> None:
-        """Ask the server to stop the running generation (besides closing the stream)."""
+    def abort(self, body: dict[str, Any]) -> None:
+        """Ask the server to stop the generation ``body`` started (besides closing the stream)."""
 
     def after(self) -> Chunk | None:
         """Final figures fetched after the stream ended, when the stream itself lacks them."""

@@ -1,4 +1,4 @@
-"""The sampler chain: `Sampling` settings turned into a llama.cpp sampler chain, plus tail-free sampling.
+"""The sampler chain: `Sampling` settings turned into a llama.cpp sampler chain for one request.
 
 Order (llama.cpp's default, as SillyTavern sends it): penalties, DRY, top-k, TFS, typical-p, top-p,
 min-p, XTC, temperature, then the pick (dist with the seed). Mirostat replaces everything after DRY
@@ -7,8 +7,8 @@ to the front of the truncation samplers.
 
 The repetition penalty and DRY look at the chat history, not only the reply: the last N prompt
 tokens are fed to those two samplers (and only those: mirostat and the others keep no history)
-before the first token is sampled. llama.cpp dropped tail-free sampling, so `TailFreeSampler`
-implements it as a custom ``llama_sampler`` in numpy.
+before the first token is sampled. Tail-free sampling (dropped by llama.cpp) and the penalties (slow
+on big vocabularies in llama.cpp) are numpy samplers from `rpchat.engine.custom_samplers`.
 """
 
 from __future__ import annotations
@@ -24,119 +24,13 @@ import llama_cpp as L
 import numpy as np
 
 from rpchat.engine.base import Sampling
+from rpchat.engine.custom_samplers import TOKEN_DATA, PenaltySampler, PySampler, TailFreeSampler, token_view
 from rpchat.errors import EngineError
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
 RANDOM_SEED = L.LLAMA_DEFAULT_SEED  # llama.cpp's "pick a random seed" marker; never pass it on
-
-# Tail-free sampling looks at tokens within this many nats of the top logit first, and widens the
-# window only when the tokens left out could change the cut (see `tail_free_keep`).
-TFS_FIRST_WINDOW = 10.0
-TFS_TOLERANCE = 1e-3
-
-
-def tail_free_keep(logits: np.ndarray, z: float, min_keep: int = 1) -> np.ndarray | None:
-    """Indices (most likely first) of the tokens tail-free sampling keeps; None keeps all.
-
-    The algorithm of llama.cpp's former ``llama_sampler_tail_free``: softmax, sort, take the absolute
-    second differences of the sorted probabilities, normalise them, and cut where their running sum
-    first exceeds ``z``. Sorting a 262k vocabulary per token is too slow, so only tokens within
-    ``TFS_FIRST_WINDOW`` nats of the top are sorted. Every left-out token has probability below
-    ``p_cut``, so together they shift the normalised running sum by less than ``6 * p_cut / s``;
-    while that is under ``TFS_TOLERANCE`` the windowed cut is used (it can differ from the
-    full-vocabulary cut only when the running sum lies that close to ``z``, closer than llama.cpp's
-    own float32 sum resolved), otherwise the window widens, up to the full vocabulary.
-    """
-    n = logits.shape[0]
-    if z >= 1.0 or n <= 2:
-        return None
-    top = float(logits.max())
-    window = TFS_FIRST_WINDOW
-    while True:
-        cand = np.arange(n) if window == np.inf else np.flatnonzero(logits > top - window)
-        full = cand.shape[0] == n
-        order = cand[np.argsort(-logits[cand], kind="stable")]
-        p = np.exp(logits[order].astype(np.float64) - top)
-        total = p.sum()
-        p /= total
-        # the left-out tokens continue the curve just below the window's edge; repeating the last
-        # probability twice stands for them (a cliff to zero would add a fake second derivative)
-        d2 = np.abs(np.diff(np.concatenate((p, p[-1:], p[-1:])), 2))
-        s = d2.sum()
-        if full and n > 2:
-            d2 = d2[: n - 2]  # the true algorithm has no derivatives past the last token
-            s = d2.sum()
-        cum = np.cumsum(d2)
-        if s > 1e-6:
-            over = np.flatnonzero(cum > z * s)
-        else:  # flat distribution: uniform weights, as llama.cpp did
-            over = np.flatnonzero(np.arange(1, d2.shape[0] + 1) / d2.shape[0] > z)
-        over = over[over >= min_keep]
-        last = int(over[0]) if over.shape[0] else order.shape[0]
-        if full:
-            return order[: max(last, min_keep)]
-        p_cut = np.exp(-window) / total  # bound on any left-out token's probability
-        if s > 1e-6 and 6.0 * p_cut / s < TFS_TOLERANCE and last < order.shape[0] - 2:
-            return order[:last]
-        window = window * 2 if window < 40 else np.inf
-
-
-def token_view(cur_p: Any) -> np.ndarray:
-    """A numpy view (no copy) of a ``llama_token_data_array``'s candidates."""
-    addr = ctypes.cast(cur_p.data, ctypes.c_void_p).value
-    size = int(cur_p.size)
-    if not addr or size == 0:
-        return np.empty(0, TOKEN_DATA)
-    raw = (ctypes.c_char * (size * TOKEN_DATA.itemsize)).from_address(addr)
-    return np.frombuffer(memoryview(raw), TOKEN_DATA)
-
-
-_NAME_FN = ctypes.CFUNCTYPE(ctypes.c_void_p, L.llama_sampler_p_ctypes)
-
-
-class _SamplerIface(ctypes.Structure):
-    """``llama_sampler_i`` with ``name`` returning a raw pointer (a callback cannot return bytes)."""
-
-    _fields_ = [("name", _NAME_FN), *L.llama_sampler_i._fields_[1:]]
-
-
-class TailFreeSampler:
-    """Tail-free sampling (Phillips 2019) as a custom llama.cpp sampler; owned by a chain once added."""
-
-    def __init__(self, z: float, min_keep: int = 1) -> None:
-        self.z = z
-        self.min_keep = min_keep
-        self.error: str | None = None
-        self._label = ctypes.create_string_buffer(b"tail-free")
-        iface = _SamplerIface()
-        # keep every callback object alive as long as this object: llama.cpp only holds raw pointers
-        self._name_cb = _NAME_FN(lambda _smpl: ctypes.addressof(self._label))
-        self._apply_cb = L.llama_sampler_i_apply(self._apply)
-        iface.name = self._name_cb
-        iface.apply = self._apply_cb
-        self._iface = iface
-        # llama_sampler_init allocates in C, so a chain can free the sampler itself (ctx stays NULL)
-        iface_p = ctypes.cast(ctypes.pointer(iface), ctypes.POINTER(L.llama_sampler_i))
-        self.sampler = L.llama_sampler_init(iface_p, None)
-
-    def _apply(self, _smpl: Any, cur_p_ptr: Any) -> None:
-        # An exception must not cross into C: on error the candidates stay untouched (TFS off).
-        try:
-            cur_p = cur_p_ptr.contents
-            data = token_view(cur_p)
-            if data.shape[0] <= 2:
-                return
-            keep = tail_free_keep(np.ascontiguousarray(data["logit"]), self.z, self.min_keep)
-            if keep is None:
-                return
-            data[: keep.shape[0]] = data[keep]
-            cur_p.size = keep.shape[0]
-            cur_p.sorted = True
-        except Exception as e:  # noqa: BLE001 - reported through .error, never raised into C
-            self.error = f"tail-free sampling failed: {e}"
 
 
 @dataclass(frozen=True)
@@ -174,10 +68,12 @@ class SamplerChain:
         Without a model (tests on plain logits) pass ``n_vocab``; DRY then is unavailable.
         """
         self.sampling = sampling
-        self.seed = sampling.seed if sampling.seed is not None else secrets.randbelow(RANDOM_SEED)
+        seed = sampling.seed  # None or -1: a new random seed per request
+        # llama.cpp seeds are uint32 and 0xFFFFFFFF means "random", so fold bigger seeds below it
+        self.seed = seed % RANDOM_SEED if seed is not None and seed >= 0 else secrets.randbelow(RANDOM_SEED)
         self.names: list[str] = []
         self._chain: Any = None
-        self._tfs: TailFreeSampler | None = None
+        self._py: list[PySampler] = []  # numpy samplers in the chain; they must outlive it
         model_p = _pointer(model, "_model", "model")
         self._ctx = _pointer(ctx, "_ctx", "ctx")
         vocab = L.llama_model_get_vocab(model_p) if model_p else None
@@ -199,13 +95,13 @@ class SamplerChain:
 
         penalty_n = window(s.repeat_last_n)
         if penalty_n > 0 and (s.repeat_penalty != 1.0 or s.frequency_penalty or s.presence_penalty):
-            pen = self._add(
-                "penalties",
-                L.llama_sampler_init_penalties(
-                    self.n_vocab, penalty_n, s.repeat_penalty, s.frequency_penalty, s.presence_penalty
-                ),
+            # llama.cpp's arithmetic in numpy: it touches the window's tokens, not all candidates
+            pen = PenaltySampler(
+                self.n_vocab, penalty_n, s.repeat_penalty, s.frequency_penalty, s.presence_penalty
             )
-            primed.append((pen, penalty_n))
+            self._py.append(pen)
+            self._add("penalties", pen.sampler)
+            pen.extend(history[-penalty_n:])
         dry_n = window(s.dry_penalty_last_n)
         if s.dry_multiplier > 0 and dry_n > 0:
             if not vocab:
@@ -241,8 +137,9 @@ class SamplerChain:
             if s.top_k > 0:
                 self._add("top-k", L.llama_sampler_init_top_k(s.top_k))
             if s.tfs_z < 1.0:
-                self._tfs = TailFreeSampler(s.tfs_z)
-                self._add("tail-free", self._tfs.sampler)
+                tfs = TailFreeSampler(s.tfs_z)
+                self._py.append(tfs)
+                self._add("tail-free", tfs.sampler)
             if s.typical_p < 1.0:
                 self._add("typical", L.llama_sampler_init_typical(s.typical_p, 1))
             if s.top_p < 1.0:
@@ -255,8 +152,8 @@ class SamplerChain:
                 self._add_temperature()
             self._add("dist", L.llama_sampler_init_dist(self.seed))
 
-        # Prime penalties/DRY with the tail of the chat history (prompt tokens): the seeds' range
-        # means the last N tokens of context, not of the reply.
+        # Prime DRY with the tail of the chat history (prompt tokens), as the penalties above: the
+        # seeds' range means the last N tokens of context, not of the reply.
         for sampler, last_n in primed:
             for token in history[-last_n:]:
                 L.llama_sampler_accept(sampler, int(token))
@@ -307,8 +204,8 @@ class SamplerChain:
 
     @property
     def error(self) -> str | None:
-        """A failure inside the Python tail-free sampler (it then lets all tokens through)."""
-        return self._tfs.error if self._tfs is not None else None
+        """A failure inside a numpy sampler (which then let the candidates through unchanged)."""
+        return next((py.error for py in self._py if py.error), None)
 
     def close(self) -> None:
         """Free the chain and every sampler in it; safe to call twice."""

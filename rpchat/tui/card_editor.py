@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -180,6 +181,8 @@ class CardEditor(Screen["SavedCard | None"]):
     def compose(self) -> ComposeResult:
         card = self.card
         title = f"Edit card: {card.name}" + (f"  ({self.path.name}, {card.spec})" if self.path else "  (new)")
+        if self.path is not None and _inside(self.path, bundled_dir("cards")):
+            title += "  - a bundled card: Save makes your own copy"
         yield Static(strip_controls(title), id="editor-title", markup=False)
         with TabbedContent(id="tabs"):
             with TabPane("Basics", id="tab-basics"), Horizontal(id="basics"):
@@ -288,6 +291,10 @@ class CardEditor(Screen["SavedCard | None"]):
     def action_save(self) -> None:
         """Check the form, write the card and close; problems are listed and nothing is written."""
         card, problems = self.read_form()
+        if card != self.card:
+            # V3 cards carry their own timestamps (seconds since the epoch).
+            now = int(time.time())
+            card = dataclasses.replace(card, modification_date=now, creation_date=card.creation_date or now)
         target = None
         if not problems:
             try:

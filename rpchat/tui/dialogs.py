@@ -115,7 +115,7 @@ class LinePrompt(ModalScreen[_T | None], Generic[_T]):
             yield _plain(self._title).add_class("dialog-title")
             if self._message:
                 yield _plain(self._message).add_class("dialog-message")
-            yield Input(self._value, placeholder=self._placeholder, id="value")
+            yield Input(strip_controls(self._value), placeholder=self._placeholder, id="value")
             yield Static("", id="error", classes="dialog-error", markup=False)
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Cancel", id="cancel")

@@ -36,9 +36,9 @@ from rpchat.config import Config, save_config
 from rpchat.engine.base import Sampling
 from rpchat.engine.gguf_info import ModelInfo, scan_models
 from rpchat.engine.presets import SAMPLER_HELP, list_presets, load_preset
-from rpchat.errors import RpchatError
+from rpchat.errors import ConfigError, RpchatError
 from rpchat.paths import Paths, profile
-from rpchat.prompt.formats import list_formats
+from rpchat.prompt.formats import list_formats, load_format, load_formats
 from rpchat.text import strip_controls
 from rpchat.tui.themes import prose_styles
 
@@ -144,6 +144,8 @@ class SettingsScreen(Screen["Config | None"]):
                 presets = [p.name for p in _safe(list_presets)]
                 yield _field("Sampler preset", Select(_choices(presets, cfg.preset), value=cfg.preset,
                                                       allow_blank=False, id="preset"))
+                yield _field("New chat length", Select(self._length_choices(cfg.format), value=cfg.default_length or "",
+                                                       allow_blank=False, id="default-length"))
                 yield _field("Reply budget", Input(str(cfg.max_new_tokens), id="max-new-tokens"))
                 with VerticalScroll(id="sampler-values"):
                     yield Static(id="sampler-table", markup=False)
@@ -164,6 +166,13 @@ class SettingsScreen(Screen["Config | None"]):
         self._scan(self._models_folder())
         self._show_preset(self._config.preset)
         self._show_theme_preview()
+        problems: list[ConfigError] = []
+        list_presets(errors=problems)
+        problems += load_formats()[1]
+        if problems:
+            # Bad user files are skipped in the lists above; say so once rather than hide them.
+            self.notify(strip_controls("; ".join(str(p) for p in problems)), title="Skipped files",
+                        severity="warning", markup=False)
         self._engine_kind_changed()
 
     def _theme_names(self) -> list[str]:
@@ -182,7 +191,11 @@ class SettingsScreen(Screen["Config | None"]):
     @work(thread=True, exclusive=True, group="scan-models", exit_on_error=False)
     def _scan(self, folder: Path) -> None:
         # Reading GGUF headers touches disk; a folder on a slow drive must not freeze the UI.
-        self.post_message(self.ModelsScanned(folder, scan_models(folder)))
+        try:
+            models = scan_models(folder)
+        except OSError:
+            models = []  # an unreadable folder lists nothing, like an empty one
+        self.post_message(self.ModelsScanned(folder, models))
 
     @on(ModelsScanned)
     def _show_models(self, event: ModelsScanned) -> None:
@@ -212,7 +225,28 @@ class SettingsScreen(Screen["Config | None"]):
         if key is not None and key.isdigit() and int(key) < len(self._models):
             self.query_one("#model", Input).value = str(self._models[int(key)].path)
 
-    # --- presets and theme ---------------------------------------------------------------------------
+    # --- format, presets and theme --------------------------------------------------------------------
+    def _length_choices(self, format_name: str) -> list[tuple[Text, str]]:
+        try:
+            lengths = list(load_format(format_name).lengths)
+        except RpchatError:
+            lengths = []
+        current = self._config.default_length
+        if current and current not in lengths:
+            lengths.append(current)
+        return [(_text("none (the model decides)"), "")] + [(_text(n), n) for n in lengths]
+
+    @on(Select.Changed, "#format")
+    def _format_changed(self, event: Select.Changed) -> None:
+        # Each format has its own length words; keep the pick when the new format has it too.
+        if not isinstance(event.value, str):
+            return
+        box = self.query_one("#default-length", Select)
+        keep = box.value
+        options = self._length_choices(event.value)
+        box.set_options(options)
+        box.value = keep if any(value == keep for _, value in options) else ""
+
     @on(Select.Changed, "#preset")
     def _preset_changed(self, event: Select.Changed) -> None:
         if isinstance(event.value, str):
@@ -305,6 +339,7 @@ class SettingsScreen(Screen["Config | None"]):
             self._config, engine=engine, format=str(self.query_one("#format", Select).value),
             preset=str(self.query_one("#preset", Select).value), theme=str(self.query_one("#theme", Select).value),
             max_new_tokens=budget or self._config.max_new_tokens,
+            default_length=str(self.query_one("#default-length", Select).value) or None,
         )
         return config, problems
 
