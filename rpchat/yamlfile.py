@@ -10,14 +10,23 @@ import yaml
 from rpchat.errors import ConfigError
 
 MAX_YAML_BYTES = 2 * 1024 * 1024
+MAX_YAML_DEPTH = 100
 
 
 def parse_yaml(text: str, source: str | Path) -> Any:
     """Parse YAML text with the safe loader; aliases are refused (they enable 'billion laughs')."""
     try:
+        depth = 0
         for event in yaml.parse(text, Loader=yaml.SafeLoader):
             if isinstance(event, yaml.AliasEvent):
                 raise ConfigError("YAML aliases (*name) are not allowed", source)
+            if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+                depth += 1
+                # PyYAML's scanner slows down quadratically with flow nesting; stop long before that.
+                if depth > MAX_YAML_DEPTH:
+                    raise ConfigError(f"YAML is nested deeper than {MAX_YAML_DEPTH} levels", source)
+            elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+                depth -= 1
         return yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
@@ -26,6 +35,9 @@ def parse_yaml(text: str, source: str | Path) -> Any:
         raise ConfigError(f"invalid YAML{where}: {problem}", source) from None
     except RecursionError:
         raise ConfigError("invalid YAML: nested too deeply", source) from None
+    except ValueError as e:
+        # PyYAML builds ints with int(), which refuses more than 4300 digits.
+        raise ConfigError(f"invalid YAML: {str(e).splitlines()[0][:120]}", source) from None
 
 
 def load_yaml(path: Path, max_bytes: int = MAX_YAML_BYTES) -> Any:

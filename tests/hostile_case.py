@@ -23,8 +23,8 @@ class Case:
     target: str
     filename: str
     content: Callable[[], bytes] | None = None
-    setup: Callable[[Path], Path] | None = None
     expect: str = "any"
+    setup: Callable[[Path], Path] | None = None
 
     def write(self, folder: Path) -> Path:
         """Create the input inside ``folder`` and return the path to hand to the loader."""

@@ -286,6 +286,28 @@ def test_dry_penalizes_continuing_a_repeated_sequence(llm: L.Llama) -> None:
     assert by_id[words[4]] == pytest.approx(float(logits[words[4]]))
 
 
+def test_dry_from_the_prototype_cache_keeps_the_sequence_breakers(llm: L.Llama) -> None:
+    words = list(dict.fromkeys(llm.tokenize(b"Hello world you and to of", add_bos=False)))[:5]
+    newline = llm.tokenize(b"\n", add_bos=False)[-1]
+    a, b, c, d, e = words
+    history = [a, newline, b, c, d, e, a, newline, b, c]  # the match may not reach back across "\n"
+    _, logits = evaluate(llm, PROMPTS[1])
+    settings = Sampling(dry_multiplier=0.8, dry_base=1.75, dry_allowed_length=1, dry_penalty_last_n=64)
+    breakers = (ctypes.c_char_p * 4)(b"\n", b":", b'"', b"*")
+    direct = L.llama_sampler_init_dry(L.llama_model_get_vocab(llm._model.model), 0.8, 1.75, 1, 64, breakers, 4)
+    try:
+        for token in history:
+            L.llama_sampler_accept(direct, token)
+        expected = apply_sampler(direct, logits)
+    finally:
+        L.llama_sampler_free(direct)
+    for _ in range(2):  # the first builds the prototype, the second clones it
+        with SamplerChain(llm, llm, settings, history) as chain_:
+            out = chain_.apply(logits)
+        assert dict(zip(out.ids.tolist(), out.logits.tolist())) == expected
+    assert expected[d] == pytest.approx(float(logits[d]) - 0.8 * 1.75)  # "b c" matched, not more
+
+
 def test_mirostat_and_dynamic_temperature_build_and_sample(llm: L.Llama) -> None:
     evaluate(llm, PROMPTS[0])
     for settings, name in (({"mirostat": 2}, "mirostat-v2"), ({"mirostat": 1}, "mirostat"),

@@ -75,13 +75,18 @@ def test_bad_theme_files_give_one_notice_and_the_good_ones_still_load() -> None:
     user_theme("broken.yaml", "name: broken\nprimary: [unclosed\n")
     user_theme("badcolor.yaml", "name: badcolor\nprimary: notacolor\n")
     user_theme("list.yaml", "- just\n- a list\n")
-    user_theme("mine.yaml", "name: mine\nprimary: '#336699'\ndark: false\nvariables:\n  prose-ooc: '#999999'\n")
+    # Values Textual's widgets use would crash the app later; they are refused up front.
+    user_theme("badvar.yaml", "name: badvar\nprimary: '#336699'\nvariables:\n  footer-key-foreground: notacolor\n")
+    user_theme("badcss.yaml", "name: badcss\nprimary: '#336699'\nvariables:\n  my-thing: '}}'\n")
+    user_theme("mine.yaml", "name: mine\nprimary: '#336699'\ndark: false\nvariables:\n  prose-ooc: '#999999'\n"
+               "  footer-key-foreground: '#ff0000 50%'\n  block-cursor-text-style: bold italic\n")
     themes, notice = load_themes()
     names = {t.name for t in themes}
     assert "mine" in names and "broken" not in names and "badcolor" not in names
     assert notice is not None and "\n" not in notice
     assert "broken.yaml" in notice and "badcolor.yaml" in notice and "list.yaml" in notice
-    assert "notacolor" in notice
+    assert "notacolor" in notice and "badvar.yaml" in notice and "badcss.yaml" in notice
+    assert "badvar" not in names and "badcss" not in names
     mine = next(t for t in themes if t.name == "mine")
     assert mine.variables["prose-ooc"] == "#999999"
     assert mine.variables["prose-dialogue"] == prose_variable_defaults(dark=False)["prose-dialogue"]
@@ -138,3 +143,17 @@ def test_remember_theme_saves_the_choice_in_config() -> None:
     remember_theme("rpchat-parchment")
     assert load_config(profile()).theme == "rpchat-parchment"
     assert "theme: rpchat-parchment" in profile().config_file.read_text(encoding="utf-8")
+
+
+def test_user_theme_overriding_textual_variables_applies_without_error() -> None:
+    user_theme("mine.yaml", "name: mine\nprimary: '#336699'\nvariables:\n  footer-key-foreground: '#ff0000 50%'\n"
+               "  block-cursor-text-style: bold italic\n  prose-dialogue: '#00ff00'\n")
+
+    async def run() -> None:
+        app = ThemedApp("mine")
+        async with app.run_test() as pilot:
+            await pilot.pause()
+            assert app.notice is None and app.theme == "mine"
+            assert app.query_one("#probe", Static).styles.color == Color.parse("#00ff00")
+
+    asyncio.run(run())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import zlib
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 from textual.app import App
 from textual.screen import Screen
 from textual.widgets import Input, TabbedContent, TextArea
@@ -199,3 +201,24 @@ def test_new_card_is_saved_as_png_in_the_cards_folder() -> None:
     assert saved.path == profile().cards_dir / "Nova.png"
     assert load_card(saved.path).first_mes == "Hi, I'm Nova."
     assert set(text_chunks(saved.path)) >= {"chara", "ccv3"}
+
+
+def test_change_picture_from_a_file(card_file: Path, tmp_path: Path) -> None:
+    picture = tmp_path / "new face.png"
+    Image.new("RGB", (33, 44), (200, 30, 30)).save(picture)
+
+    async def script(app: Host, pilot: Any) -> None:
+        await pilot.click("#change-avatar")
+        await pilot.pause()
+        app.screen.query_one(Input).value = str(picture)
+        await pilot.press("enter")
+        await pilot.pause()
+        await pilot.press("ctrl+s")
+
+    app = drive(lambda: CardEditor(load_card(card_file), card_file), script)
+    assert isinstance(app.results[0], SavedCard)
+    avatar = load_card(card_file).avatar
+    assert avatar is not None
+    with Image.open(io.BytesIO(avatar)) as image:
+        assert image.size == (33, 44)
+    assert set(text_chunks(card_file)) >= {"chara", "ccv3"}

@@ -10,13 +10,11 @@ import dataclasses
 from pathlib import Path
 from typing import Any, ClassVar
 
-from rich.console import Group
-from rich.table import Table
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Horizontal, HorizontalGroup, VerticalScroll
+from textual.containers import Horizontal, HorizontalGroup
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import (
@@ -33,13 +31,13 @@ from textual.widgets import (
 )  # fmt: skip
 
 from rpchat.config import Config, save_config
-from rpchat.engine.base import Sampling
 from rpchat.engine.gguf_info import ModelInfo, scan_models
-from rpchat.engine.presets import SAMPLER_HELP, list_presets, load_preset
+from rpchat.engine.presets import SamplerPreset, list_presets, load_preset, save_preset
 from rpchat.errors import ConfigError, RpchatError
 from rpchat.paths import Paths, profile
 from rpchat.prompt.formats import list_formats, load_format, load_formats
 from rpchat.text import strip_controls
+from rpchat.tui.sampler_form import SamplerForm
 from rpchat.tui.themes import prose_styles
 
 REMOTE_APIS = ("auto", "llama.cpp", "openai", "koboldcpp")
@@ -54,6 +52,8 @@ PREVIEW = (
 def _field(label: str, widget: Any) -> HorizontalGroup:
     # One line per setting: the whole Engine tab fits a 24-line terminal.
     widget.compact = True
+    if isinstance(widget, Input):
+        widget.value = strip_controls(widget.value)  # a path from config.yaml is data too
     return HorizontalGroup(Label(label, classes="field-label"), widget, classes="field")
 
 
@@ -80,7 +80,7 @@ class SettingsScreen(Screen["Config | None"]):
     SettingsScreen .field Input, SettingsScreen .field Select { width: 1fr; }
     SettingsScreen #models { height: 1fr; min-height: 4; margin-bottom: 1; }
     SettingsScreen #models-note { color: $text-muted; height: auto; margin-bottom: 1; }
-    SettingsScreen #sampler-values { height: 1fr; min-height: 6; border: round $panel; padding: 0 1; }
+    SettingsScreen #sampler-form { min-height: 6; }
     SettingsScreen #theme-preview { height: auto; border: round $panel; padding: 0 1; }
     SettingsScreen #problems { color: $error; height: auto; padding: 0 1; }
     SettingsScreen #buttons { height: auto; align-horizontal: right; padding: 0 1; }
@@ -141,14 +141,13 @@ class SettingsScreen(Screen["Config | None"]):
             with TabPane("Prompt & sampling", id="tab-prompt"):
                 yield _field("Prompt format", Select(_choices(_safe(list_formats), cfg.format), value=cfg.format,
                                                      allow_blank=False, id="format"))
-                presets = [p.name for p in _safe(list_presets)]
+                presets = [p.name for p in _safe(lambda: list_presets(self._paths.user_presets_dir))]
                 yield _field("Sampler preset", Select(_choices(presets, cfg.preset), value=cfg.preset,
                                                       allow_blank=False, id="preset"))
                 yield _field("New chat length", Select(self._length_choices(cfg.format), value=cfg.default_length or "",
                                                        allow_blank=False, id="default-length"))
                 yield _field("Reply budget", Input(str(cfg.max_new_tokens), id="max-new-tokens"))
-                with VerticalScroll(id="sampler-values"):
-                    yield Static(id="sampler-table", markup=False)
+                yield SamplerForm(id="sampler-form")
             with TabPane("Theme", id="tab-theme"):
                 yield _field("Theme", Select([(n, n) for n in self._theme_names()], value=self._current_theme(),
                                              allow_blank=False, id="theme"))
@@ -167,7 +166,7 @@ class SettingsScreen(Screen["Config | None"]):
         self._show_preset(self._config.preset)
         self._show_theme_preview()
         problems: list[ConfigError] = []
-        list_presets(errors=problems)
+        list_presets(self._paths.user_presets_dir, errors=problems)
         problems += load_formats()[1]
         if problems:
             # Bad user files are skipped in the lists above; say so once rather than hide them.
@@ -253,13 +252,11 @@ class SettingsScreen(Screen["Config | None"]):
             self._show_preset(event.value)
 
     def _show_preset(self, name: str) -> None:
-        target = self.query_one("#sampler-table", Static)
+        form = self.query_one(SamplerForm)
         try:
-            preset = load_preset(name)
+            form.show(load_preset(name, self._paths.user_presets_dir))
         except RpchatError as e:
-            target.update(Text(strip_controls(str(e)), style="red"))
-            return
-        target.update(sampler_table(preset.description, preset.sampling))
+            form.show(None, str(e))
 
     @on(Select.Changed, "#theme")
     def _theme_changed(self, event: Select.Changed) -> None:
@@ -344,10 +341,20 @@ class SettingsScreen(Screen["Config | None"]):
         return config, problems
 
     def action_save(self) -> None:
-        """Check every field; save and close when all are fine, else list the problems."""
+        """Check every field; save and close when all are fine, else list the problems.
+
+        Edited sampler values are saved as the user's own copy of the preset (same name), which
+        overrides the shipped file from then on.
+        """
         config, problems = self.read_form()
+        form = self.query_one(SamplerForm)
+        sampling, sampler_problems = form.read()
+        problems += sampler_problems
         if not problems:
             try:
+                if sampling is not None and form.preset is not None and sampling != form.preset.sampling:
+                    edited = SamplerPreset(form.preset.name, form.preset.description, sampling, "")
+                    save_preset(edited, self._paths.user_presets_dir)
                 save_config(self._paths, config)
             except (OSError, RpchatError) as e:
                 problems.append(f"{self._paths.config_file}: cannot save: {getattr(e, 'strerror', None) or e}")
@@ -367,31 +374,6 @@ class SettingsScreen(Screen["Config | None"]):
         if self._theme_before and self.app.theme != self._theme_before:
             self.app.theme = self._theme_before
         self.dismiss(None)
-
-
-def sampler_table(description: str, sampling: Sampling) -> Group:
-    """Each sampler value with its one-line explanation; values that differ from neutral stand out."""
-    neutral = Sampling()
-    table = Table(box=None, show_header=False, expand=True, padding=(0, 1))
-    table.add_column("sampler", no_wrap=True)
-    table.add_column("value", justify="right", no_wrap=True)
-    table.add_column("meaning", ratio=1)
-    for f in dataclasses.fields(Sampling):
-        value = getattr(sampling, f.name)
-        style = "bold" if value != getattr(neutral, f.name) else "dim"
-        shown = "random" if value is None and f.name == "seed" else _show(value)
-        table.add_row(Text(f.name, style=style), Text(shown, style=style),
-                      Text(SAMPLER_HELP.get(f.name, ""), style="" if style == "bold" else "dim"))
-    intro = Text(strip_controls(description.strip()), style="italic") if description.strip() else Text()
-    return Group(intro, Text(), table) if intro else Group(table)
-
-
-def _show(value: object) -> str:
-    if isinstance(value, tuple):
-        return " ".join(repr(v)[1:-1] for v in value) or "-"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
 
 
 def _opt(value: int | None) -> str:

@@ -12,6 +12,8 @@ from typing import Any
 from rich.style import Style
 from textual.app import App
 from textual.color import Color, ColorParseError
+from textual.css.stylesheet import Stylesheet, StylesheetParseError
+from textual.css.tokenize import tokenize_values
 from textual.theme import Theme
 
 from rpchat.config import load_config, save_config
@@ -72,6 +74,7 @@ def theme_from_data(data: Any, source: Path) -> Theme:
                 raise ConfigError(f"{key} must be a number from 0 to 1", source)
             floats[key] = float(value)
     variables = _variables(data.get("variables", {}), source)
+    _check_textual_variables(variables, dark, source)
     defaults = PROSE_DEFAULTS_DARK if dark else PROSE_DEFAULTS_LIGHT
     options: dict[str, Any] = {**colors, **floats}
     return Theme(name=name, dark=dark, variables={**defaults, **variables}, **options)
@@ -101,18 +104,46 @@ def _variables(value: Any, source: Path) -> dict[str, str]:
     return out
 
 
+def _check_textual_variables(variables: dict[str, str], dark: bool, source: Path) -> None:
+    # A bad value for a variable Textual's own widgets use would crash the app when the theme is
+    # applied, so each one is tried in a real stylesheet first, in the property it styles.
+    known = Theme("probe", primary="#000000", dark=dark).to_color_system().generate()
+    for key, value in variables.items():
+        try:
+            tokenize_values({key: value})
+        except Exception:  # noqa: BLE001 - the tokenizer raises several types; all mean "not CSS"
+            raise ConfigError(f"variables.{key}: {value!r} is not a CSS value", source) from None
+        if key not in known:
+            continue
+        prop = "text-style" if key.endswith("style") else "background" if key.endswith("background") else "color"
+        sheet = Stylesheet(variables={**known, key: value})
+        sheet.add_source(f"Screen {{ {prop}: ${key}; }}", read_from=(str(source), ""))
+        try:
+            sheet.parse()
+        except StylesheetParseError:
+            raise ConfigError(f"variables.{key}: {value!r} is not a valid {prop}", source) from None
+
+
 def load_theme_file(path: Path) -> Theme:
     """Read one theme file; raises ConfigError with a one-line message."""
     return theme_from_data(load_yaml(path), path)
 
 
-def theme_files(paths: Paths | None = None) -> list[Path]:
-    """Bundled theme files, then the user's (a user theme with the same name wins)."""
+def theme_files(paths: Paths | None = None, problems: list[str] | None = None) -> list[Path]:
+    """Bundled theme files, then the user's (a user theme with the same name wins).
+
+    A folder that cannot be read is skipped and, when ``problems`` is given, noted there.
+    """
     paths = paths or profile()
     found: list[Path] = []
     for folder in (bundled_dir("themes"), paths.user_themes_dir):
-        if folder.is_dir():
+        if not folder.is_dir():
+            continue
+        try:
             found += sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+        except OSError as e:
+            if problems is not None:
+                problems.append(str(ConfigError(f"cannot read the folder: {e.strerror or e}", folder)))
     return found
 
 
@@ -120,7 +151,7 @@ def load_themes(paths: Paths | None = None) -> tuple[list[Theme], str | None]:
     """All usable themes and one notice listing the files that could not be used (or None)."""
     themes: dict[str, Theme] = {}
     problems: list[str] = []
-    for path in theme_files(paths):
+    for path in theme_files(paths, problems):
         try:
             theme = load_theme_file(path)
         except ConfigError as e:
