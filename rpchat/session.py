@@ -7,6 +7,7 @@ unfinished, from its first moment, so a quit or crash mid-reply keeps what was w
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import time
@@ -18,7 +19,11 @@ from rpchat.cards.model import Card
 from rpchat.chat.model import Chat, Turn
 from rpchat.engine.base import Engine, Result, Sampling
 from rpchat.errors import ChatError, EngineError, RpchatError
-from rpchat.personas import Persona
+from rpchat.chat.store import ChatStore
+from rpchat.config import Config
+from rpchat.personas import Persona, PersonaBook
+from rpchat.prompt.builder import BuiltPrompt
+from rpchat.prompt.formats import PromptFormat
 
 ReplyMode = Literal["reply", "regenerate", "continue", "impersonate"]
 SwipeOutcome = Literal["moved", "generate", "none"]
@@ -38,9 +43,9 @@ class RoleplaySession:
         self,
         card: Card,
         chat: Chat,
-        store: object,
+        store: ChatStore,
         persona: Persona,
-        fmt: object,
+        fmt: PromptFormat,
         sampling: Sampling,
         *,
         engine: Engine | None = None,
@@ -59,19 +64,19 @@ class RoleplaySession:
         self.max_new = max_new
         self.card_path = card_path
         self.last_result: Result | None = None
-        self.last_built: object | None = None
+        self.last_built: BuiltPrompt | None = None
         # Guards the chat while a worker thread streams into it and the UI thread reads it.
         self.lock = threading.RLock()
 
     # --- files -----------------------------------------------------------------------------------
     @property
     def path(self) -> Path:
-        return Path(self.store.path)  # type: ignore[attr-defined]
+        return self.store.path
 
     def save(self) -> None:
         """Write the chat atomically."""
         with self.lock:
-            self.store.save(self.chat)  # type: ignore[attr-defined]
+            self.store.save(self.chat)
 
     def close(self) -> None:
         """Free the engine (the chat is already saved)."""
@@ -109,7 +114,7 @@ class RoleplaySession:
         self.save()
 
     # --- prompt ------------------------------------------------------------------------------------
-    def build(self, mode: ReplyMode = "reply") -> object:
+    def build(self, mode: ReplyMode = "reply") -> BuiltPrompt:
         """The prompt for the next generation of ``mode``, fitted to the engine's context when known."""
         from rpchat.prompt import build_prompt
 
@@ -229,8 +234,9 @@ class RoleplaySession:
         pieces: list[str] = []
         last_save = time.monotonic()
         result: Result
+        generation = None
         try:
-            generation = engine.stream(built.segments, sampling, built.stop, cancel)  # type: ignore[attr-defined]
+            generation = engine.stream(built.segments, sampling, built.stop, cancel)
             for piece in generation:
                 pieces.append(piece)
                 on_piece(piece)
@@ -242,6 +248,12 @@ class RoleplaySession:
             result = Result(text="".join(pieces), finish_reason="error", error=e.problem)
         except Exception as e:  # noqa: BLE001 - a backend bug must not lose the chat
             result = Result(text="".join(pieces), finish_reason="error", error=f"{type(e).__name__}: {e}")
+        finally:
+            # A generation left half-iterated (on_piece raised, the stream failed) still holds the model.
+            close = getattr(generation, "close", None)
+            if callable(close):
+                with contextlib.suppress(Exception):  # closing must not hide the real outcome
+                    close()
         if index is not None:
             cut = result.finish_reason in ("cancelled", "error")
             if cut and not "".join(pieces).strip():
@@ -293,15 +305,15 @@ class RoleplaySession:
                 self.chat.add(False, "")
                 index = len(self.chat.turns) - 1
                 base, was = "", False
-            elif mode == "regenerate":
-                index = self._last_reply_index()
-                assert index is not None
-                self.chat.add_swipe(index, "")
-                base, was = "", False
             else:
-                index = self._last_reply_index()
-                assert index is not None
-                base, was = self.chat.turns[index].text, self.chat.turns[index].unfinished
+                last = self._last_reply_index()
+                assert last is not None  # reply() checked it
+                index = last
+                if mode == "regenerate":
+                    self.chat.add_swipe(index, "")
+                    base, was = "", False
+                else:
+                    base, was = self.chat.turns[index].text, self.chat.turns[index].unfinished
             self.chat.mark_unfinished(index)
             self.save()
             return index, base, was
@@ -360,22 +372,20 @@ def open_session(
     card_path: Path,
     chat_path: Path | None = None,
     *,
-    config: object | None = None,
-    personas: object | None = None,
+    config: Config | None = None,
+    personas: PersonaBook | None = None,
     engine: Engine | None = None,
 ) -> RoleplaySession:
     """Open a chat with a card: ``chat_path`` resumes that file, None starts (and saves) a new chat."""
     from rpchat.cards import load_card
     from rpchat.chat.library import new_chat_path
-    from rpchat.chat.store import ChatStore
-    from rpchat.config import Config, load_config
+    from rpchat.config import load_config
     from rpchat.engine.presets import load_preset
     from rpchat.paths import profile
-    from rpchat.personas import PersonaBook
     from rpchat.prompt import load_format
 
-    cfg: Config = config if config is not None else load_config(profile())  # type: ignore[assignment]
-    book: PersonaBook = personas if personas is not None else PersonaBook.load()  # type: ignore[assignment]
+    cfg = config if config is not None else load_config(profile())
+    book = personas if personas is not None else PersonaBook.load()
     card = load_card(Path(card_path))
     if chat_path is not None:
         store = ChatStore(Path(chat_path))
@@ -418,12 +428,10 @@ def resolve_model(model: str | Path | None) -> Path:
     return Path(path)
 
 
-def make_engine(config: object, *, model: Path | None = None, url: str | None = None, api: str | None = None,
+def make_engine(config: Config, *, model: Path | None = None, url: str | None = None, api: str | None = None,
                 n_ctx: int | None = None) -> Engine:
     """An (unloaded) engine for the config's engine settings; arguments override them."""
-    from rpchat.config import Config
-
-    cfg: Config = config  # type: ignore[assignment]
+    cfg = config
     eng = cfg.engine
     if url or (eng.kind == "remote" and not model):
         from rpchat.engine.remote import RemoteEngine
@@ -431,7 +439,7 @@ def make_engine(config: object, *, model: Path | None = None, url: str | None = 
         target = url or eng.remote_url
         if not target:
             raise EngineError("engine.kind is remote but engine.remote_url is empty")
-        return RemoteEngine(target, api or eng.remote_api, eng.api_key, n_ctx=n_ctx)  # type: ignore[return-value]
+        return RemoteEngine(target, api or eng.remote_api, eng.api_key, n_ctx=n_ctx)
     from rpchat.engine.llama import LocalEngine, LocalSettings
 
     settings = LocalSettings(
@@ -444,7 +452,7 @@ def make_engine(config: object, *, model: Path | None = None, url: str | None = 
         kv_type=eng.kv_type,
         lora_path=Path(eng.lora).expanduser() if eng.lora else None,
     )
-    return LocalEngine(settings)  # type: ignore[return-value]
+    return LocalEngine(settings)
 
 
 def open_headless_session(
@@ -464,11 +472,9 @@ def open_headless_session(
     """A session for ``rpchat reply``: the chat file is created (with the greeting) when missing and
     the engine is loaded before this returns."""
     from rpchat.cards import load_card
-    from rpchat.chat.store import ChatStore
     from rpchat.config import load_config
     from rpchat.engine.presets import load_preset
     from rpchat.paths import profile
-    from rpchat.personas import PersonaBook
     from rpchat.prompt import load_format
 
     paths = profile()

@@ -28,9 +28,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from hostile_cards import card_cases  # noqa: E402
-from hostile_case import Case  # noqa: E402
-from hostile_files import file_cases  # noqa: E402
+from hostile_cards import card_cases
+from hostile_case import Case
+from hostile_files import file_cases
 
 SEED = 20240501
 CASE_LIMIT_S = 30.0  # generous: the slowest case takes well under a second
@@ -249,13 +249,13 @@ class Report:
         hungriest = max(self.results, key=lambda r: r.rss_growth_mb)
         lines += [
             "",
-            f"cases run: {len(self.results)}; loaded OK: {self.count('ok')}; rejected with a clean one-line "
-            f"error: {self.count('rejected')}; crashes: {self.count('crash')}; hangs: {self.count('hang')}; "
-            f"files written outside their folder: {self.count('escape')}; other failures: "
-            f"{self.count('unexpected') + self.count('bad-message')}",
-            f"slowest case: {slowest.case.id} ({slowest.seconds:.2f} s); peak memory growth: "
-            f"{self.rss_growth_mb:.0f} MB (largest step: {hungriest.case.id}, {hungriest.rss_growth_mb:.0f} MB); "
-            f"total {self.seconds:.1f} s",
+            (f"cases run: {len(self.results)}; loaded OK: {self.count('ok')}; rejected with a clean one-line "
+             f"error: {self.count('rejected')}; crashes: {self.count('crash')}; hangs: {self.count('hang')}; "
+             f"files written outside their folder: {self.count('escape')}; other failures: "
+             f"{self.count('unexpected') + self.count('bad-message')}"),
+            (f"slowest case: {slowest.case.id} ({slowest.seconds:.2f} s); peak memory growth: "
+             f"{self.rss_growth_mb:.0f} MB (largest step: {hungriest.case.id}, {hungriest.rss_growth_mb:.0f} "
+             f"MB); total {self.seconds:.1f} s"),
         ]
         for r in self.failures:
             lines.append(f"FAIL {r.outcome}: {r.case.id}: {r.detail}")

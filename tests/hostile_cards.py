@@ -11,6 +11,7 @@ import random
 import stat
 import struct
 import tempfile
+import warnings
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -361,9 +362,11 @@ def _folder(folder: Path) -> Path:
 
 def _zip(members: list[tuple[zipfile.ZipInfo | str, bytes]], method: int = zipfile.ZIP_DEFLATED) -> bytes:
     out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", method) as zf:
-        for info, data in members:
-            zf.writestr(info, data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # duplicate names are one of the attacks
+        with zipfile.ZipFile(out, "w", method) as zf:
+            for info, data in members:
+                zf.writestr(info, data)
     return out.getvalue()
 
 

@@ -80,9 +80,9 @@ def chat_cases(rng: random.Random) -> Iterator[Case]:
     for key, values in wrong.items():
         for i, value in enumerate(values):
             yield c(f"wrong-type-{key}#{i}", lambda k=key, v=value: jsonl(HEADER, {**MESSAGE, k: v}))
-    for key, value in (("user_name", ["a"]), ("character_name", 5), ("chat_metadata", [1]),
-                       ("create_date", {"a": 1}), ("create_date", 10**30)):  # fmt: skip
-        yield c(f"header-wrong-{key}", lambda k=key, v=value: jsonl({**HEADER, k: v}, MESSAGE))
+    for i, (key, value) in enumerate((("user_name", ["a"]), ("character_name", 5), ("chat_metadata", [1]),
+                                      ("create_date", {"a": 1}), ("create_date", 10**30))):  # fmt: skip
+        yield c(f"header-wrong-{key}#{i}", lambda k=key, v=value: jsonl({**HEADER, k: v}, MESSAGE))
     yield c("non-utf8-middle", lambda: jsonl(HEADER) + b'\n{"name":"\xff\xfe","is_user":true,"mes":"x"}\n'
             + jsonl(MESSAGE), "error")
     yield c("non-utf8-last-line", lambda: jsonl(HEADER, MESSAGE) + b'\n{"is_user":true,"mes":"\xc0\xaf"}', "any")
@@ -146,7 +146,7 @@ def _dev_zero(folder: Path) -> Path:
 # --- YAML files -----------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def yaml_base(target: str) -> bytes:
     """A valid file for ``target``: the shipped one where there is one."""
     if target == "preset":

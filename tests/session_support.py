@@ -35,3 +35,25 @@ def tiny_config(model: Path, *, max_new: int = 12, preset: str = "deterministic"
 def write_profile_config(config: Config) -> None:
     """Save ``config`` into the active (RPCHAT_HOME) profile."""
     save_config(profile(), config)
+
+
+async def wait_for(pilot, condition, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    """Let the app run until ``condition()`` holds (fails the test when it never does)."""
+    steps = int(timeout / 0.02)
+    for _ in range(steps):
+        if condition():
+            return
+        await pilot.pause(0.02)
+    raise AssertionError("condition not reached in time")
+
+
+async def open_chat_from_library(pilot, app, name: str):  # type: ignore[no-untyped-def]
+    """Filter the library for ``name``, press Enter, and return the chat screen once it shows."""
+    from rpchat.tui.chat import ChatScreen
+
+    await wait_for(pilot, lambda: type(app.screen).__name__ == "LibraryScreen")
+    await pilot.press(*name)
+    await pilot.press("enter")
+    await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen))
+    await pilot.pause()
+    return app.screen

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 from tinymodel import EOS, token_id, write_tiny_model
 
 from rpchat.engine.base import Sampling
+from rpchat.engine.kvreuse import common_prefix
 from rpchat.engine.llama import LocalEngine, LocalSettings
 from rpchat.errors import EngineError, ModelError
 from rpchat.prompt.segments import Segment
@@ -41,7 +43,7 @@ def scripted_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     chain = ["▁Hello", "<0xC3>", "<0xA9>", "▁the", "▁world", "###", "▁Input", "</s>"]
     ids = [token_id(t) for t in chain]
     return write_tiny_model(
-        tmp_path_factory.mktemp("scripted") / "scripted.gguf", successors=dict(zip(ids, ids[1:]))
+        tmp_path_factory.mktemp("scripted") / "scripted.gguf", successors=dict(itertools.pairwise(ids))
     )
 
 
@@ -116,9 +118,10 @@ def test_truncated_model_is_a_model_error(tiny_model: Path, tmp_path: Path) -> N
 
 
 def test_context_too_big_for_memory_is_a_model_error(tmp_path: Path) -> None:
-    model = write_tiny_model(tmp_path / "huge-ctx.gguf", n_ctx=1 << 28)
+    # 64 layers x 16 KiB of KV per token x 8M tokens: a 128 GiB KV cache.
+    model = write_tiny_model(tmp_path / "huge-ctx.gguf", n_ctx=1 << 23, n_layer=64)
     with pytest.raises(ModelError, match="not enough memory") as info:
-        make_engine(model, n_ctx=1 << 28)  # a 128 GiB KV cache
+        make_engine(model, n_ctx=1 << 23)
     assert "huge-ctx.gguf" in str(info.value)
 
 
@@ -200,8 +203,10 @@ def test_dropped_middle_turn_is_shifted_not_reevaluated(tiny_model: Path) -> Non
     run(reeval, full)
     _, redone = run(reeval, cut)
 
-    n_sys = len(shifting.tokenize_prompt(SYSTEM))
-    assert redone.prompt_tokens_evaluated == redone.prompt_tokens - n_sys
+    full_tokens, cut_tokens = shifting.tokenize_prompt(full), shifting.tokenize_prompt(cut)
+    same = common_prefix(full_tokens, cut_tokens)
+    assert same < 60 and redone.prompt_tokens == len(cut_tokens) > 190
+    assert redone.prompt_tokens_evaluated == len(cut_tokens) - same  # everything after the cut
     assert shifted.prompt_tokens_evaluated <= 1  # only the logits token
     assert shifted.prompt_tokens_reused == shifted.prompt_tokens - shifted.prompt_tokens_evaluated
     # The shifted cache is consistent: a regenerate still evaluates one token and replies.
@@ -244,7 +249,7 @@ def test_cancel_between_prompt_chunks_keeps_the_cache_consistent(tiny_model: Pat
 def test_cancel_aborts_inside_a_long_prompt_chunk(tmp_path: Path) -> None:
     model = write_tiny_model(tmp_path / "wide.gguf", n_embd=512, n_ctx=4096)
     e = make_engine(model, n_ctx=4096, n_batch=4096)
-    prompt = [Segment("the world said hello " * 600, "user")]
+    prompt = [Segment("the world said hello " * 500, "user")]
 
     class CancelSoon(threading.Event):
         # Before the only chunk starts, arm a timer: the cancel lands inside llama_decode.
@@ -280,7 +285,7 @@ def test_worker_thread_and_lock(engine: LocalEngine) -> None:
     out: dict[str, object] = {}
 
     def worker() -> None:
-        pieces, result = run(engine, SYSTEM + TAIL)
+        _, result = run(engine, SYSTEM + TAIL)
         out["result"] = result
 
     t = threading.Thread(target=worker)

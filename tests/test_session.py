@@ -214,6 +214,9 @@ class FailingEngine:
                         raise EngineError("server closed the connection", "http://127.0.0.1:9")
                     yield piece
 
+            def close(self) -> None:
+                inner.close()
+
         return Gen()
 
     def close(self) -> None:

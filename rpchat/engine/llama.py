@@ -18,9 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rpchat.engine.base import EngineInfo, ProgressCallback, Result, Sampling
-from rpchat.engine.gguf_info import ModelInfo, read_gguf_info
-from rpchat.engine.kvreuse import plan_reuse
-from rpchat.engine.textstream import StopFilter, Utf8Pieces
+from rpchat.engine.gguf_info import ModelInfo
 from rpchat.errors import EngineError, ModelError
 from rpchat.paths import profile
 from rpchat.prompt.segments import Segment
@@ -91,7 +89,7 @@ def route_llama_logs() -> Path:
                     recent.append(line)
                     if len(recent) > 64:
                         del recent[:32]
-                except Exception:  # a logging failure must never reach C
+                except Exception:  # noqa: BLE001, S110 - an exception must never unwind into C
                     pass
 
             # The ctypes callback object must outlive every C call that may log.
@@ -209,6 +207,13 @@ class LocalEngine:
         self._special_re: re.Pattern[str] | None = None
         self._special_ids: dict[str, int] = {}
         self._special_indexed = False
+        # Filled by loader.load():
+        self._vocab: Any = None
+        self._bos = -1
+        self._add_bos = False
+        self._batch_cap = 512
+        self._can_shift = False
+        self._abort: _AbortFlag | None = None
 
     # --- Engine protocol ----------------------------------------------------------------------
 
@@ -333,24 +338,26 @@ class LocalEngine:
             self._cache = []
 
     def close(self) -> None:
+        with self.lock:
+            self._free()
+
+    def _free(self) -> None:
         import llama_cpp
 
-        with self.lock:
-            if self._ctx is not None:
-                llama_cpp.llama_free(self._ctx)
-                self._ctx = None
-            if self._lora is not None:
-                # Adapters are owned by the model in current llama.cpp; freeing it frees them.
-                self._lora = None
-            if self._model is not None:
-                llama_cpp.llama_model_free(self._model)
-                self._model = None
-            self._cache = []
+        if self._ctx is not None:
+            llama_cpp.llama_free(self._ctx)
+            self._ctx = None
+        # A LoRA adapter belongs to its model in current llama.cpp: freeing the model frees it.
+        self._lora = None
+        if self._model is not None:
+            llama_cpp.llama_model_free(self._model)
+            self._model = None
+        self._cache = []
 
     def __del__(self) -> None:
         try:
             self.close()
-        except Exception:
+        except Exception:  # noqa: BLE001, S110 - interpreter shutdown may have torn down ctypes
             pass
 
     # --- internals shared with loader.py / generation.py --------------------------------------
@@ -381,4 +388,4 @@ def load_failure(path: Path, what: str) -> ModelError:
     return ModelError(f"llama.cpp could not {what} (corrupt or unsupported file; see the llama.log)", path)
 
 
-__all__ = ["LocalEngine", "LocalGeneration", "LocalSettings", "route_llama_logs", "round_ctx", "load_failure"]
+__all__ = ["LocalEngine", "LocalGeneration", "LocalSettings", "load_failure", "round_ctx", "route_llama_logs"]

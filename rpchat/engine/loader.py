@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 from rpchat.engine.base import EngineInfo, ProgressCallback
 from rpchat.engine.gguf_info import read_gguf_info
 from rpchat.engine.llama import (
-    KV_TYPES,
     _SPECIAL_ATTRS,
+    KV_TYPES,
     default_threads,
     load_failure,
     round_ctx,
@@ -60,8 +60,8 @@ def load(engine: LocalEngine, progress: ProgressCallback | None) -> None:
         def on_progress(value: float, _user: Any) -> bool:
             try:
                 progress(float(value))
-            except Exception:
-                pass  # a broken progress display must not abort the load
+            except Exception:  # noqa: BLE001, S110 - a broken progress display must not abort the load
+                pass
             return True
 
         callback = llama_cpp.llama_progress_callback(on_progress)
@@ -110,7 +110,7 @@ def load(engine: LocalEngine, progress: ProgressCallback | None) -> None:
     try:
         _finish(engine, llama_cpp, path, meta.name, n_ctx, n_gpu, offload, notice)
     except BaseException:
-        engine.close()
+        engine._free()
         raise
     if progress is not None:
         progress(1.0)

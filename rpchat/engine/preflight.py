@@ -120,7 +120,9 @@ def _default_probe_argv() -> list[str]:
 
 def _run_probe(argv: list[str], timeout: float) -> tuple[bool, str]:
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False
+        )
     except subprocess.TimeoutExpired:
         return False, f"hung for {timeout:.0f} s"
     except OSError as exc:

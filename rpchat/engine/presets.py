@@ -1,6 +1,6 @@
 """Sampler presets: named `Sampling` settings stored as YAML files users can copy and edit.
 
-Shipped presets live in ``rpchat/engine/presets/*.yaml``; a file of the same name in the user's
+Shipped presets live in ``rpchat/engine/preset_files/*.yaml``; a file of the same name in the user's
 ``presets`` folder overrides one. A preset file looks like::
 
     description: What it is for and where the numbers come from.
@@ -8,7 +8,7 @@ Shipped presets live in ``rpchat/engine/presets/*.yaml``; a file of the same nam
       temperature: 0.7
       tfs_z: 0.9
 
-Fields left out keep the neutral `Sampling` defaults. SillyTavern text-generation presets (JSON)
+A preset's name is its file name (lower case); fields left out keep the neutral `Sampling` defaults. SillyTavern text-generation presets (JSON)
 can be imported with `import_st_textgen`.
 """
 
@@ -28,7 +28,7 @@ from rpchat.errors import ConfigError
 from rpchat.paths import profile
 from rpchat.yamlfile import dump_yaml, load_yaml
 
-SHIPPED_DIR = Path(__file__).resolve().parent / "presets"
+SHIPPED_DIR = Path(__file__).resolve().parent / "preset_files"
 MAX_ST_PRESET_BYTES = 1024 * 1024
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 

@@ -7,6 +7,7 @@ watch ``engine_state`` to know when replies can start. Every failure becomes a n
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -147,7 +148,7 @@ class RpchatApp(App[None]):
 
     def on_model_failed(self, message: ModelFailed) -> None:
         self.engine_problem = message.problem
-        self.engine_state = "missing" if message.problem.startswith("No model") else "failed"
+        self.engine_state = "missing" if message.problem.lower().startswith("no model") else "failed"
         self.notify(message.problem, severity="error", timeout=15, markup=False)
 
     def _refresh_status(self) -> None:
@@ -305,10 +306,8 @@ class RpchatApp(App[None]):
 
     def on_unmount(self) -> None:
         if self.engine is not None:
-            try:
+            with contextlib.suppress(Exception):  # closing at exit must not raise
                 self.engine.close()
-            except Exception:  # noqa: BLE001 - closing at exit must not raise
-                pass
 
 
 def _default_engine(config: Config) -> Engine:

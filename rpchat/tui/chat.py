@@ -177,7 +177,7 @@ class ChatScreen(Screen[None]):
         self.show_chat()
         self.input.focus()
         self.watch(self.app, "engine_state", self._engine_changed)
-        self.watch(self.app, "theme", lambda _: self.show_chat())
+        self.watch(self.app, "theme", lambda _: self.show_chat(), init=False)
         for warning in self.session.chat.warnings:
             self.notify(warning, severity="warning", markup=False)
 
@@ -195,7 +195,9 @@ class ChatScreen(Screen[None]):
     def update_sidebar(self) -> None:
         s = self.session
         self.query_one("#persona", Static).update(f"Persona: {clean(s.persona.name)}")
-        scenario = s.chat.scenario or s.card.scenario
+        from rpchat.prompt.macros import expand_macros
+
+        scenario = expand_macros(s.chat.scenario or s.card.scenario, s.card.display_name, s.persona.name)
         label = "Scenario (chat)" if s.chat.scenario else "Scenario"
         short = " ".join(scenario.split())
         self.query_one("#scenario", Static).update(
@@ -233,7 +235,10 @@ class ChatScreen(Screen[None]):
     def _engine_changed(self, state: str) -> None:
         if state == "ready":
             self.session.engine = self.rp_app.engine
-            self.measure()
+            # After the first paint: building the prompt of a long chat competes for the GIL.
+            self.set_timer(0.3, self.measure)
+        elif not self.generating:
+            self.session.engine = None  # the old engine is being replaced (or failed)
         self.update_status()
 
     # --- sending and generating ------------------------------------------------------------------------
@@ -271,10 +276,11 @@ class ChatScreen(Screen[None]):
         self.session.engine = self.rp_app.engine
         chat = self.session.chat
         last = len(chat.turns) - 1
-        if mode in ("regenerate", "continue"):
-            if last < 0 or chat.turns[last].is_user or (last == 0 and mode == "regenerate"):
-                self.notify(f"Nothing to {mode}: the last turn is not a reply.", severity="warning")
-                return
+        if mode in ("regenerate", "continue") and (
+            last < 0 or chat.turns[last].is_user or (last == 0 and mode == "regenerate")
+        ):
+            self.notify(f"Nothing to {mode}: the last turn is not a reply.", severity="warning")
+            return
         self._gen_id += 1
         self._cancel = threading.Event()
         self.generating = mode
@@ -440,6 +446,9 @@ class ChatScreen(Screen[None]):
         self.measure()
 
     def action_focus_transcript(self) -> None:
+        """Move to the message cursor, starting at the newest turn."""
+        if self.session.chat.turns:
+            self.transcript.cursor = len(self.session.chat.turns) - 1
         self.transcript.focus()
 
     def action_back(self) -> None:

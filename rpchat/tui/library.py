@@ -7,12 +7,12 @@ opens the card's chats (resume, start new, branch).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Input, OptionList, ProgressBar, Static
@@ -60,7 +60,7 @@ class ChatsDialog(ModalScreen["tuple[str, Path | None] | None"]):
     ChatsDialog #chats-title { text-style: bold; color: $primary; }
     ChatsDialog OptionList { height: 1fr; }
     """
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "cancel", "Close", id="chats.close"),
         Binding("b", "branch", "Branch selected", id="chats.branch"),
         Binding("n", "new", "New chat", id="chats.new"),

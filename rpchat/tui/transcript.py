@@ -65,10 +65,17 @@ class TurnView(Static):
 
 
 class StreamingTurn(Static):
-    """The live reply. Pieces are appended and the text re-rendered; Textual coalesces the repaints."""
+    """The live reply. Pieces are buffered and painted at most `FLUSH_HZ` times a second.
+
+    Its height grows in steps of `HEIGHT_STEP` lines: a height change makes Textual reflow the whole
+    screen, a repaint at the same height touches only this widget, so most flushes stay cheap.
+    """
+
+    FLUSH_HZ = 20
+    HEIGHT_STEP = 4
 
     DEFAULT_CSS = """
-    StreamingTurn { padding: 0 1; margin-bottom: 1; border-left: outer $accent; }
+    StreamingTurn { padding: 0 1; margin-bottom: 1; border-left: outer $accent; height: 3; }
     """
 
     def __init__(self, turn: Turn, styles: Styles | None, base: str = "") -> None:
@@ -77,23 +84,36 @@ class StreamingTurn(Static):
         self._styles = styles
         self._base = base
         self._pieces: list[str] = []
-        self._render_now()
+        self._dirty = True
+        self._lines = 0
 
     @property
     def text(self) -> str:
         generated = "".join(self._pieces)
         return self._base + generated if self._base else generated.lstrip()
 
-    def append(self, piece: str) -> None:
-        """Add a piece of the reply."""
-        self._pieces.append(piece)
-        self._render_now()
+    def on_mount(self) -> None:
+        self.set_interval(1 / self.FLUSH_HZ, self._flush)
+        self.call_after_refresh(self._flush)
 
-    def _render_now(self) -> None:
+    def append(self, piece: str) -> None:
+        """Add a piece of the reply (painted at the next flush)."""
+        self._pieces.append(piece)
+        self._dirty = True
+
+    def _flush(self) -> None:
+        if not self._dirty:
+            return
+        self._dirty = False
         body = self.text
         out = turn_text(self._turn, self._styles, text=body)
-        out.append(" \u258c" if body else "\u2026", style="blink dim")
-        self.update(out)
+        out.append(" \u258c" if body else "\u2026", style="dim")
+        width = self.content_region.width
+        lines = len(out.wrap(self.app.console, width)) if width > 0 else 2
+        if lines > self._lines:
+            self._lines = lines + self.HEIGHT_STEP - 1
+            self.styles.height = self._lines  # one reflow per step
+        self.update(out, layout=False)
 
 
 class CutMarker(Static):

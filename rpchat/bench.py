@@ -1,0 +1,264 @@
+"""`rpchat bench`: a scripted multi-turn chat through the real pipeline, with figures.
+
+prompt builder -> LocalEngine -> stream consumer, turn after turn, then a regenerate, then a chat
+long enough to overflow a small context (once shifting the KV cache, once re-evaluating), and a
+plain llama-cpp-python ``create_completion(stream=True)`` loop on the same prompt as reference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import resource
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from rpchat.cards.model import Card
+from rpchat.chat.model import Turn
+from rpchat.engine.base import Result, Sampling
+from rpchat.engine.llama import LocalEngine, LocalSettings, default_threads
+from rpchat.personas import Persona
+from rpchat.prompt.builder import BuiltPrompt, build_prompt
+from rpchat.prompt.formats import load_format
+
+CARD = Card(
+    name="Marisol",
+    description="Marisol Vega, 34, keeps the lighthouse on Gull Island. Dry humour, warm heart, "
+    "salt-stiff hair, hands that know every rope and engine on the island.",
+    personality="blunt, patient, curious about strangers, hates wasting fuel",
+    scenario="A storm washed Theo ashore below the lighthouse. Marisol found him at dawn.",
+    first_mes='*Marisol throws a blanket over you.* "Up you get. Nobody comes to Gull Island on purpose."',
+)
+PERSONA = Persona("Theo", "A city journalist who lost his boat and most of his pride.")
+USER_LINES = [
+    "Where am I? *I sit up, coughing, and pull the blanket tight.*",
+    "Gull Island... Is there a ferry? I need to call someone.",
+    '*I look at the lighthouse.* "You live up there alone?"',
+    "What happened to the last keeper? People in town tell stories.",
+    '"Can I help with the lamp tonight? I owe you that much."',
+    "*I follow you up the stairs, counting them under my breath.*",
+    '"The radio is dead too? Then we wait for the storm to pass."',
+    "Tell me about the wreck on the north rocks.",
+]
+FILLER = "The wind kept hammering the shutters while the old lamp turned above them. " * 3
+
+
+@dataclasses.dataclass
+class _Turn:
+    prompt_tokens: int
+    evaluated: int
+    reused: int
+    ttft_s: float
+    tokens: int
+    tok_s: float
+    finish: str
+    dropped: int
+
+
+def _consume(engine: LocalEngine, built: BuiltPrompt, sampling: Sampling) -> tuple[Result, float]:
+    """The stream consumer: take pieces as they come (like the chat view), time the prompt."""
+    gen = engine.stream(built.segments, sampling, stop=built.stop)
+    chars = 0
+    for piece in gen:
+        chars += len(piece)
+    r = gen.result
+    prompt_s = r.ttft_s
+    return r, prompt_s
+
+
+def _row(r: Result, built: BuiltPrompt) -> _Turn:
+    return _Turn(r.prompt_tokens, r.prompt_tokens_evaluated, r.prompt_tokens_reused, round(r.ttft_s, 4),
+                 r.tokens_generated, round(r.tok_per_s, 2), r.finish_reason, len(built.dropped))
+
+
+def _build(engine: LocalEngine, history: list[Turn], max_new: int) -> BuiltPrompt:
+    fmt = load_format("limarp-v3")
+    return build_prompt(fmt, CARD, PERSONA, history, length="medium", counter=engine.count_tokens,
+                        n_ctx=engine.n_ctx, max_new=max_new)
+
+
+def _turn(is_user: bool, text: str) -> Turn:
+    return Turn(is_user=is_user, name=PERSONA.name if is_user else CARD.name, swipes=[text])
+
+
+def run_bench(
+    model_path: Path,
+    turns: int = 6,
+    n_threads: int | None = None,
+    *,
+    n_ctx: int = 2048,
+    max_new: int = 128,
+    overflow_ctx: int = 512,
+    sampling: Sampling | None = None,
+    reference: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run the scripted chat and return the figures as a JSON-able dict (see `format_bench`)."""
+    say = progress or (lambda _msg: None)
+    threads = n_threads or default_threads()
+    sampling = sampling or Sampling(temperature=0.8, min_p=0.05, max_tokens=max_new, seed=1234)
+    out: dict[str, Any] = {"model": str(model_path), "threads": threads, "n_ctx": n_ctx, "max_new": max_new}
+
+    t0 = time.perf_counter()
+    engine = LocalEngine(LocalSettings(Path(model_path), n_ctx=n_ctx, n_threads=threads))
+    engine.load()
+    out["load_s"] = round(time.perf_counter() - t0, 3)
+    out["backend"] = engine.info.backend
+    out["notice"] = engine.info.notice
+    try:
+        history = [_turn(False, CARD.first_mes)]
+        rows: list[_Turn] = []
+        prompt_tokens = prompt_time = 0.0
+        gen_tokens = gen_time = 0.0
+        built = None
+        for i in range(turns):
+            history.append(_turn(True, USER_LINES[i % len(USER_LINES)]))
+            built = _build(engine, history, max_new)
+            r, prompt_s = _consume(engine, built, sampling)
+            rows.append(_row(r, built))
+            prompt_tokens += r.prompt_tokens_evaluated
+            prompt_time += prompt_s
+            gen_tokens += max(0, r.tokens_generated - 1)
+            gen_time += r.gen_time_s
+            history.append(_turn(False, r.text.strip() or "..."))
+            say(f"turn {i + 1}: {r.prompt_tokens_evaluated} prompt tokens, {r.tok_per_s:.1f} tok/s")
+        out["turns"] = [dataclasses.asdict(t) for t in rows]
+        out["gen_tok_s"] = round(gen_tokens / gen_time, 2) if gen_time else 0.0
+        out["prompt_tok_s"] = round(prompt_tokens / prompt_time, 2) if prompt_time else 0.0
+
+        # Regenerate: the same prompt again (the last reply is dropped first, as the app does).
+        history.pop()
+        assert built is not None
+        r, _ = _consume(engine, built, sampling)
+        out["regenerate"] = {"evaluated": r.prompt_tokens_evaluated, "ttft_s": round(r.ttft_s, 4)}
+        say(f"regenerate: {r.prompt_tokens_evaluated} prompt tokens")
+
+        last_prompt = engine.tokenize_prompt(built.segments)
+        out["app_loop_tok_s"] = _app_loop(engine, last_prompt, sampling)
+    finally:
+        engine.close()
+
+    out["overflow"] = {
+        "shift": _overflow(Path(model_path), threads, overflow_ctx, True),
+        "reevaluate": _overflow(Path(model_path), threads, overflow_ctx, False),
+    }
+    say("overflow measured")
+    if reference:
+        out["reference_tok_s"] = _reference_loop(Path(model_path), threads, n_ctx, built.text, sampling)
+        say("reference loop measured")
+    out["peak_rss_mib"] = round(_peak_rss_mib(), 1)
+    return out
+
+
+def _app_loop(engine: LocalEngine, prompt: list[int], sampling: Sampling) -> float:
+    """Generation tok/s of the engine alone on a fixed prompt (no stop strings, full length)."""
+    engine.reset_cache()
+    gen = engine.generate_tokens(prompt, dataclasses.replace(sampling, max_tokens=sampling.max_tokens))
+    for _ in gen:
+        pass
+    return round(gen.result.tok_per_s, 2)
+
+
+def _overflow(model_path: Path, threads: int, n_ctx: int, shift: bool) -> dict[str, Any]:
+    """Grow a chat past a small context; report the prompt cost of the turn where old turns fall out."""
+    engine = LocalEngine(LocalSettings(model_path, n_ctx=n_ctx, n_threads=threads, context_shift=shift))
+    engine.load()
+    sampling = Sampling(temperature=0.0, max_tokens=8)
+    history = [_turn(False, CARD.first_mes)]
+    try:
+        first_kept = None
+        for i in range(200):
+            history.append(_turn(True, f"{USER_LINES[i % len(USER_LINES)]} {FILLER}"))
+            built = _build(engine, history, 8)
+            r, prompt_s = _consume(engine, built, sampling)
+            kept = built.first_kept if built.first_kept is not None else -1
+            if first_kept is not None and kept != first_kept:
+                return {"evaluated": r.prompt_tokens_evaluated, "reused": r.prompt_tokens_reused,
+                        "prompt_tokens": r.prompt_tokens, "prompt_s": round(prompt_s, 4), "turn": i + 1}
+            first_kept = kept
+            history.append(_turn(False, f"*Marisol nods.* {FILLER}"))
+    finally:
+        engine.close()
+    return {}
+
+
+@contextlib.contextmanager
+def _repack_setting(use_extra_bufts: bool) -> Iterator[None]:
+    # Llama() has no use_extra_bufts argument: wrap the defaults it starts from.
+    import llama_cpp.llama as high
+
+    low: Any = high.llama_cpp  # type: ignore[attr-defined]
+    original = low.llama_model_default_params
+
+    def patched() -> Any:
+        params = original()
+        params.use_extra_bufts = use_extra_bufts
+        return params
+
+    low.llama_model_default_params = patched
+    try:
+        yield
+    finally:
+        low.llama_model_default_params = original
+
+
+def _reference_loop(model_path: Path, threads: int, n_ctx: int, prompt: str, sampling: Sampling) -> float:
+    """tok/s of a plain llama-cpp-python streaming loop on the same prompt."""
+    from llama_cpp import Llama
+
+    from rpchat.engine.preflight import repack_verdict
+
+    with _repack_setting(repack_verdict().use_extra_bufts):
+        llm = Llama(str(model_path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False)
+    try:
+        n = 0
+        first = last = 0.0
+        for _chunk in llm.create_completion(prompt, max_tokens=sampling.max_tokens, stream=True,
+                                            temperature=sampling.temperature, min_p=sampling.min_p,
+                                            top_p=1.0, top_k=0, seed=1234):
+            last = time.perf_counter()
+            if n == 0:
+                first = last
+            n += 1
+        return round((n - 1) / (last - first), 2) if n > 1 and last > first else 0.0
+    finally:
+        llm.close()
+
+
+def _peak_rss_mib() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def format_bench(result: dict[str, Any]) -> str:
+    """The figures as a small plain-text report."""
+    lines = [
+        f"model      {result['model']}",
+        (f"backend    {result.get('backend')}, {result['threads']} threads, n_ctx {result['n_ctx']}, "
+         f"load {result.get('load_s', 0):.2f} s"),
+    ]
+    if result.get("notice"):
+        lines.append(f"notice     {result['notice']}")
+    lines.append("turn  prompt  evaluated  reused  ttft(s)  tokens  tok/s  finish")
+    for i, t in enumerate(result.get("turns", []), 1):
+        lines.append(f"{i:>4}  {t['prompt_tokens']:>6}  {t['evaluated']:>9}  {t['reused']:>6}  "
+                     f"{t['ttft_s']:>7.3f}  {t['tokens']:>6}  {t['tok_s']:>5.1f}  {t['finish']}")
+    lines.append(f"generation {result.get('gen_tok_s', 0):.1f} tok/s (chat turns); "
+                 f"{result.get('app_loop_tok_s', 0):.1f} tok/s (engine on the last prompt)")
+    lines.append(f"prompt     {result.get('prompt_tok_s', 0):.1f} tok/s")
+    regen = result.get("regenerate", {})
+    lines.append(f"regenerate {regen.get('evaluated')} prompt tokens evaluated, ttft {regen.get('ttft_s', 0):.3f} s")
+    for mode, o in result.get("overflow", {}).items():
+        if o:
+            lines.append(f"overflow   {mode:<10} {o['evaluated']} of {o['prompt_tokens']} prompt tokens "
+                         f"evaluated ({o['prompt_s']:.3f} s) when old turns fell out")
+    if "reference_tok_s" in result:
+        ref = result["reference_tok_s"]
+        app = result.get("app_loop_tok_s", 0)
+        ratio = f" (app/reference {app / ref:.2f})" if ref else ""
+        lines.append(f"reference  {ref:.1f} tok/s plain llama-cpp-python stream loop{ratio}")
+    lines.append(f"peak RSS   {result.get('peak_rss_mib', 0):.0f} MiB")
+    return "\n".join(lines)

@@ -1,0 +1,83 @@
+"""App-level behaviour: bad settings become notices, the keymap and theme come from the config."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from session_support import wait_for
+
+from rpchat.config import Config, load_config, save_config
+from rpchat.paths import profile
+from rpchat.tui.app import RpchatApp
+from rpchat.tui.commands import RpchatCommands
+from rpchat.tui.library import LibraryScreen
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
+    return tmp_path
+
+
+def test_broken_config_and_unknown_key_ids_are_notices_not_crashes(home: Path) -> None:
+    profile().config_dir.mkdir(parents=True)
+    profile().config_file.write_text("engine: [not, a, mapping]\n")
+    profile().personas_file.write_text("personas: 7\n")
+
+    async def go() -> None:
+        app = RpchatApp(load_model=False)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_for(pilot, lambda: isinstance(app.screen, LibraryScreen))
+            messages = " ".join(n.message for n in app._notifications)
+            assert "config.yaml" in messages and "personas.yaml" in messages
+            assert app.config == Config()
+
+    asyncio.run(go())
+
+
+def test_keymap_problems_are_reported_and_good_keys_applied(home: Path) -> None:
+    save_config(profile(), Config(keys={"regenerate": "ctrl+y", "no_such_action": "x"}))
+
+    async def go() -> None:
+        app = RpchatApp(load_model=False)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_for(pilot, lambda: isinstance(app.screen, LibraryScreen))
+            assert app.keymap == {"regenerate": "ctrl+y"}
+            assert app.key_for("regenerate") == "^y"
+            assert any("no_such_action" in n.message for n in app._notifications)
+
+    asyncio.run(go())
+
+
+def test_theme_from_config_and_switch_is_remembered(home: Path) -> None:
+    save_config(profile(), Config(theme="rpchat-light"))
+
+    async def go() -> None:
+        app = RpchatApp(load_model=False)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_for(pilot, lambda: isinstance(app.screen, LibraryScreen))
+            assert app.theme == "rpchat-light"
+            light = app.prose_styles()["dialogue"]
+            app.theme = "rpchat-dark"
+            await pilot.pause()
+            assert app.prose_styles()["dialogue"] != light
+        assert load_config(profile()).theme == "rpchat-dark"
+
+    asyncio.run(go())
+
+
+def test_palette_offers_the_screen_actions(home: Path) -> None:
+    async def go() -> None:
+        app = RpchatApp(load_model=False)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_for(pilot, lambda: isinstance(app.screen, LibraryScreen))
+            provider = RpchatCommands(app.screen)
+            titles = [hit.text for hit in [h async for h in provider.discover()]]
+            assert {"Import card", "New chat", "Delete card", "Help", "Settings", "Reload the model"} <= set(titles)
+            assert "Regenerate" not in titles  # chat actions only on the chat screen
+            found = [h async for h in provider.search("dupl")]
+            assert found and "Duplicate" in str(found[0].text)
+
+    asyncio.run(go())

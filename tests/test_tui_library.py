@@ -1,0 +1,189 @@
+"""The character library screen driven by Pilot: filter, avatars, import, duplicate, delete, chats."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import pytest
+from session_support import make_card, tiny_config, wait_for, write_profile_config
+
+from rpchat.chat.library import list_chats
+from rpchat.paths import profile
+from rpchat.tui.app import RpchatApp
+from rpchat.tui.avatar import AvatarView
+from rpchat.tui.bench import PacedEngine
+from rpchat.tui.chat import ChatScreen
+from rpchat.tui.dialogs import ConfirmDialog, PathPrompt
+from rpchat.tui.library import ChatsDialog, LibraryScreen
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model: Path) -> Path:
+    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
+    write_profile_config(tiny_config(tiny_model))
+    profile().cards_dir.mkdir(parents=True)
+    make_card(profile().cards_dir, "Zephyrine", tags=["sky", "pirate"])
+    make_card(profile().cards_dir, "Quillon", tags=["library"], creator_notes="A bookish ghost.")
+    return tmp_path
+
+
+def run(coro) -> None:  # type: ignore[no-untyped-def]
+    asyncio.run(coro)
+
+
+async def library(pilot, app: RpchatApp) -> LibraryScreen:  # type: ignore[no-untyped-def]
+    await wait_for(pilot, lambda: isinstance(app.screen, LibraryScreen))
+    await pilot.pause()
+    return app.screen  # type: ignore[return-value]
+
+
+def test_lists_bundled_and_user_cards_and_filters_by_typing(home: Path) -> None:
+    async def go() -> None:
+        app = RpchatApp(load_model=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            screen = await library(pilot, app)
+            names = [e.name for e in screen.shown]
+            assert "Zephyrine" in names and "Quillon" in names
+            assert any(e.bundled for e in screen.shown)
+            await pilot.press(*"pirate")  # a tag
+            assert [e.name for e in screen.shown] == ["Zephyrine"]
+            await pilot.press(*["backspace"] * 6, *"bookish")  # creator notes
+            assert [e.name for e in screen.shown] == ["Quillon"]
+            assert "A bookish ghost." in str(screen.query_one("#card-notes").render())
+            # The avatar is drawn with half blocks.
+            avatar = screen.query_one(AvatarView)
+            assert "\u2580" in str(avatar.render())
+
+    run(go())
+
+
+def test_import_by_path_then_duplicate_then_delete_with_confirm(home: Path) -> None:
+    outside = home / "downloads"
+    outside.mkdir()
+    src = make_card(outside, "Importa")
+
+    async def go() -> None:
+        app = RpchatApp(load_model=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            screen = await library(pilot, app)
+            await pilot.press("ctrl+t")
+            await wait_for(pilot, lambda: isinstance(app.screen, PathPrompt))
+            app.screen.query_one("Input").value = str(src)  # type: ignore[attr-defined]
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: isinstance(app.screen, LibraryScreen))
+            assert (profile().cards_dir / "Importa.png").exists()
+            assert screen.current is not None and screen.current.name == "Importa"
+
+            await pilot.press("ctrl+d")
+            await pilot.pause()
+            assert (profile().cards_dir / "Importa (2).png").exists()
+
+            await pilot.press("ctrl+x")
+            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmDialog))
+            await pilot.press("n")
+            await wait_for(pilot, lambda: isinstance(app.screen, LibraryScreen))
+            assert (profile().cards_dir / "Importa (2).png").exists()
+            await pilot.press("ctrl+x")
+            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmDialog))
+            await pilot.press("y")
+            await wait_for(pilot, lambda: isinstance(app.screen, LibraryScreen))
+            assert not (profile().cards_dir / "Importa (2).png").exists()
+
+    run(go())
+
+
+def test_import_of_a_broken_file_is_a_notice_not_a_crash(home: Path) -> None:
+    bad = home / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+
+    async def go() -> None:
+        app = RpchatApp(load_model=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await library(pilot, app)
+            await pilot.press("ctrl+t")
+            await wait_for(pilot, lambda: isinstance(app.screen, PathPrompt))
+            app.screen.query_one("Input").value = str(bad)  # type: ignore[attr-defined]
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: isinstance(app.screen, LibraryScreen))
+            await pilot.pause()
+            assert any("bad.png" in n.message for n in app._notifications)
+            assert not list(profile().cards_dir.glob("bad*"))
+
+    run(go())
+
+
+def test_bundled_cards_cannot_be_deleted(home: Path) -> None:
+    async def go() -> None:
+        app = RpchatApp(load_model=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            screen = await library(pilot, app)
+            bundled = next(i for i, e in enumerate(screen.shown) if e.bundled)
+            screen.query_one("#cards").highlighted = bundled  # type: ignore[attr-defined]
+            await pilot.press("ctrl+x")
+            await pilot.pause()
+            assert isinstance(app.screen, LibraryScreen)
+            assert screen.shown[bundled].path.exists()
+
+    run(go())
+
+
+def test_chats_list_resume_new_and_branch(home: Path) -> None:
+    async def go() -> None:
+        app = RpchatApp(load_model=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await library(pilot, app)
+            await pilot.press(*"Zephyrine", "enter")  # no chats yet: starts one
+            await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen))
+            first = app.screen.session.path  # type: ignore[attr-defined]
+            await pilot.press("ctrl+b")
+            await wait_for(pilot, lambda: isinstance(app.screen, LibraryScreen))
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: isinstance(app.screen, ChatsDialog))
+            await pilot.press("enter")  # the newest chat is preselected: resume it
+            await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen))
+            assert app.screen.session.path == first  # type: ignore[attr-defined]
+            await pilot.press("ctrl+b")
+            await wait_for(pilot, lambda: isinstance(app.screen, LibraryScreen))
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: isinstance(app.screen, ChatsDialog))
+            await pilot.press("b")
+            await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen))
+            branch = app.screen.session  # type: ignore[attr-defined]
+            assert branch.path != first
+            assert branch.chat.metadata["rpchat"]["parent"]["turn"] == 0
+            await pilot.press("ctrl+b")
+            await wait_for(pilot, lambda: isinstance(app.screen, LibraryScreen))
+            await pilot.press("ctrl+n")
+            await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen))
+            assert len(list_chats("Zephyrine")) == 3
+
+    run(go())
+
+
+def test_model_loads_in_background_with_progress_while_browsing(home: Path) -> None:
+    gate = threading.Event()
+
+    class SlowEngine(PacedEngine):
+        def load(self, progress=None):  # type: ignore[no-untyped-def]
+            progress(0.5)
+            gate.wait(10)
+            super().load(progress)
+
+    async def go() -> None:
+        app = RpchatApp(engine_factory=lambda _cfg: SlowEngine())
+        async with app.run_test(size=(120, 40)) as pilot:
+            screen = await library(pilot, app)
+            await wait_for(pilot, lambda: app.load_progress == 0.5)
+            assert app.engine_state == "loading"
+            assert screen.query_one("#model-progress").display
+            assert "Loading" in str(screen.query_one("#model-text").render())
+            await pilot.press(*"Quillon")  # browsing works meanwhile
+            assert [e.name for e in screen.shown] == ["Quillon"]
+            gate.set()
+            await wait_for(pilot, lambda: app.engine_state == "ready")
+            assert not screen.query_one("#model-progress").display
+            assert "paced-test-engine" in str(screen.query_one("#model-text").render())
+
+    run(go())
