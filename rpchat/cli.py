@@ -306,13 +306,14 @@ def cmd_formats(_: argparse.Namespace) -> int:
 
 
 def cmd_presets(_: argparse.Namespace) -> int:
-    from rpchat.engine.presets import list_presets, load_preset
+    from rpchat.engine.presets import list_presets
+    from rpchat.text import strip_controls
 
-    for name in list_presets():
-        try:
-            print(f"{name}: {load_preset(name).description}")
-        except RpchatError as e:
-            print(f"{name}: (broken: {e})")
+    errors: list[Any] = []
+    for preset in list_presets(errors=errors):
+        print(strip_controls(f"{preset.name}: {preset.description}"))
+    for e in errors:
+        print(f"rpchat: warning: {e}", file=sys.stderr)
     return 0
 
 
