@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--chat", type=Path, help="a SillyTavern .jsonl chat to continue")
     pr.add_argument("--length", type=_length, default=None, help="length modifier, or none")
     pr.add_argument("--format", default=None, help="prompt format name (see `rpchat formats`)")
+    pr.add_argument("--no-lore", action="store_true", help="ignore the card's embedded lorebook")
+    pr.add_argument("--world", type=Path, help="a lorebook / SillyTavern world-info JSON to activate")
     pr.add_argument("--model", type=Path, help="count tokens with this GGUF's tokenizer and fit the context")
     pr.add_argument("--n-ctx", type=int, default=4096)
     pr.add_argument("--max-new", type=int, default=400)
@@ -114,6 +116,7 @@ def cmd_prompt(args: argparse.Namespace) -> int:
     from rpchat.paths import profile
     from rpchat.personas import Persona, PersonaBook
     from rpchat.prompt import build_prompt, load_format
+    from rpchat.prompt.lorebook import load_lorebook
 
     paths = profile()
     config = load_config(paths)
@@ -147,6 +150,8 @@ def cmd_prompt(args: argparse.Namespace) -> int:
         counter=counter,
         n_ctx=n_ctx,
         max_new=args.max_new if counter else 0,
+        lorebook=load_lorebook(args.world) if args.world else None,
+        card_lorebook=not args.no_lore,
     )
     sys.stdout.write(built.text)
     sys.stdout.flush()

@@ -32,6 +32,7 @@ SAVE_POINTS = ("fsync", "replace", "after-replace")
 # Seconds per streamed piece: the tiny model is far faster than a real one, so the child is slowed to
 # about 80 tokens/s, which puts generation (and the session's 2 s checkpoint saves) in reach of kills.
 PACE_S = 0.012
+CARD_NAME = "Kestrel"  # no bundled card matches it, so the TUI's library filter finds this one
 
 
 # --- the world: an isolated profile, the tiny model and a card -------------------------------------------
@@ -63,12 +64,13 @@ def make_world(root: Path) -> World:
     root.mkdir(parents=True, exist_ok=True)
     home = root / "home"
     paths = Paths(home / "config", home / "data", home / "cache")
-    save_config(paths, Config(engine=EngineConfig(n_ctx=1024, n_threads=1), preset="deterministic",
-                              default_length="medium"))
     hello, world, colon = token_id("▁Hello"), token_id("▁world"), token_id(":")
     model = write_tiny_model(root / "tiny.gguf", successors={colon: hello, hello: world, world: hello})
-    card = root / "cards" / "marisol.png"
-    save_card(Card(name="Marisol", description="{{char}} keeps the lighthouse.", first_mes="Hello, {{user}}.",
+    # The CLI runs pass --model; the TUI runs under tmux take the model from the config.
+    save_config(paths, Config(engine=EngineConfig(model=str(model), n_ctx=1024, n_threads=1),
+                              preset="deterministic", default_length="medium", max_new_tokens=MAX_NEW))
+    card = root / "cards" / "kestrel.png"
+    save_card(Card(name=CARD_NAME, description="{{char}} keeps the lighthouse.", first_mes="Hello, {{user}}.",
                    alternate_greetings=["Another one from the sea."]), card)
     chats = root / "chats"
     chats.mkdir(exist_ok=True)
@@ -306,6 +308,66 @@ def _load(path: Path) -> Any:
     return load_card(path)
 
 
+# --- the TUI under tmux -------------------------------------------------------------------------------
+
+
+def run_tui_kill(world: World, rng: random.Random, say: str, timeout_s: float = 60.0) -> Outcome:
+    """Start the TUI in a private tmux server, resume the card's last chat, send ``say`` and SIGKILL
+    the app at a random moment of the reply; then check the chat file like the CLI runs."""
+    import shutil
+
+    sock = f"rpchat-crash-{os.getpid()}"
+    env = world.env()
+    app = f"exec env RPCHAT_HOME='{world.home}' PYTHONPATH='{env['PYTHONPATH']}' TERM=xterm-256color " \
+          f"'{sys.executable}' -m rpchat"
+
+    def tmux(*args: str) -> str:
+        done = subprocess.run(["tmux", "-L", sock, *args], capture_output=True, text=True, check=False)
+        return done.stdout
+
+    def wait_for(text: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while text not in tmux("capture-pane", "-p", "-t", "s"):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the TUI never showed {text!r}")
+            time.sleep(0.1)
+
+    if shutil.which("tmux") is None:
+        raise RuntimeError("tmux is not installed")
+    cards = world.home / "data" / "cards"
+    cards.mkdir(parents=True, exist_ok=True)
+    if not (cards / world.card.name).exists():
+        shutil.copy(world.card, cards / world.card.name)
+    chat = _latest_chat(world)
+    before = turn_lines(chat) if chat else []
+    try:
+        tmux("new-session", "-d", "-s", "s", "-x", "120", "-y", "40", app)
+        wait_for("character library")
+        tmux("send-keys", "-t", "s", "-l", CARD_NAME)
+        time.sleep(0.3)
+        tmux("send-keys", "-t", "s", "C-o")  # resume the last chat (a new one the first time)
+        wait_for("Next reply:")
+        wait_for("Model ready")
+        chat = _latest_chat(world)
+        assert chat is not None
+        before = turn_lines(chat)
+        tmux("send-keys", "-t", "s", "-l", say)
+        tmux("send-keys", "-t", "s", "Enter")
+        time.sleep(rng.uniform(0.0, 1.2))
+        pid = int(tmux("display-message", "-p", "-t", "s", "#{pane_pid}").strip())
+        os.kill(pid, signal.SIGKILL)
+    finally:
+        tmux("kill-server")
+    assert chat is not None
+    return Outcome("tui", True, check_chat(before, chat, say), len(temp_files(chat.parent)), -9)
+
+
+def _latest_chat(world: World) -> Path | None:
+    found = sorted((world.home / "data" / "chats").rglob("*.jsonl"), key=lambda p: p.stat().st_mtime)
+    found = [p for p in found if ".corrupt-" not in p.name and ".conflict-" not in p.name]
+    return found[-1] if found else None
+
+
 # --- the benchmark ---------------------------------------------------------------------------------------
 
 
@@ -373,6 +435,15 @@ def run_benchmark(world: World, runs: int, card_runs: int, seed: int = 1, rotate
         figures.card_runs.append(run_card_loop(world, card, rng, ("timer", "save")[i % 2]))
     figures.card_temps_left = len(temp_files(card.parent))
     return figures
+
+
+def _tui_runs(world: World, runs: int, seed: int) -> list[Outcome]:
+    import shutil
+
+    if runs <= 0 or shutil.which("tmux") is None:
+        return []
+    rng = random.Random(seed + 1)
+    return [run_tui_kill(world, rng, f"TUI message {i}.") for i in range(runs)]
 
 
 # --- child processes -------------------------------------------------------------------------------------
@@ -454,6 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--card-runs", type=int, default=None, help="killed card-save loops (default: runs / 2)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--races", type=int, default=4, help="two-process races on one chat")
+    p.add_argument("--tmux", type=int, default=10, help="TUI runs killed under tmux (0: none)")
     args = p.parse_args(argv)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="rpchat-crash-") as d:
@@ -462,12 +534,17 @@ def main(argv: list[str] | None = None) -> int:
         figures = run_benchmark(world, args.runs, card_runs, args.seed)
         races = [race(world, world.chats / f"race-{i}.jsonl", delay_s=(0.0, 0.4, 0.9, 1.5)[i % 4], seed=i)
                  for i in range(args.races)]
+        tui = _tui_runs(world, args.tmux, args.seed)
     for line in figures.lines():
         print(line)
     lost = sum(len(r.silently_lost) for r in races)
     conflicts = sum(sum(r.told.values()) for r in races)
     print(f"two-process races: {len(races)}; conflicts detected and reported: {conflicts}; "
           f"turns silently lost: {lost}; earlier turns lost: {sum(r.lost_before for r in races)}")
+    if tui:
+        print(f"TUI runs killed under tmux: {len(tui)}; chat files intact: {sum(o.check.intact for o in tui)}; "
+              f"turns lost: {sum(o.check.lost for o in tui)}; by phase: {dict(Counter(o.check.phase for o in tui))}")
+        figures.reply_runs += tui
     print(f"took {time.perf_counter() - start:.0f} s")
     for problem in figures.problems:
         print(f"PROBLEM {problem}")

@@ -15,7 +15,6 @@ from typing import Any
 from hostile_case import Case, cut_points, flip_bits
 
 MB = 1024 * 1024
-REPO = Path(__file__).resolve().parent.parent
 
 # --- chats --------------------------------------------------------------------------------------------
 
@@ -150,11 +149,17 @@ def _dev_zero(folder: Path) -> Path:
 def yaml_base(target: str) -> bytes:
     """A valid file for ``target``: the shipped one where there is one."""
     if target == "preset":
-        return (REPO / "rpchat" / "engine" / "presets" / "ashhlimarp.yaml").read_bytes()
+        from rpchat.engine.presets import SHIPPED_DIR
+
+        return (SHIPPED_DIR / "ashhlimarp.yaml").read_bytes()
     if target == "theme":
-        return (REPO / "themes" / "rpchat-dark.yaml").read_bytes()
+        from rpchat.paths import bundled_dir
+
+        return (bundled_dir("themes") / "rpchat-dark.yaml").read_bytes()
     if target == "format":
-        return (REPO / "rpchat" / "prompt" / "formats" / "limarp-v3.yaml").read_bytes()
+        from rpchat.prompt.formats import SHIPPED_DIR as FORMATS_DIR
+
+        return (FORMATS_DIR / "limarp-v3.yaml").read_bytes()
     if target == "persona":
         return b"default: Theo\npersonas:\n  - name: Theo\n    description: A castaway.\n  - name: Ana\n"
     from rpchat.config import Config, save_config

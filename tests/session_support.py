@@ -44,7 +44,9 @@ async def wait_for(pilot, condition, timeout: float = 30.0) -> None:  # type: ig
         if condition():
             return
         await pilot.pause(0.02)
-    raise AssertionError("condition not reached in time")
+    # Say what the app was showing and telling the user, so a failure explains itself.
+    notes = [n.message for n in pilot.app._notifications]
+    raise AssertionError(f"condition not reached in time; screen={pilot.app.screen!r}; notifications={notes}")
 
 
 async def open_chat_from_library(pilot, app, name: str):  # type: ignore[no-untyped-def]

@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from tinymodel import EOS, token_id, write_tiny_model
+from tinymodel import EOS, token_id, write_tiny_lora, write_tiny_model
 
 from rpchat.engine.base import Sampling
 from rpchat.engine.kvreuse import common_prefix
@@ -327,4 +327,13 @@ def test_length_finish_and_counts(scripted_model: Path) -> None:
     _, r = run(e, [Segment("Hello", "user")], Sampling(temperature=0.0, max_tokens=3))
     assert r.finish_reason == "length" and r.tokens_generated == 3 and r.text == "é the"
     assert r.ttft_s > 0 and r.gen_time_s > 0 and r.tok_per_s > 0
+    e.close()
+
+
+def test_lora_adapter_changes_the_model(scripted_model: Path, tmp_path: Path) -> None:
+    lora = write_tiny_lora(scripted_model, tmp_path / "redirect.gguf",
+                           after=token_id("▁Hello"), instead=token_id("▁you"))
+    e = make_engine(scripted_model, lora_path=lora)
+    _, r = run(e, [Segment("Hello", "user")], Sampling(temperature=0.0, max_tokens=1))
+    assert r.text == " you"  # without the adapter: "é"
     e.close()

@@ -62,11 +62,12 @@ def cards(draw: st.DrawFn) -> Card:
 
 
 def same(loaded: Card, card: Card, **ignore: Any) -> bool:
-    return dataclasses.replace(loaded, avatar=None, spec=card.spec, **ignore) == dataclasses.replace(
-        card, avatar=None, **ignore)
+    """Equal apart from the avatar, the spec the file was read as, and the ``ignore`` fields."""
+    ignore = {"avatar": None, **ignore}
+    return dataclasses.replace(loaded, **{"spec": card.spec, **ignore}) == dataclasses.replace(card, **ignore)
 
 
-@settings(FUZZ, max_examples=60)
+@settings(FUZZ, max_examples=40)
 @given(cards())
 def test_any_card_survives_png_round_trips_byte_stably(card: Card) -> None:
     with tempfile.TemporaryDirectory() as d:
@@ -149,7 +150,7 @@ def expect_card_or_card_error(raw: bytes, suffix: str = ".png") -> Card | None:
         # Whatever loads can be written again and loads the same.
         again = Path(d) / "again.json"
         save_card(card, again)
-        assert same(load_card(again), card, spec=card.spec)
+        assert same(load_card(again), card, embedded={}, assets=[])  # JSON holds no files
         return card
 
 
@@ -159,7 +160,7 @@ edits = st.lists(
 )
 
 
-@settings(FUZZ, max_examples=250)
+@settings(FUZZ, max_examples=150)
 @given(edits, st.booleans(), st.one_of(st.none(), st.integers(0, 2**32)))
 def test_mutated_png_cards_load_or_raise_card_error(ops: list[tuple[str, int, int]], repair: bool,
                                                     cut: int | None) -> None:
@@ -207,7 +208,7 @@ def text_chunks(draw: st.DrawFn) -> bytes:
 other_chunks = st.builds(chunk, st.sampled_from([b"IHDR", b"IDAT", b"PLTE", b"zzzz", b"eXIf"]), st.binary(max_size=40))
 
 
-@settings(FUZZ, max_examples=250)
+@settings(FUZZ, max_examples=150)
 @given(st.lists(st.one_of(text_chunks(), other_chunks), max_size=6), st.booleans())
 def test_made_up_png_chunk_sequences_load_or_raise_card_error(chunks: list[bytes], iend: bool) -> None:
     expect_card_or_card_error(SIG + b"".join(chunks) + (chunk(b"IEND", b"") if iend else b""))
@@ -216,7 +217,7 @@ def test_made_up_png_chunk_sequences_load_or_raise_card_error(chunks: list[bytes
 # --- CharX archives and card dicts ------------------------------------------------------------------------
 
 
-@settings(FUZZ, max_examples=150)
+@settings(FUZZ, max_examples=80)
 @given(st.lists(st.tuples(st.text(min_size=1, max_size=24), st.binary(max_size=16)), max_size=5),
        card_payloads())
 def test_charx_member_names_that_load_cannot_escape_a_folder(members: list[tuple[str, bytes]], card_json: bytes) -> None:
@@ -230,8 +231,8 @@ def test_charx_member_names_that_load_cannot_escape_a_folder(members: list[tuple
             written.add(name)
             try:
                 zf.writestr(name, data)
-            except (ValueError, UnicodeEncodeError):
-                continue  # zipfile itself refuses some names
+            except (ValueError, UnicodeEncodeError, IndexError):
+                continue  # zipfile itself refuses some names (and trips over a name that is only NUL)
     card = expect_card_or_card_error(out.getvalue(), ".charx")
     for name in card.embedded if card else ():
         parts = name.split("/")

@@ -324,7 +324,7 @@ def test_hostile_entry_fields_are_survived() -> None:
     )
     assert [e.keys for e in lore.entries] == [("x",)]
     assert lore.entries[0].insertion_order == 100 and lore.entries[0].position == "after_char"
-    assert fired(lore, "x") == [""]
+    assert fired(lore, "x") == ["x"]  # unnamed: shown by its first key
 
 
 def test_card_without_or_with_broken_book() -> None:
@@ -341,3 +341,18 @@ def test_card_book_and_world_info_together() -> None:
     built = build_prompt(load_format("limarp-v3"), card, THEO, turns("gear"), lorebook=[world])
     assert "World gear.\nCard gear." in built.text
     assert [h.book for h in built.lore_fired] == ["Test", "Ada's lorebook"]
+
+
+def test_absurd_books(tmp_path: Path) -> None:
+    path = tmp_path / "huge.json"
+    path.write_text(json.dumps({"entries": [{"keys": ["k"], "content": "c"}] * 10_001}))
+    with pytest.raises(ConfigError, match="more than"):
+        load_lorebook(path)
+    odd = tmp_path / "odd.json"
+    odd.write_text('{"entries": [{"keys": ["k"], "content": "c", "insertion_order": NaN, "priority": Infinity,'
+                   ' "extensions": {"scan_depth": -5, "selectiveLogic": 99}}]}')
+    lore = load_lorebook(odd)
+    assert lore.entries[0].insertion_order == 100 and lore.entries[0].selective_logic == 0
+    assert fired(lore, "k") == ["k"]
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_lorebook(tmp_path / "missing.json")

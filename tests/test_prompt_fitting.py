@@ -182,3 +182,24 @@ def test_token_cache_counts_each_message_once_across_replies() -> None:
     small = TokenCache(counting, max_items=2)
     assert [small("a"), small("bb"), small("ccc"), small("a")] == [1, 1, 1, 1]
     assert seen["a"] == 2  # "a" had been evicted
+
+
+def test_fitting_with_a_real_tokenizer(demo_model) -> None:
+    """Gemma's tokenizer does not add up piece by piece; the total still stays within budget."""
+    pytest.importorskip("llama_cpp")
+    from rpchat.engine.vocab import Vocab
+
+    vocab = Vocab(demo_model)
+    try:
+        fmt = load_format("limarp-v3")
+        turns = _chat(60)
+        cuts = []
+        for n in range(40, 61):
+            built = build_prompt(fmt, CARD, THEO, turns[:n], counter=vocab.count_tokens, n_ctx=768, max_new=128,
+                                 length="medium")
+            assert built.n_tokens == vocab.count_tokens(built.text) <= 768 - 128
+            assert built.dropped
+            cuts.append(len(built.dropped))
+        assert len(set(cuts)) <= len(cuts) // 3
+    finally:
+        vocab.close()

@@ -100,7 +100,6 @@ LIMAMONO = (
     "### Instruction:\n"
     "Marisol\n"
     "Marisol is a lighthouse keeper on Gull Island. She distrusts Theo at first.\n"
-    "gruff, loyal, dry humour\n"
     "Scenario: Theo washes ashore after a storm and Marisol finds him.\n"
     "### Response:\n"
     'Marisol: *Marisol throws a blanket over you.* "Up you get. Nobody comes here on purpose."\n'

@@ -257,3 +257,15 @@ def test_open_headless_session_creates_chat_and_replies(home: Path, tiny_model: 
     s2 = open_headless_session(card_path=make_card(home), chat_path=chat_path, model=tiny_model, n_ctx=512)
     assert len(s2.chat.turns) == 3
     s2.close()
+
+
+def test_session_is_headless() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, rpchat.session, rpchat.chat.store, rpchat.prompt, rpchat.engine.presets;"
+        "print('textual' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert done.stdout.strip() == "False"

@@ -387,3 +387,41 @@ def test_input_box_is_a_text_area_with_placeholder(home: Path) -> None:
             assert "Shift+Enter" in str(screen.input.placeholder)
 
     run(go())
+
+
+def test_view_follows_the_stream_only_when_at_the_bottom(home: Path) -> None:
+    card_path = profile().cards_dir / f"{NAME.lower()}.png"
+    chat = Chat.start(NAME, "User", ["Hello."])
+    for i in range(30):
+        chat.add(i % 2 == 0, f"Turn {i}: " + "the island and the beach. " * 6)
+    from rpchat.chat.library import new_chat_path
+
+    path = new_chat_path(NAME)
+    ChatStore(path).save(chat)
+
+    async def go() -> None:
+        app = paced_app(rate=60.0)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_for(pilot, lambda: app.engine_state == "ready")
+            app.open_chat(card_path, path)
+            await pilot.pause()
+            screen = app.screen
+            assert isinstance(screen, ChatScreen)
+            transcript = screen.transcript
+            await wait_for(pilot, lambda: transcript.max_scroll_y > 0 and transcript.scroll_y == transcript.max_scroll_y)
+            screen.generate("reply")
+            await wait_for(pilot, lambda: transcript.streaming is not None and len(transcript.streaming.text) > 10)
+            transcript.scroll_home(animate=False, immediate=True)  # the user scrolls up to read
+            await pilot.pause()
+            height = transcript.max_scroll_y
+            await wait_for(pilot, lambda: transcript.max_scroll_y > height + 2)
+            assert transcript.scroll_y == 0  # it did not jump back down
+            transcript.scroll_end(animate=False, immediate=True)  # back at the bottom: follow again
+            await pilot.pause()
+            height = transcript.max_scroll_y
+            await wait_for(pilot, lambda: transcript.max_scroll_y > height + 2
+                           and transcript.scroll_y == transcript.max_scroll_y)
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: not screen.generating)
+
+    run(go())

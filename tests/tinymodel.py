@@ -156,3 +156,35 @@ def write_tiny_model(
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def write_tiny_lora(model: Path, path: Path, *, after: int, instead: int) -> Path:
+    """A rank-1 LoRA adapter for a ``successors`` model: after token ``after`` it picks ``instead``.
+
+    It targets ``output.weight``: one row loses the scripted boost, another gains a stronger one.
+    """
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(model))
+    tensors = {t.name: t for t in reader.tensors}
+    embd = np.array(tensors["token_embd.weight"].data, dtype=np.float32)
+    output = np.array(tensors["output.weight"].data, dtype=np.float32)
+    n_vocab, n_embd = output.shape
+    unit = embd[after] / np.linalg.norm(embd[after])
+    old_next = int(np.argmax(output @ (embd[after] / np.sqrt(np.mean(embd[after] ** 2)))))
+
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_string("general.type", "adapter")
+    writer.add_string("adapter.type", "lora")
+    writer.add_float32("adapter.lora.alpha", 1.0)
+    lora_a = unit.reshape(1, n_embd).astype(np.float32)  # ggml ne = [n_embd, rank]
+    lora_b = np.zeros((n_vocab, 1), dtype=np.float32)  # ggml ne = [rank, n_vocab]
+    lora_b[old_next, 0] = -20.0
+    lora_b[instead, 0] = 40.0
+    writer.add_tensor("output.weight.lora_a", lora_a)
+    writer.add_tensor("output.weight.lora_b", lora_b)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

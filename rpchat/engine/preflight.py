@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import json
+import os
 import platform
 import signal
 import subprocess
@@ -119,9 +120,13 @@ def _default_probe_argv() -> list[str]:
 
 
 def _run_probe(argv: list[str], timeout: float) -> tuple[bool, str]:
+    # The child must import this very rpchat, installed or run from a source checkout.
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     try:
         proc = subprocess.run(
-            argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False
+            argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False, env=env
         )
     except subprocess.TimeoutExpired:
         return False, f"hung for {timeout:.0f} s"

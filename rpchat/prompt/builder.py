@@ -152,9 +152,11 @@ def _turn_text(turn: Turn) -> str:
     return turn.swipes[-1] if turn.swipes else ""
 
 
-def _books(card: Card, lorebook: Lorebook | Sequence[Lorebook] | None) -> list[Lorebook]:
+def _books(
+    card: Card, lorebook: Lorebook | Sequence[Lorebook] | None, card_lorebook: bool = True
+) -> list[Lorebook]:
     books: list[Lorebook] = []
-    own = lorebook_from_card(card)
+    own = lorebook_from_card(card) if card_lorebook else None
     if own is not None:
         books.append(own)
     if isinstance(lorebook, Lorebook):
@@ -217,12 +219,14 @@ def build_prompt(
     n_ctx: int | None = None,
     max_new: int = 0,
     lorebook: Lorebook | Sequence[Lorebook] | None = None,
+    card_lorebook: bool = True,
 ) -> BuiltPrompt:
     """Build the prompt for the next message.
 
     ``mode``: "reply" ends with ``Char:``; "continue" ends with the last character message so
     the model extends it; "impersonate" ends with the input header and ``User:``. ``scenario``
-    (when not None) replaces the card's. With ``counter`` and ``n_ctx``, older turns are left out
+    (when not None) replaces the card's. ``card_lorebook=False`` ignores the card's own
+    character_book. With ``counter`` and ``n_ctx``, older turns are left out
     in chunks so the prompt plus ``max_new`` fits.
     """
     if mode not in MODES:
@@ -246,7 +250,7 @@ def build_prompt(
         greeting, first = texts[0], 1
 
     # Lorebooks scan the latest messages as "Name: text", the way SillyTavern does.
-    books = _books(card, lorebook)
+    books = _books(card, lorebook, card_lorebook)
     lore: LoreActivation | None = None
     if books:
         start = max(0, len(history) - MAX_SCAN_MESSAGES)
@@ -254,7 +258,7 @@ def build_prompt(
         lore_budget = int(n_ctx * LORE_BUDGET_RATIO) if n_ctx else None
         lore = activate(books, scan, char=char, user=user, counter=counter, budget=lore_budget)
 
-    description = clean_text(card.description, char, user)
+    card_description = description = clean_text(card.description, char, user)
     personality = clean_text(card.personality, char, user)
     if personality:
         description = f"{description}\n{personality}" if description else personality
@@ -262,6 +266,7 @@ def build_prompt(
         "char": char,
         "user": user,
         "description": description,
+        "card_description": card_description,
         "persona": clean_text(persona.description, char, user),
         "scenario": clean_text(card.scenario if scenario is None else scenario, char, user),
         "greeting": greeting,

@@ -21,10 +21,15 @@ _VAR = re.compile(r"\{\{\s*([A-Za-z_]+)\s*\}\}")
 
 # Which variables each template may use.
 INSTRUCTION_VARS = frozenset(
-    {"char", "user", "description", "persona", "scenario", "greeting", "lore_before", "lore_after"}
+    {
+        "char", "user", "description", "card_description", "persona", "scenario", "greeting",
+        "lore_before", "lore_after",
+    }
 )
 # Text variables: a paragraph using one of them is left out when it is empty.
-CONTENT_VARS = frozenset({"description", "persona", "scenario", "greeting", "lore_before", "lore_after"})
+CONTENT_VARS = frozenset(
+    {"description", "card_description", "persona", "scenario", "greeting", "lore_before", "lore_after"}
+)
 MESSAGE_VARS = frozenset({"name", "message"})
 LENGTH_VARS = frozenset({"length"})
 STOP_VARS = frozenset({"char", "user"})

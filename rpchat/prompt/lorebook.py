@@ -78,7 +78,7 @@ class LoreHit:
 
     book: str
     uid: str
-    name: str
+    name: str  # the entry's name or comment, else its first key
     position: str
     reason: str
     step: int  # 0: found in the chat; n: found in the content of entries fired at step n-1
@@ -116,6 +116,12 @@ def _int(value: Any, default: int | None) -> int | None:
     if math.isnan(value) or abs(value) > 1e12:
         return default
     return int(value)
+
+
+def _depth(value: Any) -> int | None:
+    # A negative or absurd scan depth is ignored (the book's or the default depth applies).
+    number = _int(value, None)
+    return number if number is not None and 0 <= number <= 1000 else None
 
 
 def _bool(value: Any, default: bool | None) -> bool | None:
@@ -181,7 +187,7 @@ def _card_entry(raw: dict[str, Any], index: int) -> LoreEntry:
         case_sensitive=_bool(raw.get("case_sensitive"), _bool(ext.get("case_sensitive"), None)),
         whole_words=_bool(ext.get("match_whole_words"), None),
         use_regex=_bool(raw.get("use_regex"), False) is True,
-        scan_depth=_int(ext.get("scan_depth"), None),
+        scan_depth=_depth(ext.get("scan_depth")),
         exclude_recursion=_bool(ext.get("exclude_recursion"), False) is True,
         prevent_recursion=_bool(ext.get("prevent_recursion"), False) is True,
         delay_until_recursion=bool(ext.get("delay_until_recursion", False)),
@@ -205,7 +211,7 @@ def _world_entry(raw: dict[str, Any], index: int) -> LoreEntry:
         position=_ST_POSITIONS.get(_int(raw.get("position"), 0) or 0, "after_char"),
         case_sensitive=_bool(raw.get("caseSensitive"), None),
         whole_words=_bool(raw.get("matchWholeWords"), None),
-        scan_depth=_int(raw.get("scanDepth"), None),
+        scan_depth=_depth(raw.get("scanDepth")),
         exclude_recursion=_bool(raw.get("excludeRecursion"), False) is True,
         prevent_recursion=_bool(raw.get("preventRecursion"), False) is True,
         delay_until_recursion=bool(raw.get("delayUntilRecursion", False)),
@@ -248,7 +254,7 @@ def parse_lorebook(data: Any, source: str | Path, name: str = "") -> Lorebook:
     return Lorebook(
         name=book_name,
         entries=tuple(entries),
-        scan_depth=_int(data.get("scan_depth"), None),
+        scan_depth=_depth(data.get("scan_depth")),
         token_budget=_int(data.get("token_budget"), None),
         recursive=recursive,
         skipped=skipped,
@@ -320,15 +326,16 @@ def activate(
         limits.append(budget)
     cap = min(limits) if limits else None
     count = counter or (lambda text: max(1, len(text) // 4))
-    texts: dict[int, str] = {}
+    texts: dict[tuple[int, int], str] = {}
 
     def haystack(depth: int, buffer: list[str]) -> str:
-        if depth not in texts:
-            joined = "\x01" + "\n\x01".join(newest[:depth])
-            texts[depth] = joined[:MAX_SCAN_CHARS]
-        if not buffer:
-            return texts[depth]
-        return (texts[depth] + "\n\x01" + "\n\x01".join(buffer))[: 2 * MAX_SCAN_CHARS]
+        # SillyTavern's scan buffer: newest message first, each after "\x01"; then fired content.
+        if (depth, len(buffer)) not in texts:
+            text = ("\x01" + "\n\x01".join(newest[:depth]))[:MAX_SCAN_CHARS]
+            if buffer:
+                text = (text + "\n\x01" + "\n\x01".join(buffer))[: 2 * MAX_SCAN_CHARS]
+            texts[(depth, len(buffer))] = text
+        return texts[(depth, len(buffer))]
 
     matcher = KeyMatcher()
     fired: dict[tuple[int, int], LoreHit] = {}
@@ -361,7 +368,9 @@ def activate(
         added: list[str] = []
         for b, e, entry, content, reason in found:
             tokens = count(content) if (cap is not None or counter is not None) else None
-            hit = LoreHit(books[b].name, entry.uid, entry.name, entry.position, reason, step, tokens)
+            # Unnamed entries (common in cards) are shown by their first key.
+            label = entry.name or (entry.keys[0] if entry.keys else f"entry {entry.uid}")
+            hit = LoreHit(books[b].name, entry.uid, label, entry.position, reason, step, tokens)
             if cap is not None and (overflowed or used + (tokens or 0) > cap):
                 overflowed = True
                 over.append(hit)

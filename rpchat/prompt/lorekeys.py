@@ -108,9 +108,18 @@ class KeyMatcher:
 
     def __init__(self) -> None:
         self._cache: dict[tuple[str, bool, bool, bool], re.Pattern[str] | None] = {}
+        self._lowered: tuple[str, str] = ("", "")
 
     def matches(self, text: str, key: str, *, case_sensitive: bool, whole_words: bool, regex: bool) -> bool:
         """True when ``key`` occurs in ``text`` under the entry's rules."""
+        plain = not regex and not _SLASHED.match(key) and not (whole_words and len(key.split()) == 1)
+        if plain:
+            # Most keys are plain words: a substring test (lower-cased, as SillyTavern does) is fastest.
+            if case_sensitive:
+                return key in text
+            if self._lowered[0] is not text:
+                self._lowered = (text, text.lower())
+            return key.lower() in self._lowered[1]
         cache_key = (key, case_sensitive, whole_words, regex)
         if cache_key not in self._cache:
             self._cache[cache_key] = self._compile(key, case_sensitive, whole_words, regex)
@@ -125,7 +134,5 @@ class KeyMatcher:
         flags = 0 if case_sensitive else re.IGNORECASE
         if regex:
             return compile_regex(key, flags)
-        # SillyTavern: a multi-word key is a plain substring even with whole words on.
-        if whole_words and len(key.split()) == 1:
-            return re.compile(r"(?:^|\W)" + re.escape(key) + r"(?:$|\W)", flags)
-        return re.compile(re.escape(key), flags)
+        # Whole words, SillyTavern's way: the key between non-word characters or the text's ends.
+        return re.compile(r"(?:^|\W)" + re.escape(key) + r"(?:$|\W)", flags)
