@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("card", type=Path)
     rp.add_argument("--chat", type=Path, required=True, help="chat file (.jsonl), created if missing")
     rp.add_argument("--say", required=True, help="your message")
-    rp.add_argument("--length", type=_length, default=None)
+    rp.add_argument("--length", type=_length, default=..., help="length modifier (default: the chat's)")
     src = rp.add_mutually_exclusive_group()
     src.add_argument("--model", type=Path, help="local GGUF model")
     src.add_argument("--engine", metavar="URL", help="remote server URL (llama-server, OpenAI, KoboldCpp)")
@@ -178,7 +178,8 @@ def cmd_reply(args: argparse.Namespace) -> int:
     )
     cancel = threading.Event()
     try:
-        session.chat.length = args.length
+        if args.length is not ...:
+            session.chat.length = args.length
         session.send(args.say)
         out = sys.stdout
 

@@ -17,10 +17,10 @@ from typing import Literal
 
 from rpchat.cards.model import Card
 from rpchat.chat.model import Chat, Turn
-from rpchat.engine.base import Engine, Result, Sampling
-from rpchat.errors import ChatError, EngineError, RpchatError
 from rpchat.chat.store import ChatStore
 from rpchat.config import Config
+from rpchat.engine.base import Engine, Result, Sampling
+from rpchat.errors import ChatError, EngineError, RpchatError
 from rpchat.personas import Persona, PersonaBook
 from rpchat.prompt.builder import BuiltPrompt
 from rpchat.prompt.formats import PromptFormat

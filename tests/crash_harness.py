@@ -268,8 +268,9 @@ class RaceOutcome:
         return [s for s in self.says if not self.in_main[s] and not (self.in_conflict[s] and self.told[s])]
 
 
-def race(world: World, chat: Path, delay_s: float, seed: int = 0) -> RaceOutcome:
-    """Run two `rpchat reply` on one chat, the second ``delay_s`` later, and see where their turns went."""
+def race(world: World, chat: Path, delay_s: float, seed: int = 0, pace: float = 0.02) -> RaceOutcome:
+    """Run two `rpchat reply` on one chat, the second ``delay_s`` after the first starts streaming (so
+    they overlap however loaded the machine is), and see where their turns went."""
     from rpchat.chat import ChatStore
     from rpchat.personas import Persona
     from rpchat.session import start_chat
@@ -280,9 +281,12 @@ def race(world: World, chat: Path, delay_s: float, seed: int = 0) -> RaceOutcome
     says = {"A": f"Side A says hi {seed}.", "B": f"Side B says hello {seed}."}
     procs = {}
     for side, say in says.items():
-        procs[side] = subprocess.Popen(child_cmd(reply_args(world, chat, say), f"slow:{PACE_S}"),
-                                       env=world.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        time.sleep(delay_s)
+        procs[side] = subprocess.Popen(child_cmd(reply_args(world, chat, say), f"slow:{pace}"),
+                                       env=world.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if side == "A":
+            assert procs[side].stdout is not None
+            os.read(procs[side].stdout.fileno(), 1)  # A has sent its message and is generating
+            time.sleep(delay_s)
     errs = {side: p.communicate()[1].decode(errors="replace") for side, p in procs.items()}
     main = turn_lines(chat)
     conflicts = [turn_lines(p) for p in chat.parent.glob(f"{chat.stem}.conflict-*.jsonl")]
@@ -306,66 +310,6 @@ def _load(path: Path) -> Any:
     from rpchat.cards import load_card
 
     return load_card(path)
-
-
-# --- the TUI under tmux -------------------------------------------------------------------------------
-
-
-def run_tui_kill(world: World, rng: random.Random, say: str, timeout_s: float = 60.0) -> Outcome:
-    """Start the TUI in a private tmux server, resume the card's last chat, send ``say`` and SIGKILL
-    the app at a random moment of the reply; then check the chat file like the CLI runs."""
-    import shutil
-
-    sock = f"rpchat-crash-{os.getpid()}"
-    env = world.env()
-    app = f"exec env RPCHAT_HOME='{world.home}' PYTHONPATH='{env['PYTHONPATH']}' TERM=xterm-256color " \
-          f"'{sys.executable}' -m rpchat"
-
-    def tmux(*args: str) -> str:
-        done = subprocess.run(["tmux", "-L", sock, *args], capture_output=True, text=True, check=False)
-        return done.stdout
-
-    def wait_for(text: str) -> None:
-        deadline = time.monotonic() + timeout_s
-        while text not in tmux("capture-pane", "-p", "-t", "s"):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the TUI never showed {text!r}")
-            time.sleep(0.1)
-
-    if shutil.which("tmux") is None:
-        raise RuntimeError("tmux is not installed")
-    cards = world.home / "data" / "cards"
-    cards.mkdir(parents=True, exist_ok=True)
-    if not (cards / world.card.name).exists():
-        shutil.copy(world.card, cards / world.card.name)
-    chat = _latest_chat(world)
-    before = turn_lines(chat) if chat else []
-    try:
-        tmux("new-session", "-d", "-s", "s", "-x", "120", "-y", "40", app)
-        wait_for("character library")
-        tmux("send-keys", "-t", "s", "-l", CARD_NAME)
-        time.sleep(0.3)
-        tmux("send-keys", "-t", "s", "C-o")  # resume the last chat (a new one the first time)
-        wait_for("Next reply:")
-        wait_for("Model ready")
-        chat = _latest_chat(world)
-        assert chat is not None
-        before = turn_lines(chat)
-        tmux("send-keys", "-t", "s", "-l", say)
-        tmux("send-keys", "-t", "s", "Enter")
-        time.sleep(rng.uniform(0.0, 1.2))
-        pid = int(tmux("display-message", "-p", "-t", "s", "#{pane_pid}").strip())
-        os.kill(pid, signal.SIGKILL)
-    finally:
-        tmux("kill-server")
-    assert chat is not None
-    return Outcome("tui", True, check_chat(before, chat, say), len(temp_files(chat.parent)), -9)
-
-
-def _latest_chat(world: World) -> Path | None:
-    found = sorted((world.home / "data" / "chats").rglob("*.jsonl"), key=lambda p: p.stat().st_mtime)
-    found = [p for p in found if ".corrupt-" not in p.name and ".conflict-" not in p.name]
-    return found[-1] if found else None
 
 
 # --- the benchmark ---------------------------------------------------------------------------------------
@@ -435,15 +379,6 @@ def run_benchmark(world: World, runs: int, card_runs: int, seed: int = 1, rotate
         figures.card_runs.append(run_card_loop(world, card, rng, ("timer", "save")[i % 2]))
     figures.card_temps_left = len(temp_files(card.parent))
     return figures
-
-
-def _tui_runs(world: World, runs: int, seed: int) -> list[Outcome]:
-    import shutil
-
-    if runs <= 0 or shutil.which("tmux") is None:
-        return []
-    rng = random.Random(seed + 1)
-    return [run_tui_kill(world, rng, f"TUI message {i}.") for i in range(runs)]
 
 
 # --- child processes -------------------------------------------------------------------------------------
@@ -532,9 +467,11 @@ def main(argv: list[str] | None = None) -> int:
         world = make_world(Path(d))
         card_runs = args.card_runs if args.card_runs is not None else args.runs // 2
         figures = run_benchmark(world, args.runs, card_runs, args.seed)
-        races = [race(world, world.chats / f"race-{i}.jsonl", delay_s=(0.0, 0.4, 0.9, 1.5)[i % 4], seed=i)
+        races = [race(world, world.chats / f"race-{i}.jsonl", delay_s=(0.0, 0.5, 1.0, 2.0)[i % 4], seed=i)
                  for i in range(args.races)]
-        tui = _tui_runs(world, args.tmux, args.seed)
+        from crash_tmux import tui_runs
+
+        tui = tui_runs(world, args.tmux, args.seed)
     for line in figures.lines():
         print(line)
     lost = sum(len(r.silently_lost) for r in races)

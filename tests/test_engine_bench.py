@@ -16,7 +16,7 @@ def _profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_bench_reports_every_figure(tiny_model: Path) -> None:
-    result = run_bench(tiny_model, turns=3, n_threads=2, n_ctx=2048, max_new=16, overflow_ctx=2048)
+    result = run_bench(tiny_model, turns=3, n_threads=2, n_ctx=2048, max_new=16, overflow_ctx=2048, speed_rounds=2)
     json.dumps(result)  # --json must work
     assert len(result["turns"]) == 3
     first, second = result["turns"][0], result["turns"][1]
@@ -26,7 +26,7 @@ def test_bench_reports_every_figure(tiny_model: Path) -> None:
     shift, redo = result["overflow"]["shift"], result["overflow"]["reevaluate"]
     assert shift["turn"] == redo["turn"] and shift["prompt_tokens"] == redo["prompt_tokens"]
     assert shift["evaluated"] < redo["evaluated"]
-    assert result["peak_rss_mib"] > 0 and result["reference_tok_s"] > 0
+    assert result["peak_rss_mib"] > 0 and result["reference_tok_s"] > 0 and len(result["app_loop_runs"]) == 2
     text = format_bench(result)
     for label in ("generation", "prompt", "regenerate", "overflow", "reference", "peak RSS"):
         assert label in text

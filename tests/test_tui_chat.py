@@ -425,3 +425,18 @@ def test_view_follows_the_stream_only_when_at_the_bottom(home: Path) -> None:
             await wait_for(pilot, lambda: not screen.generating)
 
     run(go())
+
+
+def test_clicking_a_turn_puts_the_message_cursor_on_it(home: Path) -> None:
+    async def go() -> None:
+        app = RpchatApp(load_model=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            screen = await open_chat_from_library(pilot, app, NAME)
+            greeting = screen.turn_views()[0]
+            await pilot.click(greeting)
+            assert screen.transcript.has_focus and screen.transcript.cursor == 0
+            assert greeting.has_class("-cursor")
+            await pilot.press("c")
+            assert app.clipboard == chat_file().turns[0].text
+
+    run(go())

@@ -187,3 +187,44 @@ def test_model_loads_in_background_with_progress_while_browsing(home: Path) -> N
             assert "paced-test-engine" in str(screen.query_one("#model-text").render())
 
     run(go())
+
+
+def test_card_editor_settings_persona_and_inspector_are_wired_in(home: Path) -> None:
+    from rpchat.tui.card_editor import CardEditor
+    from rpchat.tui.inspector import PromptInspector
+    from rpchat.tui.persona_editor import PersonaEditor
+    from rpchat.tui.settings import SettingsScreen
+
+    async def go() -> None:
+        app = RpchatApp()
+        async with app.run_test(size=(120, 40)) as pilot:
+            await library(pilot, app)
+            await pilot.press("ctrl+a")  # new card
+            await wait_for(pilot, lambda: isinstance(app.screen, CardEditor))
+            assert app.screen.path is None  # type: ignore[attr-defined]
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: isinstance(app.screen, LibraryScreen))
+            await pilot.press(*"Quillon", "ctrl+e")
+            await wait_for(pilot, lambda: isinstance(app.screen, CardEditor))
+            assert app.screen.card.name == "Quillon"  # type: ignore[attr-defined]
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: isinstance(app.screen, LibraryScreen))
+            await pilot.press("f2")
+            await wait_for(pilot, lambda: isinstance(app.screen, SettingsScreen))
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: isinstance(app.screen, LibraryScreen))
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen))
+            chat_screen = app.screen
+            await pilot.press("f3")
+            await wait_for(pilot, lambda: isinstance(app.screen, PersonaEditor))
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: app.screen is chat_screen)
+            await wait_for(pilot, lambda: app.engine_state == "ready")
+            await pilot.press("f5")
+            await wait_for(pilot, lambda: isinstance(app.screen, PromptInspector))
+            assert "### Instruction" in app.screen.built.text  # type: ignore[attr-defined]
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: app.screen is chat_screen)
+
+    run(go())

@@ -34,8 +34,15 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+async def steady_cursors(pilot) -> None:  # type: ignore[no-untyped-def]
+    """Stop cursors blinking, so a picture never depends on when it was taken."""
+    for widget in pilot.app.screen.query("Input, TextArea"):
+        widget.cursor_blink = False
+    await pilot.pause()
+
+
 def test_library_screen(home: Path, snap_compare) -> None:  # type: ignore[no-untyped-def]
-    assert snap_compare(RpchatApp(load_model=False), terminal_size=SIZE)
+    assert snap_compare(RpchatApp(load_model=False), terminal_size=SIZE, run_before=steady_cursors)
 
 
 def test_chat_screen(home: Path, snap_compare) -> None:  # type: ignore[no-untyped-def]
@@ -52,5 +59,6 @@ def test_chat_screen(home: Path, snap_compare) -> None:  # type: ignore[no-untyp
     async def open_chat(pilot) -> None:  # type: ignore[no-untyped-def]
         pilot.app.open_chat(card, path)
         await pilot.pause()
+        await steady_cursors(pilot)
 
     assert snap_compare(RpchatApp(load_model=False), terminal_size=SIZE, run_before=open_chat)

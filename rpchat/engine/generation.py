@@ -62,7 +62,7 @@ def run(
                 return
             from rpchat.engine.llama import _make_sampler
 
-            sampler = _make_sampler(llama_cpp, engine._model, engine._ctx, sampling, tokens)
+            sampler = _make_sampler(engine._model, engine._ctx, sampling, tokens)
             max_new = min(max(0, sampling.max_tokens), engine.n_ctx - len(tokens))
             for piece in _generate(engine, llama_cpp, sampler, max_new, stop, cancel, result, t0):
                 emitted.append(piece)

@@ -149,27 +149,9 @@ class _AbortFlag:
         threading.Thread(target=run, name="rpchat-cancel-watch", daemon=True).start()
 
 
-class _GreedySampler:
-    """Fallback sampler (argmax) used when rpchat.engine.sampling is not available."""
+def _make_sampler(model: Any, ctx: Any, sampling: Sampling, history: Sequence[int]) -> Any:
+    from rpchat.engine.sampling import SamplerChain
 
-    def __init__(self, llama_cpp: Any) -> None:
-        self._l = llama_cpp
-        self._smpl = llama_cpp.llama_sampler_init_greedy()
-
-    def sample(self, ctx: Any, idx: int) -> int:
-        return int(self._l.llama_sampler_sample(self._smpl, ctx, idx))
-
-    def close(self) -> None:
-        if self._smpl:
-            self._l.llama_sampler_free(self._smpl)
-            self._smpl = None
-
-
-def _make_sampler(llama_cpp: Any, model: Any, ctx: Any, sampling: Sampling, history: Sequence[int]) -> Any:
-    try:
-        from rpchat.engine.sampling import SamplerChain
-    except ImportError:
-        return _GreedySampler(llama_cpp)
     return SamplerChain(model, ctx, sampling, history)
 
 
@@ -207,6 +189,7 @@ class LocalEngine:
         self._special_re: re.Pattern[str] | None = None
         self._special_ids: dict[str, int] = {}
         self._special_indexed = False
+        self._plain_templates: set[str] = set()  # template texts known to hold no control token
         # Filled by loader.load():
         self._vocab: Any = None
         self._bos = -1
@@ -289,7 +272,12 @@ class LocalEngine:
         # Indexing a 256k vocabulary takes a while, so it waits for the first template with a
         # control token in it (many formats, LimaRP included, have none).
         if not self._special_indexed:
+            if text in self._plain_templates:
+                return False
             if self.tokenize(text, special=True) == self.tokenize(text, special=False):
+                if len(self._plain_templates) > 4096:
+                    self._plain_templates.clear()
+                self._plain_templates.add(text)
                 return False
             import llama_cpp
 

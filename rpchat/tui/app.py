@@ -10,12 +10,12 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from rich.style import Style
 from textual import on, work
 from textual.app import App
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.reactive import reactive
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
@@ -37,7 +37,7 @@ class RpchatApp(App[None]):
     """The rpchat terminal app."""
 
     TITLE = "rpchat"
-    BINDINGS: list[Binding] = bindings_for("app")  # type: ignore[assignment]
+    BINDINGS: ClassVar[list[BindingType]] = bindings_for("app")
     COMMANDS = App.COMMANDS | {RpchatCommands}
     CSS = """
     Screen { background: $background; }
@@ -66,8 +66,9 @@ class RpchatApp(App[None]):
         self.engine_problem: str | None = None
         self._engine_factory = engine_factory
         self._load_model = load_model
-        self._keymap: dict[str, str] = {}
+        self._user_keys: dict[str, str] = {}
         self._prose_cache: tuple[str, dict[str, Style]] | None = None
+        self._started = False  # theme changes before this are the config's own, not the user's
 
     # --- start -------------------------------------------------------------------------------------------
     def get_theme_variable_defaults(self) -> dict[str, str]:
@@ -83,19 +84,20 @@ class RpchatApp(App[None]):
         if notice:
             self._notices.append(notice)
         keymap, problems = check_keymap(self.config.keys)
-        self._keymap = keymap
+        self._user_keys = keymap
         self.set_keymap(keymap)
         if problems:
             self._notices.append(f"{self.paths.config_file}: keys: " + "; ".join(problems))
         for notice in self._notices:
             self.notify(notice, severity="warning", timeout=10, markup=False)
         self.push_screen(LibraryScreen())
+        self._started = True
         if self._load_model:
             self.start_loading()
 
     def watch_theme(self, name: str) -> None:
         # Remember a theme picked from the palette; the config file is the source of truth.
-        if self.is_mounted and name != self.config.theme and self.get_theme(name) is not None:
+        if self._started and name != self.config.theme and self.get_theme(name) is not None:
             from rpchat.tui.themes import remember_theme
 
             self.config.theme = name
@@ -121,7 +123,11 @@ class RpchatApp(App[None]):
         try:
             factory = self._engine_factory or _default_engine
             engine = factory(self.config)
-            engine.load(progress=lambda p: self.post_message(ModelLoading(p)))
+
+            def progress(value: float) -> None:
+                self.post_message(ModelLoading(value))
+
+            engine.load(progress=progress)
         except RpchatError as e:
             self.post_message(ModelFailed(str(e)))
             return
@@ -178,12 +184,12 @@ class RpchatApp(App[None]):
         spec = BY_ID.get(binding_id)
         if spec is None:
             return "?"
-        key = effective_key(spec, self._keymap).split(",")[0]
+        key = effective_key(spec, self._user_keys).split(",")[0]
         return self.get_key_display(Binding(key, ""))
 
     @property
     def keymap(self) -> dict[str, str]:
-        return dict(self._keymap)
+        return dict(self._user_keys)
 
     def open_chat(self, card_path: Path, chat_path: Path | None = None) -> None:
         """Open (``chat_path``) or start a chat with a card and show it."""
@@ -215,7 +221,7 @@ class RpchatApp(App[None]):
             engine_changed = config.engine != self.config.engine
             self.config = config
             keymap, _ = check_keymap(config.keys)
-            self._keymap = keymap
+            self._user_keys = keymap
             self.set_keymap(keymap)
             for screen in self.screen_stack:
                 apply = getattr(screen, "settings_changed", None)

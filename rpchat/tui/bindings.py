@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ PRIORITY_SCOPES = ("library", "chat")
 BY_ID = {spec.id: spec for spec in KEYS}
 
 
-def bindings_for(scope: str) -> list[Binding]:
+def bindings_for(scope: str) -> list[BindingType]:
     """Textual bindings (with ids, so `App.set_keymap` can remap them) for one scope."""
     return [
         # Library and chat keys must win over the focused filter box / text area, whose own

@@ -6,12 +6,13 @@ through typed messages posted with `post_message`; the screen never blocks on th
 
 from __future__ import annotations
 
+import gc
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from textual import events, on, work
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import BindingType
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import Screen
@@ -107,8 +108,9 @@ class EditBox(ChatInput):
 class ChatScreen(Screen[None]):
     """One chat with one character."""
 
-    BINDINGS: list[Binding] = bindings_for("chat")  # type: ignore[assignment]
+    BINDINGS: ClassVar[list[BindingType]] = bindings_for("chat")
     SCOPES = ("chat", "transcript")
+    AUTO_FOCUS = "#input"
 
     DEFAULT_CSS = """
     ChatScreen #sidebar { width: 30; padding: 0 1; border-right: vkey $primary 40%; }
@@ -180,6 +182,9 @@ class ChatScreen(Screen[None]):
         self.watch(self.app, "theme", lambda _: self.show_chat(), init=False)
         for warning in self.session.chat.warnings:
             self.notify(warning, severity="warning", markup=False)
+        # A long chat is many long-lived objects; a full GC pass over them stalls the UI for
+        # 100+ ms mid-stream. Freezing moves everything alive now out of the collector's sight.
+        self.call_after_refresh(gc.freeze)
 
     def show_chat(self) -> None:
         """Render the whole chat again (after open, delete, branch, theme change)."""

@@ -19,6 +19,7 @@ from textual.widgets import Footer, Input, OptionList, ProgressBar, Static
 from textual.widgets.option_list import Option
 
 from rpchat.cards import CardEntry, delete_card, duplicate_card, import_card, list_cards, load_card
+from rpchat.chat.library import ChatEntry
 from rpchat.errors import RpchatError
 from rpchat.tui.avatar import AvatarView
 from rpchat.tui.bindings import bindings_for
@@ -66,9 +67,9 @@ class ChatsDialog(ModalScreen["tuple[str, Path | None] | None"]):
         Binding("n", "new", "New chat", id="chats.new"),
     ]
 
-    def __init__(self, name: str, chats: list[Any]) -> None:
+    def __init__(self, name: str, chats: list[ChatEntry]) -> None:
         super().__init__()
-        self._name = name
+        self._character = name
         self._chats = chats
 
     def compose(self) -> ComposeResult:
@@ -83,7 +84,7 @@ class ChatsDialog(ModalScreen["tuple[str, Path | None] | None"]):
                     label.append("\n  " + clean(entry.preview[:120]), style="italic")
             options.append(Option(label, id=f"chat-{i}", disabled=bool(entry.error)))
         with Vertical():
-            yield Static(f"Chats with {clean(self._name)}  (Enter opens, b branches, n new, Esc closes)",
+            yield Static(f"Chats with {clean(self._character)}  (Enter opens, b branches, n new, Esc closes)",
                          id="chats-title", markup=False)
             yield OptionList(*options, id="chats")
         yield Footer()
@@ -123,8 +124,9 @@ class ChatsDialog(ModalScreen["tuple[str, Path | None] | None"]):
 class LibraryScreen(Screen[None]):
     """All cards (bundled and the user's); the first screen."""
 
-    BINDINGS: list[Binding] = bindings_for("library")  # type: ignore[assignment]
+    BINDINGS: ClassVar[list[BindingType]] = bindings_for("library")
     SCOPES = ("library",)
+    AUTO_FOCUS = "#filter"
 
     DEFAULT_CSS = """
     LibraryScreen #title { text-style: bold; color: $primary; padding: 0 1; }

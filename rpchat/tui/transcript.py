@@ -8,10 +8,11 @@ bottom (Textual's scroll anchor releases when the user scrolls up).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import ClassVar
 
 from rich.style import Style
 from rich.text import Text
-from textual.binding import Binding
+from textual.binding import BindingType
 from textual.containers import VerticalScroll
 from textual.message import Message
 from textual.widgets import Static
@@ -58,6 +59,14 @@ class TurnView(Static):
                          else "")
         self.index = index
 
+    def on_click(self) -> None:
+        # A click puts the message cursor on this turn.
+        transcript = self.parent
+        if isinstance(transcript, Transcript):
+            transcript.cursor = self.index
+            transcript.focus()
+            transcript.paint_cursor()
+
     def show(self, turn: Turn, styles: Styles | None, *, greeting: bool = False) -> None:
         """Re-render after an edit or a swipe."""
         self.set_class(turn.is_user, "-user")
@@ -85,7 +94,7 @@ class StreamingTurn(Static):
         self._base = base
         self._pieces: list[str] = []
         self._dirty = True
-        self._lines = 0
+        self._height_lines = 0
 
     @property
     def text(self) -> str:
@@ -110,9 +119,9 @@ class StreamingTurn(Static):
         out.append(" \u258c" if body else "\u2026", style="dim")
         width = self.content_region.width
         lines = len(out.wrap(self.app.console, width)) if width > 0 else 2
-        if lines > self._lines:
-            self._lines = lines + self.HEIGHT_STEP - 1
-            self.styles.height = self._lines  # one reflow per step
+        if lines > self._height_lines:
+            self._height_lines = lines + self.HEIGHT_STEP - 1
+            self.styles.height = self._height_lines  # one reflow per step
         self.update(out, layout=False)
 
 
@@ -142,7 +151,7 @@ class MoreAbove(Static):
 class Transcript(VerticalScroll, can_focus=True):
     """The scrollable list of turns, with a message cursor for turn operations."""
 
-    BINDINGS: list[Binding] = bindings_for("transcript")  # type: ignore[assignment]
+    BINDINGS: ClassVar[list[BindingType]] = bindings_for("transcript")
 
     DEFAULT_CSS = """
     Transcript { height: 1fr; padding: 0 1; }
@@ -180,7 +189,7 @@ class Transcript(VerticalScroll, can_focus=True):
             self.mount_all(self._widgets(self.first_mounted, len(turns)))
         if self.cursor is not None and self.cursor >= len(turns):
             self.cursor = None
-        self._paint_cursor()
+        self.paint_cursor()
         self.scroll_end(animate=False, immediate=False)
 
     def _widgets(self, start: int, end: int) -> list[Static]:
@@ -277,10 +286,10 @@ class Transcript(VerticalScroll, can_focus=True):
     def on_focus(self) -> None:
         if self.cursor is None and self.turns:
             self.cursor = len(self.turns) - 1
-        self._paint_cursor()
 
-    def on_blur(self) -> None:
-        self._paint_cursor()
+    def watch_has_focus(self, _focused: bool) -> None:
+        # has_focus changes after on_focus/on_blur ran, so paint from its watcher.
+        self.paint_cursor()
 
     def action_cursor(self, step: int) -> None:
         if not self.turns:
@@ -290,12 +299,13 @@ class Transcript(VerticalScroll, can_focus=True):
         if target < self.first_mounted:
             self.load_more()
         self.cursor = target
-        self._paint_cursor()
+        self.paint_cursor()
         view = self.view_of(target)
         if view is not None:
             self.scroll_to_widget(view, animate=False)
 
-    def _paint_cursor(self) -> None:
+    def paint_cursor(self) -> None:
+        """Highlight the turn under the message cursor (only while the transcript has focus)."""
         show = self.has_focus
         for w in self.query(TurnView):
             w.set_class(show and w.index == self.cursor, "-cursor")
