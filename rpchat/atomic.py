@@ -8,9 +8,14 @@ from pathlib import Path
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder, fsync and rename."""
+    """Write ``data`` to ``path`` through a temp file in the same folder, fsync and rename.
+
+    The temp file's name carries the writer's PID, so temps left by a killed writer are recognised
+    (and removed) on the next write to the same file, without touching a live writer's temp.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    clean_stale_temps(path.parent, path.name)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), _mode_for(path))
@@ -51,12 +56,33 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def clean_stale_temps(folder: Path) -> int:
-    """Remove temp files left by a killed writer; returns how many were removed."""
+def _writer_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def clean_stale_temps(folder: Path, name: str | None = None) -> int:
+    """Remove temp files whose writer is dead (all targets, or only ``name``'s); returns the count.
+
+    Temps without a PID in their name (older rpchat) are removed as well: only a writer that has
+    died leaves one behind for long.
+    """
     removed = 0
     if not folder.is_dir():
         return 0
-    for p in folder.glob(".*.tmp"):
+    pattern = f".{name}.*.tmp" if name else ".*.tmp"
+    for p in folder.glob(pattern):
+        parts = p.name.rsplit(".", 3)  # ['.<target>', '<pid>', '<random>', 'tmp']
+        pid = int(parts[1]) if len(parts) == 4 and parts[1].isdigit() else None
+        if pid is not None and _writer_alive(pid):
+            continue
         try:
             p.unlink()
             removed += 1

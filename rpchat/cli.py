@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import threading
 import traceback
@@ -153,7 +154,8 @@ def cmd_prompt(args: argparse.Namespace) -> int:
         lorebook=load_lorebook(args.world) if args.world else None,
         card_lorebook=not args.no_lore,
     )
-    sys.stdout.write(built.text)
+    # Exactly the prompt when piped; on a terminal, control characters are shown, not obeyed.
+    sys.stdout.write(_printable(built.text) if sys.stdout.isatty() else built.text)
     sys.stdout.flush()
     if built.dropped:
         print(f"rpchat: note: {len(built.dropped)} older turn(s) left out to fit {n_ctx} tokens", file=sys.stderr)
@@ -226,7 +228,8 @@ def cmd_card(args: argparse.Namespace) -> int:
             # Every V2/V3 field, set or not, so scripts can rely on the keys being there.
             for key in V3_ONLY:
                 data.setdefault(key, getattr(card, key))
-            print(json.dumps({"spec": card.spec, "data": data}, ensure_ascii=False, indent=2))
+            text = json.dumps({"spec": card.spec, "data": data}, ensure_ascii=False, indent=2)
+            print(_json_inert(text))
         else:
             _print_card(card)
         return 0
@@ -234,6 +237,14 @@ def cmd_card(args: argparse.Namespace) -> int:
     save_card(card, args.dest)
     print(f"wrote {args.dest}", file=sys.stderr)
     return 0
+
+
+_JSON_UNSAFE = re.compile("[\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _json_inert(text: str) -> str:
+    """JSON with DEL, C1 and bidi controls escaped as \\uXXXX: same data, nothing a terminal acts on."""
+    return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def _print_card(card: Any) -> None:

@@ -61,7 +61,6 @@ def test_killed_card_saves_leave_a_whole_card(world):
     assert outcomes[-1].found >= outcomes[0].found  # saves went on between kills; none went back
 
 
-@pytest.mark.xfail(strict=True, reason="nothing removes a card save's temp file after a kill (reported to the lead)")
 def test_card_temp_files_do_not_pile_up(world, tmp_path):
     folder = tmp_path / "cards"
     card = folder / "loop.png"

@@ -26,7 +26,7 @@ def test_bench_reports_every_figure(tiny_model: Path) -> None:
     shift, redo = result["overflow"]["shift"], result["overflow"]["reevaluate"]
     assert shift["turn"] == redo["turn"] and shift["prompt_tokens"] == redo["prompt_tokens"]
     assert shift["evaluated"] < redo["evaluated"]
-    assert result["peak_rss_mib"] > 0 and result["reference_tok_s"] > 0 and len(result["app_loop_runs"]) == 2
+    assert result["peak_rss_mib"] > 0 and result["reference_tok_s"] > 0 and result["app_loop_tok_s"] > 0
     text = format_bench(result)
     for label in ("generation", "prompt", "regenerate", "overflow", "reference", "peak RSS"):
         assert label in text

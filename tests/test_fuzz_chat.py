@@ -39,8 +39,6 @@ def test_a_torn_last_line_loses_only_that_turn(chat: Chat, where: int) -> None:
     assert back.warnings and "torn" in back.warnings[0]
 
 
-@pytest.mark.xfail(strict=True, reason="a last line torn inside a multi-byte character is reported as "
-                   "'not UTF-8' instead of being recovered like other torn lines (reported to the lead)")
 def test_a_last_line_torn_inside_a_multibyte_character_is_recovered() -> None:
     chat = Chat.start("Zoë", "Théo", ["Bonjour"])
     chat.add(True, "Ça va? ✨✨✨")

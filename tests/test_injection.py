@@ -104,8 +104,6 @@ def test_card_show_prints_every_field_inertly(home: Path) -> None:
     assert "</s> <|im_end|>" in shown
 
 
-@pytest.mark.xfail(strict=True, reason="card show --json writes U+202E, DEL and C1 controls raw (json.dumps "
-                   "leaves them unescaped); reported to the lead")
 def test_card_show_json_is_inert_and_keeps_the_exact_data(home: Path) -> None:
     card = hostile_card(home)
     result = rpchat("card", "show", str(card), "--json", env_home=home / "home")

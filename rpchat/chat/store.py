@@ -172,8 +172,13 @@ def parse_chat(data: bytes, source: str | Path) -> Chat:
             raise ChatError(f"line {n} is longer than {MAX_LINE_BYTES // (1024 * 1024)} MiB", source)
         try:
             objs.append((n, _parse_line(raw)))
-        except UnicodeDecodeError:
-            raise ChatError(f"line {n} is not UTF-8 text", source) from None
+        except UnicodeDecodeError as exc:
+            # A line torn inside a multi-byte character fails to decode only at its very end.
+            torn_char = exc.reason == "unexpected end of data" and i == len(lines) - 1 and i > 0
+            if not torn_char:
+                raise ChatError(f"line {n} is not UTF-8 text", source) from None
+            warnings.append(f"line {n} was torn (cut off mid-write) and was left out")
+            break
         except (ValueError, RecursionError) as exc:
             if i == len(lines) - 1 and i > 0:
                 # A crash mid-append tears only the last line; what came before is intact.
