@@ -364,7 +364,7 @@ def _log_crash() -> Path | None:
             f.write(traceback.format_exc())
             f.write("\n")
         return path
-    except Exception:
+    except Exception:  # noqa: BLE001 - logging the crash must never crash the handler
         return None
 
 
@@ -383,7 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # stdout closed early (e.g. `rpchat prompt ... | head`): not an error worth a message.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - the last line of defence: no traceback for users
         where = _log_crash()
         detail = f"; details in {where}" if where else ""
         print(f"rpchat: error: internal error: {type(e).__name__}: {e}{detail}".splitlines()[0], file=sys.stderr)

@@ -79,12 +79,16 @@ def _check_type(value: Any, kind: Any, where: str, source: Path) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif "dict" in text:
-        if isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        if _str_map(value):
             return dict(value)
     elif "str" in text:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
     raise ConfigError(f"{where} has the wrong type ({type(value).__name__}, expected {text})", source)
+
+
+def _str_map(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
 
 
 def load_config(paths: Paths) -> Config:

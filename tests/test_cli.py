@@ -19,7 +19,7 @@ SERAPHINA = FIXTURES / "default_Seraphina.png"
 def run(args: list[str], home: Path, **kw: object) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "RPCHAT_HOME": str(home)}
     return subprocess.run(
-        [sys.executable, "-m", "rpchat", *args], capture_output=True, text=True, env=env, timeout=300, **kw
+        [sys.executable, "-m", "rpchat", *args], check=False, capture_output=True, text=True, env=env, timeout=300, **kw
     )
 
 

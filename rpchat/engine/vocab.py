@@ -56,5 +56,5 @@ class Vocab:
     def __del__(self) -> None:
         try:
             self.close()
-        except Exception:
+        except Exception:  # noqa: BLE001,S110 - interpreter shutdown may have freed llama_cpp
             pass
