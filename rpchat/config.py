@@ -73,17 +73,17 @@ def _check_type(value: Any, kind: Any, where: str, source: Path) -> Any:
             return None
         raise ConfigError(f"{where} must not be empty", source)
     if kind is bool or text.startswith("bool"):
-        if isinstance(value, bool):
-            return value
+        ok = isinstance(value, bool)
     elif "int" in text and "str" not in text:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+        ok = isinstance(value, int) and not isinstance(value, bool)
     elif "dict" in text:
-        if _str_map(value):
-            return dict(value)
-    elif "str" in text:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
+        ok = _str_map(value)
+        value = dict(value) if ok else value
+    else:
+        ok = isinstance(value, (str, int, float)) and not isinstance(value, bool)
+        value = str(value) if ok else value
+    if ok:
+        return value
     raise ConfigError(f"{where} has the wrong type ({type(value).__name__}, expected {text})", source)
 
 
