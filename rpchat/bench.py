@@ -87,20 +87,30 @@ def _turn(is_user: bool, text: str) -> Turn:
 
 
 def run_bench(
-    model_path: Path,
+    model_path: Path | None = None,
     turns: int = 6,
     n_threads: int | None = None,
     *,
+    gen_tokens: int = 128,
     n_ctx: int = 2048,
-    max_new: int = 128,
     overflow_ctx: int = 512,
     sampling: Sampling | None = None,
     reference: bool = True,
     speed_rounds: int = 3,
-    progress: Callable[[str], None] | None = None,
+    tui: bool = False,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Run the scripted chat and return the figures as a JSON-able dict (see `format_bench`)."""
-    say = progress or (lambda _msg: None)
+    """Run the scripted chat and return the figures as a JSON-able dict (see `format_bench`).
+
+    ``model_path`` None uses the demo model; ``tui`` adds the headless TUI timings; ``log`` gets
+    one line per step.
+    """
+    say = log or (lambda _msg: None)
+    if model_path is None:
+        from rpchat.engine.demo import demo_model_path
+
+        model_path = demo_model_path()
+    max_new = gen_tokens
     threads = n_threads or default_threads()
     sampling = sampling or Sampling(temperature=0.8, min_p=0.05, max_tokens=max_new, seed=1234)
     out: dict[str, Any] = {"model": str(model_path), "threads": threads, "n_ctx": n_ctx, "max_new": max_new}
@@ -115,7 +125,7 @@ def run_bench(
         history = [_turn(False, CARD.first_mes)]
         rows: list[_Turn] = []
         prompt_tokens = prompt_time = 0.0
-        gen_tokens = gen_time = 0.0
+        generated = gen_time = 0.0
         built = None
         for i in range(turns):
             history.append(_turn(True, USER_LINES[i % len(USER_LINES)]))
@@ -124,12 +134,12 @@ def run_bench(
             rows.append(_row(r, built))
             prompt_tokens += r.prompt_tokens_evaluated
             prompt_time += prompt_s
-            gen_tokens += max(0, r.tokens_generated - 1)
+            generated += max(0, r.tokens_generated - 1)
             gen_time += r.gen_time_s
             history.append(_turn(False, r.text.strip() or "..."))
             say(f"turn {i + 1}: {r.prompt_tokens_evaluated} prompt tokens, {r.tok_per_s:.1f} tok/s")
         out["turns"] = [dataclasses.asdict(t) for t in rows]
-        out["gen_tok_s"] = round(gen_tokens / gen_time, 2) if gen_time else 0.0
+        out["gen_tok_s"] = round(generated / gen_time, 2) if gen_time else 0.0
         out["prompt_tok_s"] = round(prompt_tokens / prompt_time, 2) if prompt_time else 0.0
 
         # Regenerate: the same prompt again (the last reply is dropped first, as the app does).
@@ -167,6 +177,11 @@ def run_bench(
         "reevaluate": _overflow(Path(model_path), threads, overflow_ctx, False),
     }
     say("overflow measured")
+    if tui:
+        from rpchat.tui.bench import run_tui_bench  # only here: the core never needs Textual
+
+        out["tui"] = run_tui_bench()
+        say("headless TUI measured")
     return out
 
 
@@ -274,4 +289,6 @@ def format_bench(result: dict[str, Any]) -> str:
         ratio = f" (app/reference {app / ref:.2f})" if ref else ""
         lines.append(f"reference  {ref:.1f} tok/s (median gap) plain llama-cpp-python stream loop{ratio}")
     lines.append(f"peak RSS   {result.get('peak_rss_mib', 0):.0f} MiB")
+    for key, value in result.get("tui", {}).items():
+        lines.append(f"tui        {key} {value}")
     return "\n".join(lines)

@@ -16,7 +16,7 @@ def _profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_bench_reports_every_figure(tiny_model: Path) -> None:
-    result = run_bench(tiny_model, turns=3, n_threads=2, n_ctx=2048, max_new=16, overflow_ctx=2048, speed_rounds=2)
+    result = run_bench(tiny_model, turns=3, n_threads=2, n_ctx=2048, gen_tokens=16, overflow_ctx=2048, speed_rounds=2)
     json.dumps(result)  # --json must work
     assert len(result["turns"]) == 3
     first, second = result["turns"][0], result["turns"][1]

@@ -191,6 +191,8 @@ def test_up_edits_last_message_in_place_and_cursor_ops(home: Path) -> None:
             assert len(load_chat(screen.session.path).turns) == 3
             await pilot.press("ctrl+up", "d")
             await pilot.pause()
+            await pilot.press("y")  # deleting a turn asks first
+            await pilot.pause()
             assert len(load_chat(screen.session.path).turns) == 2
             assert len(load_chat(old_path).turns) == 3
 

@@ -117,3 +117,86 @@ def test_failed_reply_with_no_text_does_not_claim_a_partial_reply(home: Path, ti
             assert not any("partial reply kept" in m for m in failures)
 
     asyncio.run(go())
+
+
+def test_new_card_editor_starts_in_the_name_field(home: Path) -> None:
+    from textual.widgets import Input
+
+    from rpchat.tui.card_editor import CardEditor
+
+    async def go() -> None:
+        app = RpchatApp(load_model=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.pause()
+            await pilot.press("ctrl+a")
+            await wait_for(pilot, lambda: isinstance(app.screen, CardEditor))
+            await pilot.pause()
+            name = app.screen.query_one("#f-name", Input)
+            assert name.has_focus
+            name.value = ""
+            await pilot.press("Q", "a")
+            assert name.value == "Qa"
+
+    asyncio.run(go())
+
+
+def test_help_table_keeps_actions_and_ids_readable_in_the_dialog_width() -> None:
+    from rich.console import Console
+
+    from rpchat.tui.help import help_table
+
+    console = Console(width=86, record=True, color_system=None)
+    console.print(help_table({}))
+    text = console.export_text()
+    assert "Duplicate card" in text and "duplicate_card" in text and "Resume last chat" in text
+
+
+
+def test_palette_lists_quit_once(home: Path) -> None:
+    from rpchat.tui.commands import RpchatCommands
+
+    async def go() -> None:
+        app = RpchatApp(load_model=False)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.pause()
+            system = [c.title for c in app.get_system_commands(app.screen)]
+            ours = [str(h.text) async for h in RpchatCommands(app.screen).discover()]
+            assert (system + ours).count("Quit") == 1
+            assert "Theme" in system  # the theme switcher stays
+
+    asyncio.run(go())
+
+
+def test_narrow_terminal_hides_the_sidebar_and_keeps_the_status_on_one_line(home: Path) -> None:
+    from textual.widgets import Static
+
+    async def go() -> None:
+        app = RpchatApp()
+        async with app.run_test(size=(80, 24)) as pilot:
+            screen = await ready_chat(pilot, app)
+            await pilot.pause()
+            assert not screen.query_one("#sidebar").display
+            status = screen.query_one("#status", Static)
+            assert status.size.width >= 76  # the whole width, not what the sidebar leaves
+            assert "length" in screen.status_text()
+            await pilot.resize_terminal(120, 40)
+            await pilot.pause()
+            assert screen.query_one("#sidebar").display
+
+    asyncio.run(go())
+
+
+def test_status_warns_when_the_prompt_cannot_fit_the_context(home: Path, tiny_model: Path) -> None:
+    config = tiny_config(tiny_model)
+    config.engine = EngineConfig(model=str(tiny_model), n_ctx=256, n_threads=1)
+    write_profile_config(config)
+    make_card(profile().cards_dir, NAME, description="lorem ipsum dolor " * 200)
+
+    async def go() -> None:
+        app = RpchatApp()
+        async with app.run_test(size=(140, 40)) as pilot:
+            screen = await ready_chat(pilot, app)
+            await wait_for(pilot, lambda: "ctx ?" not in screen.status_text())
+            assert "/256 (too long" in screen.status_text()
+
+    asyncio.run(go())

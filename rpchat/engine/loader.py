@@ -150,6 +150,7 @@ def _finish(
     engine._cache = []
     engine._pieces = {}
     engine._special_re, engine._special_ids, engine._special_indexed = None, {}, False
+    _warm_up(llama_cpp, ctx, max(engine._bos, 0))
 
     from rpchat.engine.llama import _AbortFlag
 
@@ -166,6 +167,19 @@ def _finish(
         total_layers=n_layer,
         notice=notice,
     )
+
+
+def _warm_up(llama_cpp: Any, ctx: Any, token: int) -> None:
+    """One throwaway decode that touches every weight (as llama.cpp's own tools do at start), so
+    the memory-mapped model is paged in during loading rather than during the first reply."""
+    llama_cpp.llama_set_warmup(ctx, True)
+    try:
+        arr = (llama_cpp.llama_token * 1)(token)
+        llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(arr, 1))
+    finally:
+        llama_cpp.llama_set_warmup(ctx, False)
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+        llama_cpp.llama_synchronize(ctx)
 
 
 def index_special_tokens(engine: LocalEngine, llama_cpp: Any) -> None:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
 from rich.style import Style
 from textual import on, work
-from textual.app import App
+from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.reactive import reactive
 from textual.screen import Screen
@@ -105,6 +105,12 @@ class RpchatApp(App[None]):
                 remember_theme(name, self.paths)
             except (RpchatError, OSError) as e:
                 self.notify(f"Could not save the theme choice: {e}", severity="warning", markup=False)
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        # rpchat's own "Quit" (with its key) keeps a partial reply; one entry, not two.
+        for command in super().get_system_commands(screen):
+            if command.title != "Quit":
+                yield command
 
     # --- the model ---------------------------------------------------------------------------------------
     def start_loading(self) -> None:

@@ -172,6 +172,9 @@ class CardEditor(Screen["SavedCard | None"]):
         Binding("escape", "cancel", "Close", id="card.cancel"),
     ]
 
+    # Typing should go into the name at once, not into the tab strip.
+    AUTO_FOCUS = "#f-name"
+
     def __init__(self, card: Card, path: Path | None = None) -> None:
         super().__init__()
         self.card, self.path = card, path

@@ -10,6 +10,7 @@ import gc
 import threading
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from rich.text import Text
 from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import BindingType
@@ -111,6 +112,9 @@ class ChatScreen(Screen[None]):
     BINDINGS: ClassVar[list[BindingType]] = bindings_for("chat")
     SCOPES = ("chat", "transcript")
     AUTO_FOCUS = "#input"
+    # Below 100 columns the sidebar would leave the transcript too narrow to read; the status line
+    # still shows the length and preset.
+    HORIZONTAL_BREAKPOINTS: ClassVar[list[tuple[int, str]]] = [(0, "-narrow"), (100, "-wide")]
 
     DEFAULT_CSS = """
     ChatScreen #sidebar { width: 30; padding: 0 1; border-right: vkey $primary 40%; }
@@ -120,6 +124,7 @@ class ChatScreen(Screen[None]):
     ChatScreen #length { color: $accent; }
     ChatScreen #main { width: 1fr; }
     ChatScreen #status { height: 1; background: $panel; color: $text-muted; padding: 0 1; }
+    ChatScreen.-narrow #sidebar { display: none; }
     """
 
     def __init__(self, session: RoleplaySession) -> None:
@@ -222,7 +227,9 @@ class ChatScreen(Screen[None]):
             parts += [info.model_name, info.backend]
             n_ctx = self._n_ctx or info.n_ctx
             used = f"{self._n_tokens:,}" if self._n_tokens is not None else "?"
-            parts.append(f"ctx {used}/{n_ctx:,}")
+            over = self._n_tokens is not None and self._n_tokens >= n_ctx
+            # Even after cutting old turns the card and last turns do not fit: say so before a send fails.
+            parts.append(f"ctx {used}/{n_ctx:,}" + (" (too long: raise n_ctx in Settings)" if over else ""))
         elif app.engine_state == "loading":
             parts.append(f"loading model {int(app.load_progress * 100)}%")
         else:
@@ -235,7 +242,7 @@ class ChatScreen(Screen[None]):
         if self.generating:
             parts.append(f"{self.generating}... ({self._key('stop')} stops)")
         self._status = clean(" | ".join(parts))
-        self.query_one("#status", Static).update(self._status)
+        self.query_one("#status", Static).update(Text(self._status, no_wrap=True, overflow="ellipsis"))
 
     def _engine_changed(self, state: str) -> None:
         if state == "ready":
@@ -338,8 +345,8 @@ class ChatScreen(Screen[None]):
             self.input.move_cursor(self.input.document.end)
             self.input.focus()
         if result.error:
-            self.notify(f"Generation failed: {result.error} (partial reply kept)", severity="error",
-                        markup=False)
+            kept = " (partial reply kept)" if result.text.strip() and message.mode != "impersonate" else ""
+            self.notify(f"Generation failed: {result.error}{kept}", severity="error", markup=False)
         elif result.finish_reason == "cancelled":
             self.notify("Stopped; the partial reply is kept.", markup=False)
         self.update_status()
@@ -523,11 +530,7 @@ class ChatScreen(Screen[None]):
             elif op == "edit":
                 self._open_editor(index)
             elif op == "delete":
-                self.session.delete(index)
-                self.transcript.cursor = min(index, len(self.session.chat.turns) - 1) if self.session.chat.turns \
-                    else None
-                self.show_chat()
-                self.measure()
+                self._confirm_delete(index)
             elif op == "branch":
                 old = self.session.path.name
                 self.session = self.session.branch(index)
@@ -536,6 +539,31 @@ class ChatScreen(Screen[None]):
                 self.measure()
         except RpchatError as e:
             self.notify(str(e), severity="error", markup=False)
+
+    def _confirm_delete(self, index: int) -> None:
+        from rpchat.tui.dialogs import ConfirmDialog
+
+        turn = self.session.chat.turns[index]
+        preview = " ".join(turn.text.split())
+        preview = preview[:80] + ("..." if len(preview) > 80 else "")
+        session = self.session
+
+        def answered(yes: bool | None) -> None:
+            # The chat may have changed (branch, another delete) while the dialog was open.
+            if not yes or session is not self.session or index >= len(session.chat.turns) \
+                    or session.chat.turns[index] is not turn:
+                return
+            try:
+                session.delete(index)
+            except RpchatError as e:
+                self.notify(str(e), severity="error", markup=False)
+                return
+            self.transcript.cursor = min(index, len(session.chat.turns) - 1) if session.chat.turns else None
+            self.show_chat()
+            self.measure()
+
+        self.app.push_screen(ConfirmDialog(f"Delete turn #{index + 1} ({clean(turn.name)}): {clean(preview)}",
+                                           title="Delete turn", yes="Delete", danger=True), answered)
 
     # --- editing in place ------------------------------------------------------------------------------
     def _open_editor(self, index: int) -> None:
@@ -552,6 +580,8 @@ class ChatScreen(Screen[None]):
         view.display = False
         self._editing = box
         box.focus()
+        # As in SillyTavern, editing starts at the end of the text (usually to add to it).
+        box.move_cursor(box.document.end)
         self.call_after_refresh(self.transcript.scroll_to_widget, box, animate=False)
 
     def _close_editor(self) -> None:

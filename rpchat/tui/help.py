@@ -18,7 +18,7 @@ SCOPE_TITLES = {
     "app": "Everywhere",
     "library": "Character library",
     "chat": "Chat",
-    "transcript": "Message cursor (Ctrl+Up from the input, or Tab)",
+    "transcript": "Message cursor (ctrl+up)",
 }
 INPUT_KEYS = (
     ("enter", "Send (an empty Enter asks for a reply)"),
@@ -32,11 +32,13 @@ INPUT_KEYS = (
 def help_table(keymap: dict[str, str]) -> Table:
     """All bindings as a Rich table (remapped keys shown as the user set them)."""
     table = Table(show_header=True, header_style="bold", expand=True, box=None, padding=(0, 2))
-    table.add_column("Key", no_wrap=True)
-    table.add_column("Action")
-    table.add_column("Id", style="dim")
+    # Ratios, not content, size the columns: a long section title must not squeeze the actions.
+    table.add_column("Key", ratio=3)
+    table.add_column("Action", ratio=4)
+    table.add_column("Id", style="dim", ratio=3, no_wrap=True)
     for scope, title in SCOPE_TITLES.items():
-        table.add_row(Text(title, style="bold underline"), "", "")
+        table.add_section()
+        table.add_row(Text(title, style="bold underline", no_wrap=True, overflow="ellipsis"), "", "")
         for spec in KEYS:
             if spec.scope == scope:
                 table.add_row(Text(effective_key(spec, keymap)), Text(spec.description), Text(spec.id))

@@ -133,7 +133,8 @@ class CutMarker(Static):
     """
 
     def __init__(self, dropped: int) -> None:
-        label = f"\u2500\u2500 {dropped} older turn{'s' if dropped != 1 else ''} above are out of the prompt \u2500\u2500"
+        noun = "turn above is" if dropped == 1 else "turns above are"
+        label = f"\u2500\u2500 {dropped} older {noun} out of the prompt \u2500\u2500"
         super().__init__(label, markup=False)
 
 
