@@ -8,6 +8,7 @@ unfinished, from its first moment, so a quit or crash mid-reply keeps what was w
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import threading
 import time
@@ -147,7 +148,12 @@ class RoleplaySession:
         """Add the user's message and save."""
         with self.lock:
             turn = self.chat.add(True, text.strip())
-            self.save()
+            try:
+                self.save()
+            except RpchatError:
+                # Unsaved means unsent: a retry must not add the message twice.
+                self.chat.turns.pop()
+                raise
         return turn
 
     def edit(self, index: int, text: str) -> None:
@@ -162,7 +168,11 @@ class RoleplaySession:
         with self.lock:
             self._check_index(index)
             turn = self.chat.delete(index)
-            self.save()
+            try:
+                self.save()
+            except RpchatError:
+                self.chat.turns.insert(index, turn)  # the file still has it; so does the screen
+                raise
         return turn
 
     def branch(self, index: int) -> RoleplaySession:
@@ -301,6 +311,7 @@ class RoleplaySession:
         with self.lock:
             if mode == "impersonate":
                 return None, "", False
+            previous: Turn | None = None
             if mode == "reply":
                 self.chat.add(False, "")
                 index = len(self.chat.turns) - 1
@@ -309,13 +320,22 @@ class RoleplaySession:
                 last = self._last_reply_index()
                 assert last is not None  # reply() checked it
                 index = last
+                previous = copy.deepcopy(self.chat.turns[index])
                 if mode == "regenerate":
                     self.chat.add_swipe(index, "")
                     base, was = "", False
                 else:
                     base, was = self.chat.turns[index].text, self.chat.turns[index].unfinished
             self.chat.mark_unfinished(index)
-            self.save()
+            try:
+                self.save()
+            except RpchatError:
+                # Nothing was generated and nothing saved: leave the chat exactly as it was.
+                if previous is None:
+                    self.chat.turns.pop()
+                else:
+                    self.chat.turns[index] = previous
+                raise
             return index, base, was
 
     def _write_reply(self, index: int, base: str, pieces: list[str], *, unfinished: bool) -> None:
