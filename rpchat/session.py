@@ -115,6 +115,18 @@ class RoleplaySession:
         self.save()
 
     # --- prompt ------------------------------------------------------------------------------------
+    def _token_counter(self) -> Callable[[str], int] | None:
+        # Each message is tokenized once per engine, not on every reply (a long chat has thousands).
+        from rpchat.prompt.fitting import TokenCache
+
+        if self.engine is None:
+            return None
+        cached = self._counter
+        if cached is None or cached[0] is not self.engine:
+            cached = (self.engine, TokenCache(self.engine.count_tokens))
+            self._counter = cached
+        return cached[1]
+
     def build(self, mode: ReplyMode = "reply") -> BuiltPrompt:
         """The prompt for the next generation of ``mode``, fitted to the engine's context when known."""
         from rpchat.prompt import build_prompt
@@ -126,7 +138,7 @@ class RoleplaySession:
                 if index is not None:
                     history = history[:index]
             builder_mode = "reply" if mode == "regenerate" else mode
-            counter = self.engine.count_tokens if self.engine is not None else None
+            counter = self._token_counter()
             n_ctx = self.engine.n_ctx if self.engine is not None else None
             built = build_prompt(
                 self.fmt,
