@@ -66,6 +66,7 @@ class RoleplaySession:
         self.card_path = card_path
         self.last_result: Result | None = None
         self.last_built: BuiltPrompt | None = None
+        self._counter: tuple[Engine, Callable[[str], int]] | None = None
         # Guards the chat while a worker thread streams into it and the UI thread reads it.
         self.lock = threading.RLock()
 
