@@ -196,7 +196,8 @@ def cmd_reply(args: argparse.Namespace) -> int:
             raise
         out.write("\n")
         if result.error:
-            print(f"rpchat: error: {result.error} (partial reply saved)", file=sys.stderr)
+            kept = " (partial reply saved, marked unfinished)" if result.text.strip() else ""
+            print(f"rpchat: error: {result.error}{kept}", file=sys.stderr)
             return 2
         print(
             f"rpchat: {result.tokens_generated} tokens, {result.tok_per_s:.1f} tok/s, "

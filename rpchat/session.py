@@ -472,7 +472,8 @@ def make_engine(config: Config, *, model: Path | None = None, url: str | None = 
         target = url or eng.remote_url
         if not target:
             raise EngineError("engine.kind is remote but engine.remote_url is empty")
-        return RemoteEngine(target, api or eng.remote_api, eng.api_key, n_ctx=n_ctx)
+        # Servers that do not report their context size (llama-cpp-python's) get the configured one.
+        return RemoteEngine(target, api or eng.remote_api, eng.api_key, n_ctx=n_ctx or eng.n_ctx)
     from rpchat.engine.llama import LocalEngine, LocalSettings
 
     settings = LocalSettings(
