@@ -200,3 +200,96 @@ def test_status_warns_when_the_prompt_cannot_fit_the_context(home: Path, tiny_mo
             assert "/256 (too long" in screen.status_text()
 
     asyncio.run(go())
+
+
+# --- terminal injection through editable boxes (a raw ESC in a TextArea reaches the terminal) ----------
+
+ESC_TEXT = 'Hi \x1b[2J there "\x1b]0;pwned\x07"'
+
+
+def test_edit_box_shows_control_characters_inert_and_keeps_the_original_if_untouched(home: Path) -> None:
+    async def go() -> None:
+        app = RpchatApp()
+        async with app.run_test(size=(120, 40)) as pilot:
+            screen = await ready_chat(pilot, app)
+            screen.session.send(ESC_TEXT)
+            screen.show_chat()
+            screen.input.focus()
+            await pilot.press("up")
+            box = screen.query_one(EditBox)
+            assert "\x1b" not in box.text and "\x07" not in box.text and "\u241b[2J" in box.text
+            await pilot.press("enter")  # saved untouched: the exact original text stays
+            await pilot.pause()
+            assert saved_turns()[-1] == ESC_TEXT
+            screen.input.focus()
+            await pilot.press("up", "!", "enter")
+            await pilot.pause()
+            assert "\x1b" not in saved_turns()[-1] and saved_turns()[-1].endswith("!")
+
+    asyncio.run(go())
+
+
+def test_pasted_control_characters_are_made_inert_in_the_input(home: Path) -> None:
+    from textual import events
+
+    async def go() -> None:
+        app = RpchatApp(load_model=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            screen = await open_chat_from_library(pilot, app, NAME)
+            screen.input.focus()
+            screen.input.post_message(events.Paste(ESC_TEXT))
+            await pilot.pause()
+            assert "\x1b" not in screen.input.text and "\u241b[2J" in screen.input.text
+
+    asyncio.run(go())
+
+
+def test_impersonated_text_with_control_characters_is_inert_in_the_input(home: Path) -> None:
+    from rpchat.tui.bench import PacedEngine, PacedGeneration
+
+    class HostileEngine(PacedEngine):
+        def stream(self, prompt, sampling, stop=(), cancel=None):  # type: ignore[no-untyped-def]
+            return PacedGeneration(["\x1b[2J", " Theo", " waves \x1b]0;x\x07"], 0.001, cancel)
+
+    async def go() -> None:
+        app = RpchatApp(engine_factory=lambda _cfg: HostileEngine())
+        async with app.run_test(size=(120, 40)) as pilot:
+            screen = await ready_chat(pilot, app)
+            await pilot.press("ctrl+t")
+            await pilot.pause()
+            await wait_for(pilot, lambda: not screen.generating)
+            await pilot.pause()
+            text = screen.input.text
+            assert "Theo waves" in text and "\x1b" not in text and "\x07" not in text
+
+    asyncio.run(go())
+
+
+def test_notifications_show_control_characters_in_file_names_inert(home: Path) -> None:
+    bad = profile().cards_dir / "x\x1b[2Jy.json"
+    bad.write_text("garbage")
+
+    async def go() -> None:
+        app = RpchatApp(load_model=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.pause()
+            await pilot.press("x", "enter")  # the broken card in the library: the error names the file
+            await pilot.pause()
+            messages = [n.message for n in app._notifications]
+            assert any("y.json" in m for m in messages)
+            assert not any("\x1b" in m for m in messages)
+
+    asyncio.run(go())
+
+
+def test_palette_finds_the_prompt_inspector_by_name(home: Path) -> None:
+    from rpchat.tui.commands import RpchatCommands
+
+    async def go() -> None:
+        app = RpchatApp(load_model=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            screen = await open_chat_from_library(pilot, app, NAME)
+            found = [str(h.text) async for h in RpchatCommands(screen).search("inspector")]
+            assert found and "Prompt inspector" in found[0]
+
+    asyncio.run(go())

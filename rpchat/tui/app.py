@@ -16,6 +16,7 @@ from rich.style import Style
 from textual import on, work
 from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
+from textual.notifications import SeverityLevel
 from textual.reactive import reactive
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
@@ -26,6 +27,7 @@ from rpchat.errors import RpchatError
 from rpchat.paths import Paths, profile
 from rpchat.personas import PersonaBook
 from rpchat.session import RoleplaySession
+from rpchat.text import strip_controls
 from rpchat.tui.bindings import BY_ID, bindings_for, check_keymap, effective_key
 from rpchat.tui.commands import RpchatCommands
 from rpchat.tui.messages import ModelFailed, ModelLoaded, ModelLoading
@@ -105,6 +107,12 @@ class RpchatApp(App[None]):
                 remember_theme(name, self.paths)
             except (RpchatError, OSError) as e:
                 self.notify(f"Could not save the theme choice: {e}", severity="warning", markup=False)
+
+    def notify(self, message: str, *, title: str = "", severity: SeverityLevel = "information",
+               timeout: float | None = None, markup: bool = True) -> None:
+        """Show a notification; file names and card text in it cannot drive the terminal."""
+        super().notify(strip_controls(message), title=strip_controls(title), severity=severity, timeout=timeout,
+                       markup=markup)
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         # rpchat's own "Quit" (with its key) keeps a partial reply; one entry, not two.

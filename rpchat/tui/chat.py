@@ -86,6 +86,14 @@ class ChatInput(TextArea):
             return
         await super()._on_key(event)
 
+    async def _on_paste(self, event: events.Paste) -> None:
+        # A TextArea draws its text as is: a pasted ESC sequence would drive the terminal.
+        event.prevent_default()
+        if self.read_only:
+            return
+        start, end = self.selection
+        self.replace(clean(event.text), start, end, maintain_selection_offset=False)
+
 
 class EditBox(ChatInput):
     """Edits one turn in place: Enter saves, Esc cancels."""
@@ -95,8 +103,16 @@ class EditBox(ChatInput):
     """
 
     def __init__(self, index: int, text: str) -> None:
-        super().__init__(text, placeholder="Enter saves, Esc cancels")
+        # Control characters are shown inert (raw ones would reach the terminal); saving the text
+        # untouched keeps the original exactly.
+        self.original = text
+        self.shown = clean(text)
+        super().__init__(self.shown, placeholder="Enter saves, Esc cancels")
         self.index = index
+
+    def edited_text(self, text: str) -> str:
+        """What to store for the box now reading ``text``."""
+        return self.original if text == self.shown else text.strip()
 
     async def _on_key(self, event: events.Key) -> None:
         if event.key in ("up", "left", "right"):
@@ -330,7 +346,7 @@ class ChatScreen(Screen[None]):
         if message.generation != self._gen_id:
             return
         if self.generating == "impersonate":
-            self.input.insert(message.text, self.input.document.end)
+            self.input.insert(clean(message.text), self.input.document.end)
         elif self.transcript.streaming is not None:
             self.transcript.streaming.append(message.text)
 
@@ -341,7 +357,7 @@ class ChatScreen(Screen[None]):
         result = message.result
         self.transcript.end_stream(self.session.chat.turns)
         if message.mode == "impersonate":
-            self.input.text = result.text.strip()
+            self.input.text = clean(result.text.strip())
             self.input.move_cursor(self.input.document.end)
             self.input.focus()
         if result.error:
@@ -601,7 +617,7 @@ class ChatScreen(Screen[None]):
         event.stop()
         index = event.box.index
         try:
-            self.session.edit(index, event.text.strip())
+            self.session.edit(index, event.box.edited_text(event.text))
         except RpchatError as e:
             self.notify(str(e), severity="error", markup=False)
             return
