@@ -33,6 +33,9 @@ SwipeOutcome = Literal["moved", "generate", "none"]
 LENGTHS: tuple[str | None, ...] = (
     None, "micro", "tiny", "short", "medium", "long", "massive", "huge", "enormous", "humongous", "unlimited",
 )
+# The least room a reply may have, and the slack for the builder's per-message token estimate.
+MIN_REPLY_TOKENS = 16
+CONTEXT_MARGIN = 8
 # How often a reply being streamed is written to disk; a crash loses at most this much text.
 CHECKPOINT_S = 2.0
 
@@ -252,7 +255,19 @@ class RoleplaySession:
         if mode in ("regenerate", "continue") and self._last_reply_index() is None:
             raise ChatError(f"nothing to {mode}: the last turn is not a character reply", self.path)
         built = self.build(mode)
-        sampling = dataclasses.replace(self.sampling, max_tokens=self.max_new)
+        max_tokens = self.max_new
+        if built.n_tokens is not None:
+            # The builder always keeps the instruction and the last exchange; when those alone fill
+            # the context, the reply gets what is left, or a clear error instead of a failed decode.
+            room = engine.n_ctx - built.n_tokens - CONTEXT_MARGIN
+            if room < MIN_REPLY_TOKENS:
+                return Result(
+                    finish_reason="error",
+                    error=f"the prompt needs about {built.n_tokens:,} tokens but the context holds "
+                    f"{engine.n_ctx:,}: raise n_ctx in Settings or shorten the last messages",
+                )
+            max_tokens = min(max_tokens, room)
+        sampling = dataclasses.replace(self.sampling, max_tokens=max_tokens)
         index, base, was_unfinished = self._open_reply(mode)
         pieces: list[str] = []
         last_save = time.monotonic()

@@ -68,3 +68,45 @@ def test_reply_that_cannot_open_its_turn_on_disk_leaves_the_chat_as_it_was(
         assert s.chat.turns == before
     finally:
         s.close()
+
+
+def _tiny_session(home: Path, tiny_model: Path, *, n_ctx: int, max_new: int):  # type: ignore[no-untyped-def]
+    import dataclasses
+
+    from session_support import tiny_config
+
+    from rpchat.session import make_engine
+
+    config = tiny_config(tiny_model, max_new=max_new)
+    config.engine = dataclasses.replace(config.engine, n_ctx=n_ctx)
+    engine = make_engine(config)
+    engine.load()
+    return open_session(make_card(home), config=config, personas=PersonaBook(), engine=engine)
+
+
+def test_reply_budget_shrinks_to_the_room_left_in_the_context(home: Path, tiny_model: Path) -> None:
+    s = _tiny_session(home, tiny_model, n_ctx=512, max_new=400)
+    try:
+        s.send("the " * 40)
+        built = s.build()
+        assert built.n_tokens is not None and built.n_tokens + 400 > 512  # the full budget cannot fit
+        result = s.reply(lambda _piece: None)
+        assert result.error is None, result.error
+        assert result.tokens_generated <= 512 - built.n_tokens
+    finally:
+        s.close()
+
+
+def test_a_last_exchange_that_fills_the_context_is_a_clear_error_not_a_failed_decode(
+    home: Path, tiny_model: Path
+) -> None:
+    s = _tiny_session(home, tiny_model, n_ctx=512, max_new=400)
+    try:
+        s.send("lighthouse " * 400)
+        turns = len(s.chat.turns)
+        result = s.reply(lambda _piece: None)
+        assert result.finish_reason == "error"
+        assert result.error is not None and "context holds 512" in result.error and "n_ctx" in result.error
+        assert len(s.chat.turns) == turns  # no empty character turn was added
+    finally:
+        s.close()
