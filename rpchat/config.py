@@ -59,7 +59,7 @@ def _from_dict(cls: type, data: Any, source: Path, prefix: str = "") -> Any:
         value = data[f.name]
         kind = hints[f.name]
         where = f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(kind):
+        if isinstance(kind, type) and dataclasses.is_dataclass(kind):
             values[f.name] = _from_dict(kind, value, source, where + ".")
             continue
         values[f.name] = _check_type(value, kind, where, source)
@@ -99,7 +99,8 @@ def load_config(paths: Paths) -> Config:
     data = load_yaml(path)
     if data is None:
         return Config()
-    return _from_dict(Config, data, path)
+    config: Config = _from_dict(Config, data, path)
+    return config
 
 
 def save_config(paths: Paths, config: Config) -> None:

@@ -60,4 +60,5 @@ def load_yaml(path: Path, max_bytes: int = MAX_YAML_BYTES) -> Any:
 
 def dump_yaml(data: Any) -> bytes:
     """Serialize plain data as readable block YAML."""
-    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100).encode("utf-8")
+    text: str = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
+    return text.encode("utf-8")

@@ -102,3 +102,12 @@ def test_bundled_dir_found_from_an_installed_wheel(tmp_path: Path) -> None:
     cards_dir, themes_dir = res.stdout.split()
     assert cards_dir.startswith(str(target)) and themes_dir.startswith(str(target))
     assert len(list(Path(cards_dir).glob("*.png"))) >= 3
+
+
+def test_core_is_clean_under_strict_mypy() -> None:
+    # The headless core is typed strictly (pyproject's [tool.mypy]); the TUI is checked less strictly.
+    out = subprocess.run(
+        [sys.executable, "-m", "mypy", "rpchat", "--exclude", "rpchat/tui"],
+        check=False, capture_output=True, text=True, cwd=ROOT, timeout=600,
+    )
+    assert out.returncode == 0, out.stdout[-3000:]
