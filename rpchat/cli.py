@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--format", default=None)
     rp.add_argument("--n-ctx", type=int, default=None)
     rp.add_argument("--max-new", type=int, default=None)
+    rp.add_argument("--world", type=Path, action="append",
+                    help="attach a lorebook / SillyTavern world-info JSON to this chat (remembered)")
+    rp.add_argument("--no-lore", action="store_true", help="ignore the card's embedded lorebook for this reply")
 
     cd = sub.add_parser("card", help="inspect or convert character cards")
     cds = cd.add_subparsers(dest="card_command", required=True, parser_class=_Parser)
@@ -163,8 +166,12 @@ def cmd_prompt(args: argparse.Namespace) -> int:
 
 
 def cmd_reply(args: argparse.Namespace) -> int:
+    from rpchat.prompt.lorebook import load_lorebook
     from rpchat.session import open_headless_session
 
+    # A broken world file is refused before the chat file is created or the model loaded.
+    for world in args.world or ():
+        load_lorebook(world)
     session = open_headless_session(
         card_path=args.card,
         chat_path=args.chat,
@@ -182,6 +189,9 @@ def cmd_reply(args: argparse.Namespace) -> int:
     try:
         if args.length is not ...:
             session.chat.length = args.length
+        for world in args.world or ():
+            session.attach_world(world)
+        session.skip_card_lorebook = args.no_lore
         session.send(args.say)
         out = sys.stdout
 
@@ -195,6 +205,8 @@ def cmd_reply(args: argparse.Namespace) -> int:
             cancel.set()
             raise
         out.write("\n")
+        for notice in session.take_notices():
+            print(f"rpchat: warning: {notice}", file=sys.stderr)
         if result.error:
             kept = " (partial reply saved, marked unfinished)" if result.text.strip() else ""
             print(f"rpchat: error: {result.error}{kept}", file=sys.stderr)

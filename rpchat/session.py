@@ -25,6 +25,7 @@ from rpchat.errors import ChatError, EngineError, RpchatError
 from rpchat.personas import Persona, PersonaBook
 from rpchat.prompt.builder import BuiltPrompt
 from rpchat.prompt.formats import PromptFormat
+from rpchat.prompt.lorebook import Lorebook
 
 ReplyMode = Literal["reply", "regenerate", "continue", "impersonate"]
 SwipeOutcome = Literal["moved", "generate", "none"]
@@ -70,6 +71,11 @@ class RoleplaySession:
         self.last_result: Result | None = None
         self.last_built: BuiltPrompt | None = None
         self._counter: tuple[Engine, Callable[[str], int]] | None = None
+        # World-info problems met while building, each reported once (the TUI notifies, the CLI warns).
+        self.notices: list[str] = []
+        self._reported: set[str] = set()
+        # `rpchat reply --no-lore`: leave the card's lorebook out for this session without saving that.
+        self.skip_card_lorebook = False
         # Guards the chat while a worker thread streams into it and the UI thread reads it.
         self.lock = threading.RLock()
 
@@ -118,6 +124,74 @@ class RoleplaySession:
         self.chat.scenario = text if text and text.strip() else None
         self.save()
 
+    # --- world info --------------------------------------------------------------------------------
+    @property
+    def worlds(self) -> list[str]:
+        """The world files attached to this chat (names in the worlds folder), in attach order."""
+        value = self.chat.settings.get("worlds")
+        return [w for w in value if isinstance(w, str)] if isinstance(value, list) else []
+
+    @property
+    def use_card_lorebook(self) -> bool:
+        """Whether the card's own lorebook takes part (on unless this chat turned it off)."""
+        return self.chat.settings.get("use_card_lorebook", True) is not False
+
+    def attach_world(self, path: Path) -> str:
+        """Copy a lorebook / world-info file into the worlds folder and attach it; returns its name.
+
+        A broken file raises `ConfigError` and leaves the chat as it was.
+        """
+        from rpchat.worlds import import_world
+
+        name = import_world(Path(path))
+        if name not in self.worlds:
+            self._change_settings("worlds", [*self.worlds, name])
+        self._reported = {p for p in self._reported if name not in p}
+        return name
+
+    def detach_world(self, name: str) -> None:
+        """Detach a world by its stored name (the ``.json`` may be left off); the file stays."""
+        worlds = self.worlds
+        found = name if name in worlds else f"{name}.json" if f"{name}.json" in worlds else None
+        if found is None:
+            raise ChatError(f"no world {name!r} is attached", self.path)
+        self._change_settings("worlds", [w for w in worlds if w != found])
+
+    def set_card_lorebook(self, on: bool) -> None:
+        """Use (or leave out) the card's embedded lorebook in this chat; remembered."""
+        self._change_settings("use_card_lorebook", bool(on))
+
+    def take_notices(self) -> list[str]:
+        """The problems met since the last call (each is reported only once per session)."""
+        with self.lock:
+            out, self.notices = self.notices, []
+        return out
+
+    def _change_settings(self, key: str, value: object) -> None:
+        with self.lock:
+            settings = self.chat.settings
+            had, old = key in settings, settings.get(key)
+            settings[key] = value
+            try:
+                self.save()
+            except RpchatError:
+                # Unsaved means unchanged: the screen must not show what the file does not hold.
+                if had:
+                    settings[key] = old
+                else:
+                    settings.pop(key, None)
+                raise
+
+    def _world_books(self) -> list[Lorebook]:
+        from rpchat.worlds import load_worlds
+
+        books, problems = load_worlds(self.worlds)
+        for problem in problems:
+            if problem not in self._reported:
+                self._reported.add(problem)
+                self.notices.append(problem)
+        return books
+
     # --- prompt ------------------------------------------------------------------------------------
     def _token_counter(self) -> Callable[[str], int] | None:
         # Each message is tokenized once per engine, not on every reply (a long chat has thousands).
@@ -155,6 +229,8 @@ class RoleplaySession:
                 counter=counter,
                 n_ctx=n_ctx,
                 max_new=self.max_new if counter is not None else 0,
+                lorebook=self._world_books(),
+                card_lorebook=self.use_card_lorebook and not self.skip_card_lorebook,
             )
         self.last_built = built
         return built

@@ -138,6 +138,7 @@ class ChatScreen(Screen[None]):
     ChatScreen #sidebar Static { margin-top: 1; }
     ChatScreen #char-name { text-style: bold; color: $primary; }
     ChatScreen #length { color: $accent; }
+    ChatScreen #worlds { color: $text-muted; }
     ChatScreen #main { width: 1fr; }
     ChatScreen #status { height: 1; background: $panel; color: $text-muted; padding: 0 1; }
     ChatScreen.-narrow #sidebar { display: none; }
@@ -170,6 +171,7 @@ class ChatScreen(Screen[None]):
                 yield Static("", id="scenario", markup=False)
                 yield Static("", id="length", markup=False)
                 yield Static("", id="preset", markup=False)
+                yield Static("", id="worlds", markup=False)
             with Vertical(id="main"):
                 yield Transcript(id="transcript")
                 yield ChatInput(placeholder="Write... (Enter sends, Shift+Enter or Ctrl+J: newline)", id="input")
@@ -230,6 +232,21 @@ class ChatScreen(Screen[None]):
             f"{label}: {clean(short[:160] + ('...' if len(short) > 160 else ''))}" if short else "Scenario: -")
         self.query_one("#length", Static).update(f"Next reply: [{s.length or 'auto'}]  ({self._key('length')})")
         self.query_one("#preset", Static).update(f"Preset: {clean(s.preset_name or '-')}")
+        worlds, line = self.query_one("#worlds", Static), self._worlds_line()
+        worlds.update(line)
+        worlds.display = bool(line)  # no blank gap in the sidebar when none
+
+    def _worlds_line(self) -> str:
+        s = self.session
+        names = ", ".join(w.removesuffix(".json") for w in s.worlds)
+        line = f"World: {names}" if names else ""
+        if not s.use_card_lorebook and s.card.character_book:
+            line += ("\n" if line else "") + "Card lorebook: off"
+        return clean(line)
+
+    def _show_notices(self) -> None:
+        for notice in self.session.take_notices():
+            self.notify(notice, severity="warning", markup=False)
 
     def _key(self, binding_id: str) -> str:
         return self.rp_app.key_for(binding_id)
@@ -365,6 +382,7 @@ class ChatScreen(Screen[None]):
             self.notify(f"Generation failed: {result.error}{kept}", severity="error", markup=False)
         elif result.finish_reason == "cancelled":
             self.notify("Stopped; the partial reply is kept.", markup=False)
+        self._show_notices()
         self.update_status()
         self.measure()
 
@@ -394,6 +412,7 @@ class ChatScreen(Screen[None]):
 
     def on_prompt_measured(self, message: PromptMeasured) -> None:
         self._n_tokens, self._n_ctx = message.n_tokens, message.n_ctx
+        self._show_notices()
         if message.first_kept != self.transcript.first_kept and not self.generating:
             self.transcript.first_kept = message.first_kept
             self.transcript.show_turns(self.session.chat.turns, self.rp_app.prose_styles(), message.first_kept)
@@ -509,6 +528,71 @@ class ChatScreen(Screen[None]):
 
     def action_inspect_prompt(self) -> None:
         self.rp_app.open_prompt_inspector(self)
+
+    # --- world info (palette only) ---------------------------------------------------------------------
+    def action_attach_world(self) -> None:
+        """Ask for a lorebook / world-info JSON and attach a copy of it to this chat."""
+        from rpchat.tui.dialogs import PathPrompt
+
+        session = self.session
+
+        def chosen(path: Any) -> None:
+            if path is None or session is not self.session:
+                return
+            try:
+                name = session.attach_world(path)
+            except RpchatError as e:
+                self.notify(str(e), severity="error", markup=False)
+                return
+            self.notify(f"World info attached: {clean(name)}", markup=False)
+            self.update_sidebar()
+            self.measure()
+
+        self.app.push_screen(PathPrompt("Attach world info", suffixes=(".json",),
+                                        message="A SillyTavern world-info, V3 lorebook or character_book JSON."),
+                             chosen)
+
+    def action_detach_world(self) -> None:
+        """Detach a world: the only one at once, or the one named in a prompt when several."""
+        from rpchat.tui.dialogs import TextPrompt
+
+        session = self.session
+        worlds = session.worlds
+        if not worlds:
+            self.notify("No world info is attached to this chat.", severity="warning")
+            return
+
+        def chosen(name: str | None) -> None:
+            if not name or session is not self.session:
+                return
+            try:
+                session.detach_world(name.strip())
+            except RpchatError as e:
+                self.notify(str(e), severity="error", markup=False)
+                return
+            self.notify(f"World info detached: {clean(name.strip())}", markup=False)
+            self.update_sidebar()
+            self.measure()
+
+        if len(worlds) == 1:
+            chosen(worlds[0])
+            return
+        self.app.push_screen(TextPrompt("Detach world info", worlds[-1],
+                                        message="Attached: " + ", ".join(worlds)), chosen)
+
+    def action_toggle_card_lorebook(self) -> None:
+        """Use or ignore the card's embedded lorebook in this chat."""
+        on = not self.session.use_card_lorebook
+        try:
+            self.session.set_card_lorebook(on)
+        except RpchatError as e:
+            self.notify(str(e), severity="error", markup=False)
+            return
+        has_book = bool(self.session.card.character_book)
+        note = "" if has_book else " (this card has none)"
+        self.notify(f"Card lorebook {'on' if on else 'off'}{note}.", markup=False)
+        self.update_sidebar()
+        self.measure()
 
     def _target(self) -> int | None:
         t = self.transcript
