@@ -294,12 +294,7 @@ class LocalEngine:
         cancel: threading.Event | None = None,
     ) -> LocalGeneration:
         """Start a reply; nothing runs until the returned object is iterated."""
-        self._require_loaded()
-        from rpchat.engine import generation
-
-        return LocalGeneration(
-            lambda result: generation.run(self, list(prompt), sampling, tuple(stop), cancel, result)
-        )
+        return self._start(list(prompt), sampling, stop, cancel)
 
     def generate_tokens(
         self,
@@ -309,12 +304,19 @@ class LocalEngine:
         cancel: threading.Event | None = None,
     ) -> LocalGeneration:
         """Like `stream`, for an already tokenized prompt (the benchmark's plain-loop comparison)."""
+        return self._start(list(tokens), sampling, stop, cancel)
+
+    def _start(
+        self,
+        prompt: list[Segment] | list[int],
+        sampling: Sampling,
+        stop: Sequence[str],
+        cancel: threading.Event | None,
+    ) -> LocalGeneration:
         self._require_loaded()
         from rpchat.engine import generation
 
-        return LocalGeneration(
-            lambda result: generation.run(self, list(tokens), sampling, tuple(stop), cancel, result)
-        )
+        return LocalGeneration(lambda result: generation.run(self, prompt, sampling, tuple(stop), cancel, result))
 
     def reset_cache(self) -> None:
         """Forget the KV cache (the next prompt is evaluated in full)."""
