@@ -140,3 +140,32 @@ def test_corrupt_chat_is_one_line_error(tmp_path: Path) -> None:
     res = run(["prompt", str(SERAPHINA), "--chat", str(chat)], tmp_path)
     assert_one_line_error(res, "bad.jsonl")
     assert chat.read_bytes() == b"\xff\xfe not a chat"
+
+
+def test_prompt_with_model_fits_the_context_and_says_what_it_left_out(tmp_path: Path, tiny_model: Path) -> None:
+    from rpchat.engine.vocab import Vocab
+
+    chat = tmp_path / "long.jsonl"
+    lines: list[dict[str, object]] = [
+        {"user_name": "Theo", "character_name": "Seraphina", "create_date": "2024-01-01@10h00m00s",
+         "chat_metadata": {}},
+    ]
+    for i in range(40):
+        lines.append({"name": "Theo", "is_user": True, "mes": f"question {i}: " + "the forest " * 20,
+                      "send_date": "2024-01-01@10h00m00s", "extra": {}})
+        lines.append({"name": "Seraphina", "is_user": False, "mes": f"answer {i}: " + "the glade " * 20,
+                      "swipes": [f"answer {i}: " + "the glade " * 20], "swipe_id": 0,
+                      "send_date": "2024-01-01@10h00m00s", "extra": {}})
+    lines.append({"name": "Theo", "is_user": True, "mes": "last words", "send_date": "2024-01-01@10h00m00s",
+                  "extra": {}})
+    chat.write_text("\n".join(json.dumps(x) for x in lines), encoding="utf-8")
+    res = run(["prompt", str(SERAPHINA), "--chat", str(chat), "--user", "Theo", "--no-lore",
+               "--model", str(tiny_model), "--n-ctx", "4096", "--max-new", "256"], tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "older turn(s) left out" in res.stderr
+    text = res.stdout
+    assert text.startswith("### Instruction:\nSeraphina's Persona:")
+    assert "question 0:" not in text and "answer 39:" in text
+    assert text.endswith("### Input:\nTheo: last words\n\n### Response:\nSeraphina:")
+    vocab = Vocab(tiny_model)
+    assert vocab.count_tokens(text) + 256 <= 4096 + 16  # per-message counts may differ by a few tokens
