@@ -194,6 +194,10 @@ def cmd_reply(args: argparse.Namespace) -> int:
         session.skip_card_lorebook = args.no_lore
         session.send(args.say)
         out = sys.stdout
+        engine_notice = session.engine.info.notice if session.engine is not None else None
+        if engine_notice:
+            # e.g. the AMX verdict: repacking turned off because it crashed on this CPU.
+            print(f"rpchat: note: {_printable(engine_notice)}", file=sys.stderr)
 
         def on_piece(piece: str) -> None:
             out.write(_printable(piece))
