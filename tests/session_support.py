@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from rpchat.cards import Card, save_card
@@ -59,3 +60,28 @@ async def open_chat_from_library(pilot, app, name: str):  # type: ignore[no-unty
     await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen))
     await pilot.pause()
     return app.screen
+
+
+LORE = "The Gull Island lighthouse was built in 1887 from drowned ships' timber."
+CARD_LORE = "Marisol's cat is called Barnacle."
+
+
+def write_world(path: Path, *, key: str = "lighthouse", content: str = LORE, name: str = "Gull Island") -> Path:
+    """A SillyTavern world-info file as ST itself writes it (entries keyed by uid)."""
+    data = {
+        "name": name,
+        "entries": {
+            "0": {
+                "uid": 0, "key": [key], "keysecondary": [], "comment": "the lighthouse", "content": content,
+                "constant": False, "selective": True, "selectiveLogic": 0, "order": 100, "position": 0,
+                "disable": False, "excludeRecursion": False, "probability": 100, "useProbability": True,
+            },
+            "1": {
+                "uid": 1, "key": ["kraken"], "keysecondary": [], "comment": "never fires here",
+                "content": "A kraken sleeps under the reef.", "constant": False, "order": 100, "position": 0,
+                "disable": False,
+            },
+        },
+    }
+    path.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    return path

@@ -8,8 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from session_support import make_card
-from test_session_world import write_world
+from session_support import make_card, write_world
 
 from rpchat.chat.store import load_chat
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pytest
-from session_support import make_card, tiny_config
+from session_support import CARD_LORE, LORE, make_card, tiny_config, write_world
 
 from rpchat.chat.store import load_chat
 from rpchat.errors import ChatError, ConfigError
@@ -15,30 +14,6 @@ from rpchat.paths import profile
 from rpchat.personas import PersonaBook
 from rpchat.session import RoleplaySession, open_session
 from rpchat.worlds import load_world, world_path, worlds_dir
-
-LORE = "The Gull Island lighthouse was built in 1887 from drowned ships' timber."
-CARD_LORE = "Marisol's cat is called Barnacle."
-
-
-def write_world(path: Path, *, key: str = "lighthouse", content: str = LORE, name: str = "Gull Island") -> Path:
-    """A SillyTavern world-info file as ST itself writes it (entries keyed by uid)."""
-    data = {
-        "name": name,
-        "entries": {
-            "0": {
-                "uid": 0, "key": [key], "keysecondary": [], "comment": "the lighthouse", "content": content,
-                "constant": False, "selective": True, "selectiveLogic": 0, "order": 100, "position": 0,
-                "disable": False, "excludeRecursion": False, "probability": 100, "useProbability": True,
-            },
-            "1": {
-                "uid": 1, "key": ["kraken"], "keysecondary": [], "comment": "never fires here",
-                "content": "A kraken sleeps under the reef.", "constant": False, "order": 100, "position": 0,
-                "disable": False,
-            },
-        },
-    }
-    path.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    return path
 
 
 @pytest.fixture

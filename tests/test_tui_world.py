@@ -6,8 +6,15 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from session_support import make_card, open_chat_from_library, tiny_config, wait_for, write_profile_config
-from test_session_world import LORE, write_world
+from session_support import (
+    LORE,
+    make_card,
+    open_chat_from_library,
+    tiny_config,
+    wait_for,
+    write_profile_config,
+    write_world,
+)
 from textual.widgets import Input
 
 from rpchat.chat.library import list_chats

@@ -381,7 +381,8 @@ class ChatScreen(Screen[None]):
             kept = " (partial reply kept)" if result.text.strip() and message.mode != "impersonate" else ""
             self.notify(f"Generation failed: {result.error}{kept}", severity="error", markup=False)
         elif result.finish_reason == "cancelled":
-            self.notify("Stopped; the partial reply is kept.", markup=False)
+            kept = "the partial reply is kept" if result.text.strip() else "nothing had been written yet"
+            self.notify(f"Stopped; {kept}.", markup=False)
         self._show_notices()
         self.update_status()
         self.measure()
