@@ -30,10 +30,6 @@ from rpchat.prompt.lorebook import Lorebook
 ReplyMode = Literal["reply", "regenerate", "continue", "impersonate"]
 SwipeOutcome = Literal["moved", "generate", "none"]
 
-# The length modifiers the LimaRP formats know, in the order one key cycles them (None = no modifier).
-LENGTHS: tuple[str | None, ...] = (
-    None, "micro", "tiny", "short", "medium", "long", "massive", "huge", "enormous", "humongous", "unlimited",
-)
 # The least room a reply may have, and the slack for the builder's per-message token estimate.
 MIN_REPLY_TOKENS = 16
 CONTEXT_MARGIN = 8
@@ -99,17 +95,23 @@ class RoleplaySession:
     def length(self) -> str | None:
         return self.chat.length
 
+    @property
+    def lengths(self) -> tuple[str | None, ...]:
+        """The choices for the next reply's length: none, then the ones this prompt format was trained on."""
+        return (None, *self.fmt.lengths)
+
     def set_length(self, value: str | None) -> None:
         """Pick the length modifier for the next reply; remembered in the chat."""
-        if value not in LENGTHS:
-            raise ChatError(f"unknown length {value!r}", self.path)
+        if value not in self.lengths:
+            raise ChatError(f"unknown length {value!r} for the {self.fmt.name} format", self.path)
         self.chat.length = value
         self.save()
 
     def cycle_length(self, step: int = 1) -> str | None:
-        """Move to the next length modifier (none, micro ... unlimited, none) and return it."""
-        current = self.chat.length if self.chat.length in LENGTHS else None
-        value = LENGTHS[(LENGTHS.index(current) + step) % len(LENGTHS)]
+        """Move to the next length modifier (none, micro ... and back to none) and return it."""
+        choices = self.lengths
+        current = self.chat.length if self.chat.length in choices else None
+        value = choices[(choices.index(current) + step) % len(choices)]
         self.set_length(value)
         return value
 

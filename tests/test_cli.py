@@ -169,3 +169,11 @@ def test_prompt_with_model_fits_the_context_and_says_what_it_left_out(tmp_path: 
     assert text.endswith("### Input:\nTheo: last words\n\n### Response:\nSeraphina:")
     vocab = Vocab(tiny_model)
     assert vocab.count_tokens(text) + 256 <= 4096 + 16  # per-message counts may differ by a few tokens
+
+
+def test_reply_with_a_length_the_format_lacks_fails_before_sending(tmp_path: Path, tiny_model: Path) -> None:
+    chat = tmp_path / "c.jsonl"
+    res = run(["reply", str(SERAPHINA), "--chat", str(chat), "--say", "hello", "--format", "limamono",
+               "--length", "enormous", "--model", str(tiny_model), "--max-new", "4"], tmp_path)
+    assert_one_line_error(res, "enormous", "limamono")
+    assert "hello" not in chat.read_text(encoding="utf-8")

@@ -13,7 +13,7 @@ from rpchat.chat.store import load_chat
 from rpchat.engine.base import Result
 from rpchat.errors import ChatError, EngineError
 from rpchat.personas import PersonaBook
-from rpchat.session import LENGTHS, RoleplaySession, make_engine, open_headless_session, open_session
+from rpchat.session import RoleplaySession, make_engine, open_headless_session, open_session
 
 
 @pytest.fixture
@@ -171,10 +171,23 @@ def test_length_cycles_and_is_remembered(session: RoleplaySession) -> None:
     assert session.length == "medium"
     assert session.cycle_length() == "long"
     assert on_disk(session).length == "long"
-    seen = {session.cycle_length() for _ in LENGTHS}
+    seen = {session.cycle_length() for _ in session.lengths}
     assert None in seen and "unlimited" in seen
     with pytest.raises(ChatError):
         session.set_length("gigantic")
+
+
+def test_length_cycle_follows_the_format_so_every_choice_builds(session: RoleplaySession) -> None:
+    from rpchat.prompt import load_format
+
+    session.fmt = load_format("limamono")  # trained on micro ... huge only
+    seen = []
+    for _ in range(len(session.lengths)):
+        seen.append(session.cycle_length())
+        session.build()  # an untrained length would raise ConfigError here
+    assert set(seen) == {None, "micro", "tiny", "short", "medium", "long", "massive", "huge"}
+    with pytest.raises(ChatError):
+        session.set_length("enormous")
 
 
 def test_build_fits_context_with_engine_counts(home: Path, tiny_model: Path) -> None:
