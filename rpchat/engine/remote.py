@@ -26,6 +26,7 @@ import httpx
 from rpchat.engine.base import EngineInfo, ProgressCallback, Result, Sampling
 from rpchat.engine.remote_apis import API_CLASSES, KoboldApi, LlamaServerApi, OpenAIApi, estimate_tokens
 from rpchat.engine.remote_http import Chunk, Connection, ServerApi, describe_failure, status_problem
+from rpchat.engine.textstream import StopFilter
 from rpchat.errors import EngineError
 from rpchat.prompt.segments import Segment
 
@@ -52,35 +53,6 @@ class _Failure:
 
 
 _END = object()
-
-
-class _StopScan:
-    """Client-side stop strings, in case a server ignores them; holds back text that may start one."""
-
-    def __init__(self, stops: Sequence[str]) -> None:
-        self.stops = [s for s in stops if s]
-        self.pending = ""
-
-    def feed(self, text: str) -> tuple[str, bool]:
-        if not self.stops:
-            return text, False
-        buf = self.pending + text
-        hits = [i for i in (buf.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            self.pending = ""
-            return buf[: min(hits)], True
-        keep = 0
-        for s in self.stops:
-            for k in range(min(len(s) - 1, len(buf)), keep, -1):
-                if buf.endswith(s[:k]):
-                    keep = k
-                    break
-        self.pending = buf[len(buf) - keep :] if keep else ""
-        return buf[: len(buf) - keep], False
-
-    def flush(self) -> str:
-        out, self.pending = self.pending, ""
-        return out
 
 
 class RemoteGeneration:
@@ -176,7 +148,7 @@ class RemoteGeneration:
 
     def _pump(self) -> Iterator[str]:
         r = self.result
-        scan = _StopScan(self._stop)
+        scan = StopFilter(self._stop)
         stats: dict[str, int] = {}
         first_at = last_at = 0.0
         pieces = 0
