@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 
 from rpchat.errors import ConfigError
+from rpchat.userfile import read_capped
 
 MAX_YAML_BYTES = 2 * 1024 * 1024
 MAX_YAML_DEPTH = 100
@@ -42,15 +43,7 @@ def parse_yaml(text: str, source: str | Path) -> Any:
 
 def load_yaml(path: Path, max_bytes: int = MAX_YAML_BYTES) -> Any:
     """Read and parse a YAML file, with a clear error for a missing, huge or non-UTF-8 file."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(max_bytes + 1)
-    except FileNotFoundError:
-        raise ConfigError("file not found", path) from None
-    except OSError as e:
-        raise ConfigError(f"cannot read: {e.strerror or e}", path) from None
-    if len(raw) > max_bytes:
-        raise ConfigError(f"file is larger than {max_bytes // 1024} KiB", path)
+    raw = read_capped(path, max_bytes, ConfigError)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -310,7 +310,7 @@ def test_broken_ccv3_is_not_hidden_by_good_chara(tmp_path):
 def test_folder_and_missing_file(tmp_path):
     with pytest.raises(CardError, match="folder"):
         load_card(tmp_path)
-    with pytest.raises(CardError, match="no such file"):
+    with pytest.raises(CardError, match="no such card file"):
         load_card(tmp_path / "missing.png")
 
 

@@ -354,5 +354,5 @@ def test_absurd_books(tmp_path: Path) -> None:
     lore = load_lorebook(odd)
     assert lore.entries[0].insertion_order == 100 and lore.entries[0].selective_logic == 0
     assert fired(lore, "k") == ["k"]
-    with pytest.raises(ConfigError, match="cannot read"):
+    with pytest.raises(ConfigError, match="no such lorebook file"):
         load_lorebook(tmp_path / "missing.json")

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import stat
 from pathlib import Path
 
+from rpchat import userfile
 from rpchat.atomic import write_atomic
 from rpchat.cards import charx, jsoncard, png
 from rpchat.cards.model import Card
@@ -17,27 +16,8 @@ EXTENSIONS = (".png", ".json", ".charx")
 
 
 def read_capped(path: Path, cap: int = FILE_CAP) -> bytes:
-    """The bytes of ``path``, refusing files over ``cap`` with a `CardError`."""
-    try:
-        # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever.
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-        with open(fd, "rb") as f:
-            info = os.fstat(f.fileno())
-            # A FIFO or device would block or never end; a card is always a plain file.
-            if not stat.S_ISREG(info.st_mode):
-                raise CardError("not a regular file", path)
-            if info.st_size > cap:
-                raise CardError(f"file is larger than {cap // 2**20} MiB", path)
-            data = f.read(cap + 1)
-    except FileNotFoundError:
-        raise CardError("no such file", path) from None
-    except IsADirectoryError:
-        raise CardError("is a folder, not a card file", path) from None
-    except OSError as e:
-        raise CardError(f"cannot read: {e.strerror or type(e).__name__}", path) from None
-    if len(data) > cap:
-        raise CardError(f"file is larger than {cap // 2**20} MiB", path)
-    return data
+    """The bytes of ``path``, refusing files over ``cap`` (and FIFOs, devices, folders) with a `CardError`."""
+    return userfile.read_capped(path, cap, CardError, "card file")
 
 
 def card_format(raw: bytes) -> str | None:

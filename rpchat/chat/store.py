@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import shutil
-import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import Any
 from rpchat.atomic import clean_stale_temps, write_atomic
 from rpchat.chat.model import Chat, Turn
 from rpchat.errors import ChatError
+from rpchat.userfile import read_capped
 
 # A months-long chat with many swipes stays far below these; they only stop hostile files.
 MAX_CHAT_BYTES = 128 * 1024 * 1024
@@ -206,18 +206,7 @@ def load_chat(path: Path) -> Chat:
 
 
 def _read(path: Path) -> bytes:
-    try:
-        mode = path.stat().st_mode
-        if stat.S_ISDIR(mode):
-            raise ChatError("is a folder, not a chat file", path)
-        if not stat.S_ISREG(mode):
-            raise ChatError("is not a regular file", path)  # a FIFO or device would hang or never end
-        with path.open("rb") as f:
-            return f.read(MAX_CHAT_BYTES + 1)
-    except FileNotFoundError:
-        raise ChatError("no such chat file", path) from None
-    except OSError as exc:
-        raise ChatError(f"cannot read: {exc.strerror or exc}", path) from None
+    return read_capped(path, MAX_CHAT_BYTES, ChatError, "chat file")
 
 
 # --- writing -------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from rpchat.cards.model import Card
 from rpchat.errors import ConfigError
 from rpchat.prompt.lorekeys import KeyMatcher
 from rpchat.prompt.macros import expand_macros, normalize_newlines
+from rpchat.userfile import read_capped
 
 DEFAULT_SCAN_DEPTH = 2
 DEFAULT_MAX_RECURSION = 3
@@ -263,13 +264,7 @@ def parse_lorebook(data: Any, source: str | Path, name: str = "") -> Lorebook:
 
 def load_lorebook(path: Path) -> Lorebook:
     """Read a lorebook JSON file (ST world info, V3 lorebook or a bare character_book)."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_BOOK_BYTES + 1)
-    except OSError as e:
-        raise ConfigError(f"cannot read: {e.strerror or e}", path) from None
-    if len(raw) > MAX_BOOK_BYTES:
-        raise ConfigError(f"file is larger than {MAX_BOOK_BYTES // (1024 * 1024)} MiB", path)
+    raw = read_capped(path, MAX_BOOK_BYTES, ConfigError, "lorebook file")
     try:
         data = json.loads(raw.decode("utf-8-sig"))
     except UnicodeDecodeError as e:
