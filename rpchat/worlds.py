@@ -13,7 +13,8 @@ from rpchat.atomic import write_atomic
 from rpchat.cards.library import safe_filename, unique_path
 from rpchat.errors import ConfigError, RpchatError
 from rpchat.paths import profile
-from rpchat.prompt.lorebook import MAX_BOOK_BYTES, Lorebook, load_lorebook
+from rpchat.prompt.lorebook import MAX_BOOK_BYTES, Lorebook, load_lorebook, lorebook_from_bytes
+from rpchat.userfile import read_capped
 
 # Parsed books by (path, mtime_ns, size): a chat builds its prompt on every reply and every measure.
 _cache: dict[Path, tuple[tuple[int, int], Lorebook]] = {}
@@ -32,13 +33,9 @@ def import_world(src: Path, folder: Path | None = None) -> str:
     are reused instead of copied again.
     """
     src = Path(src).expanduser()
-    book = load_lorebook(src)  # refuses unreadable, oversized and malformed files first
-    try:
-        raw = src.read_bytes()
-    except OSError as e:
-        raise ConfigError(f"cannot read: {e.strerror or e}", src) from None
-    if len(raw) > MAX_BOOK_BYTES:  # the file grew between the two reads
-        raise ConfigError("file changed while reading", src)
+    # One read: what is validated is exactly what gets copied.
+    raw = read_capped(src, MAX_BOOK_BYTES, ConfigError, "lorebook file")
+    book = lorebook_from_bytes(raw, src)
     folder = Path(folder) if folder is not None else worlds_dir()
     existing = _same_file(folder, raw)
     if existing is not None:

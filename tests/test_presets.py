@@ -165,5 +165,5 @@ def test_import_of_a_bad_file_is_a_config_error(tmp_path: Path, content: bytes) 
 
 
 def test_import_of_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="cannot read"):
+    with pytest.raises(ConfigError, match="no such preset file"):
         import_st_textgen(tmp_path / "missing.json")

@@ -60,3 +60,15 @@ def test_a_folder_and_a_missing_file_are_one_line_errors(tmp_path: Path, name: s
     assert isinstance(e, error) and "is a folder" in str(e)
     e = _outcome(load, tmp_path / ("missing-" + name))
     assert isinstance(e, error) and "missing-" + name in str(e) and "\n" not in str(e)
+
+
+def test_st_preset_import_and_world_attach_refuse_a_fifo(tmp_path: Path) -> None:
+    from rpchat.engine.presets import import_st_textgen
+    from rpchat.worlds import import_world
+
+    fifo = tmp_path / "preset.json"
+    os.mkfifo(fifo)
+    for load in (import_st_textgen, lambda p: import_world(p, tmp_path / "worlds")):
+        e = _outcome(load, fifo)
+        assert isinstance(e, ConfigError) and "not a regular file" in str(e)
+    assert not (tmp_path / "worlds").exists() or not any((tmp_path / "worlds").iterdir())

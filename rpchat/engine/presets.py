@@ -26,6 +26,7 @@ from rpchat.atomic import write_atomic
 from rpchat.engine.base import Sampling
 from rpchat.errors import ConfigError
 from rpchat.paths import profile
+from rpchat.userfile import read_capped
 from rpchat.yamlfile import dump_yaml, load_yaml
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "preset_files"
@@ -329,12 +330,7 @@ _ST_IRRELEVANT = {
 def import_st_textgen(path: Path) -> SamplerPreset:
     """Convert a SillyTavern text-generation preset (JSON); ``unmapped`` lists what was dropped."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()[: MAX_ST_PRESET_BYTES + 1]
-    except OSError as e:
-        raise ConfigError(f"cannot read: {e.strerror or e}", path) from None
-    if len(raw) > MAX_ST_PRESET_BYTES:
-        raise ConfigError("file is too large for a sampler preset", path)
+    raw = read_capped(path, MAX_ST_PRESET_BYTES, ConfigError, "preset file")
     try:
         data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:

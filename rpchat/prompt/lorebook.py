@@ -264,7 +264,11 @@ def parse_lorebook(data: Any, source: str | Path, name: str = "") -> Lorebook:
 
 def load_lorebook(path: Path) -> Lorebook:
     """Read a lorebook JSON file (ST world info, V3 lorebook or a bare character_book)."""
-    raw = read_capped(path, MAX_BOOK_BYTES, ConfigError, "lorebook file")
+    return lorebook_from_bytes(read_capped(path, MAX_BOOK_BYTES, ConfigError, "lorebook file"), path)
+
+
+def lorebook_from_bytes(raw: bytes, path: Path) -> Lorebook:
+    """Parse the bytes of a lorebook JSON file read from ``path``."""
     try:
         data = json.loads(raw.decode("utf-8-sig"))
     except UnicodeDecodeError as e:
