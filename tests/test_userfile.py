@@ -72,3 +72,13 @@ def test_st_preset_import_and_world_attach_refuse_a_fifo(tmp_path: Path) -> None
         e = _outcome(load, fifo)
         assert isinstance(e, ConfigError) and "not a regular file" in str(e)
     assert not (tmp_path / "worlds").exists() or not any((tmp_path / "worlds").iterdir())
+
+
+def test_gguf_metadata_reader_refuses_a_fifo(tmp_path: Path) -> None:
+    from rpchat.engine.gguf_info import read_gguf_info
+    from rpchat.errors import ModelError
+
+    fifo = tmp_path / "model.gguf"
+    os.mkfifo(fifo)
+    e = _outcome(read_gguf_info, fifo)
+    assert isinstance(e, ModelError) and "not a regular file" in str(e)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import mmap
 import re
+import stat
 import struct
 from collections import Counter
 from dataclasses import dataclass
@@ -187,7 +188,10 @@ def read_gguf_info(path: str | Path) -> ModelInfo:
     """Read one GGUF file's metadata; raises ModelError for a missing, foreign or corrupt file."""
     path = Path(path)
     try:
-        size = path.stat().st_size
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode) and not stat.S_ISDIR(info.st_mode):
+            raise ModelError("not a regular file", path)  # opening a FIFO would wait forever
+        size = info.st_size
         with path.open("rb") as fh:
             if size < 24:
                 head = fh.read()
