@@ -93,8 +93,17 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--json", action="store_true", help="print the figures as JSON")
 
     sub.add_parser("doctor", help="print the llama.cpp build, backends, AMX verdict and paths")
-    sub.add_parser("formats", help="list prompt formats")
-    sub.add_parser("presets", help="list sampler presets")
+    fm = sub.add_parser("formats", help="list prompt formats, or import SillyTavern templates")
+    fms = fm.add_subparsers(dest="formats_command", parser_class=_Parser)
+    fmi = fms.add_parser("import", help="turn a SillyTavern instruct and/or context template into a format")
+    fmi.add_argument("files", type=Path, nargs="+", metavar="FILE",
+                     help="instruct template, context template or master export (.json); one or two")
+    fmi.add_argument("--name", help="name of the new format (default: the first file's name)")
+    ps = sub.add_parser("presets", help="list sampler presets, or import a SillyTavern one")
+    pss = ps.add_subparsers(dest="presets_command", parser_class=_Parser)
+    psi = pss.add_parser("import", help="turn a SillyTavern textgen preset (.json) into a sampler preset")
+    psi.add_argument("file", type=Path)
+    psi.add_argument("--name", help="name of the new preset (default: the file's name)")
     return p
 
 
@@ -326,24 +335,60 @@ def cmd_doctor(_: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_formats(_: argparse.Namespace) -> int:
-    from rpchat.prompt import list_formats
+def cmd_formats(args: argparse.Namespace) -> int:
+    from rpchat.prompt.formats import format_origin, import_format, load_formats
 
-    for name in list_formats():
-        print(name)
+    if args.formats_command == "import":
+        if len(args.files) > 2:
+            raise RpchatError("formats import takes one or two files (an instruct and a context template)")
+        done = import_format(args.files, args.name)
+        _report_import("prompt format", done.name, done.path, done.notes, "--format")
+        return 0
+    formats, errors = load_formats()
+    _print_table([(name, format_origin(name), formats[name].description) for name in sorted(formats)])
+    _warn(errors)
     return 0
 
 
-def cmd_presets(_: argparse.Namespace) -> int:
-    from rpchat.engine.presets import list_presets
+def cmd_presets(args: argparse.Namespace) -> int:
+    from rpchat.engine.presets import import_preset, list_presets, shipped_preset_names
+
+    if args.presets_command == "import":
+        done = import_preset(args.file, args.name)
+        _report_import("sampler preset", done.name, done.path, done.notes, "--preset")
+        return 0
+    errors: list[Any] = []
+    shipped = shipped_preset_names()
+    rows = []
+    for preset in list_presets(errors=errors):
+        origin = "built-in" if preset.builtin else "user, overrides built-in" if preset.name in shipped else "user"
+        rows.append((preset.name, origin, preset.description))
+    _print_table(rows)
+    _warn(errors)
+    return 0
+
+
+def _print_table(rows: list[tuple[str, str, str]]) -> None:
     from rpchat.text import strip_controls
 
-    errors: list[Any] = []
-    for preset in list_presets(errors=errors):
-        print(strip_controls(f"{preset.name}: {preset.description}"))
+    width = max((len(name) for name, _, _ in rows), default=0)
+    origin_width = max((len(origin) for _, origin, _ in rows), default=0)
+    for name, origin, description in rows:
+        print(strip_controls(f"{name.ljust(width)}  {origin.ljust(origin_width)}  {description}".rstrip()))
+
+
+def _warn(errors: list[Any]) -> None:
     for e in errors:
         print(f"rpchat: warning: {e}", file=sys.stderr)
-    return 0
+
+
+def _report_import(what: str, name: str, path: Path, notes: Sequence[str], flag: str) -> None:
+    from rpchat.text import strip_controls
+
+    print(strip_controls(f"imported {what} {name!r}: {path}"))
+    if notes:
+        print(strip_controls("note: " + "; ".join(notes)))
+    print(f"use it with {flag} {name}, or pick it in Settings (F2)")
 
 
 def cmd_tui(_: argparse.Namespace) -> int:

@@ -8,8 +8,9 @@ Shipped presets live in ``rpchat/engine/preset_files/*.yaml``; a file of the sam
       temperature: 0.7
       tfs_z: 0.9
 
-A preset's name is its file name (lower case); fields left out keep the neutral `Sampling` defaults. SillyTavern text-generation presets (JSON)
-can be imported with `import_st_textgen`.
+A preset's name is its file name (lower case); fields left out keep the neutral `Sampling` defaults.
+SillyTavern text-generation presets (JSON) are converted by `import_st_textgen`: `import_preset` saves
+the result as YAML in the user's folder, and a JSON file dropped there by hand is converted when read.
 """
 
 from __future__ import annotations
@@ -25,13 +26,13 @@ from typing import Any
 from rpchat.atomic import write_atomic
 from rpchat.engine.base import Sampling
 from rpchat.errors import ConfigError
+from rpchat.importname import NAME, import_name
 from rpchat.paths import profile
 from rpchat.userfile import read_capped
 from rpchat.yamlfile import dump_yaml, load_yaml
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "preset_files"
 MAX_ST_PRESET_BYTES = 1024 * 1024
-_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 SAMPLER_HELP: dict[str, str] = {
     "temperature": "Scales randomness: below 1 sharper and safer, above 1 wilder; 0 always picks the top token.",
@@ -75,6 +76,12 @@ class SamplerPreset:
     sampling: Sampling
     source: str  # the file it was read from ("" for one made in code)
     unmapped: tuple[str, ...] = ()  # imported keys rpchat could not apply, as "key=value"
+    ignored: tuple[str, ...] = ()  # imported keys that set the backend or UI, not sampling
+
+    @property
+    def builtin(self) -> bool:
+        """True for a preset shipped with rpchat (not one in the user's folder)."""
+        return bool(self.source) and Path(self.source).parent == SHIPPED_DIR
 
 
 def _bad(where: str, what: str, source: str | Path) -> ConfigError:
@@ -167,7 +174,9 @@ def sampling_to_dict(sampling: Sampling, *, only_changed: bool = True) -> dict[s
 
 
 def preset_from_file(path: Path) -> SamplerPreset:
-    """Read one preset YAML file; a bad file raises ConfigError naming it."""
+    """Read one preset file (YAML, or a SillyTavern JSON preset); a bad file raises ConfigError naming it."""
+    if path.suffix.lower() == ".json":
+        return dataclasses.replace(import_st_textgen(path), name=_name_of(path))
     data = load_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError("a preset must be a mapping with 'description' and 'sampling'", path)
@@ -182,35 +191,61 @@ def preset_from_file(path: Path) -> SamplerPreset:
 
 
 def _name_of(path: Path) -> str:
+    if path.suffix.lower() == ".json":
+        return _st_name(path.stem)  # the name `rpchat presets import` would give it
     return path.stem.lower()
 
 
-def _preset_files(user_dir: Path | None) -> dict[str, Path]:
+def _st_name(stem: str) -> str:
+    return re.sub(r"[^a-z0-9._-]+", "-", stem.lower()).strip("-.")[:64] or "imported"
+
+
+_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def _preset_files(user_dir: Path | None, problems: list[ConfigError] | None = None) -> dict[str, Path]:
     files: dict[str, Path] = {}
     folders = [SHIPPED_DIR, user_dir if user_dir is not None else profile().user_presets_dir]
     for folder in folders:  # later folders override earlier ones by name
         try:
-            found = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".yaml", ".yml"))
+            # YAML sorts after JSON of the same stem, so a converted copy wins over its source.
+            found = sorted((p for p in folder.iterdir() if not p.name.startswith(".")),
+                           key=lambda p: (p.stem.lower(), p.suffix.lower() != ".json", p.name))
         except OSError:
             continue
+        user_files: dict[str, Path] = {}
         for path in found:
-            if not path.name.startswith("."):
-                files[_name_of(path)] = path
+            if path.suffix.lower() not in _SUFFIXES or path.is_dir():
+                if problems is not None and folder != SHIPPED_DIR:
+                    problems.append(ConfigError(
+                        "ignored: a preset is a .yaml file or a SillyTavern textgen .json file", path))
+                continue
+            name = _name_of(path)
+            if name in user_files and problems is not None:
+                problems.append(ConfigError(f"ignored: {path.name} and {user_files[name].name} are both "
+                                            f"preset {name!r}; {user_files[name].name} is skipped", path.parent))
+            user_files[name] = path
+        files.update(user_files)
     return files
 
 
 def list_presets(
     user_dir: Path | None = None, errors: list[ConfigError] | None = None
 ) -> list[SamplerPreset]:
-    """All presets by name, user files overriding shipped ones; bad files are skipped into ``errors``."""
+    """All presets by name, user files overriding shipped ones; bad or ignored files go into ``errors``."""
     presets = []
-    for _, path in sorted(_preset_files(user_dir).items()):
+    for _, path in sorted(_preset_files(user_dir, errors).items()):
         try:
             presets.append(preset_from_file(path))
         except ConfigError as e:
             if errors is not None:
                 errors.append(e)
     return presets
+
+
+def shipped_preset_names() -> set[str]:
+    """Names of the presets that come with rpchat."""
+    return {p.stem.lower() for p in SHIPPED_DIR.glob("*.yaml")}
 
 
 def load_preset(name: str, user_dir: Path | None = None) -> SamplerPreset:
@@ -226,7 +261,7 @@ def load_preset(name: str, user_dir: Path | None = None) -> SamplerPreset:
 def save_preset(preset: SamplerPreset, folder: Path | None = None) -> Path:
     """Write ``preset`` as ``<folder>/<name>.yaml`` (default: the user presets folder), atomically."""
     name = preset.name.strip().lower()
-    if not _NAME.match(name):
+    if not NAME.match(name):
         raise ConfigError(f"preset name {preset.name[:60]!r} must be letters, digits, '.', '_' or '-'")
     target = (folder if folder is not None else profile().user_presets_dir) / f"{name}.yaml"
     data: dict[str, Any] = {"description": preset.description, "sampling": sampling_to_dict(preset.sampling)}
@@ -377,8 +412,40 @@ def import_st_textgen(path: Path) -> SamplerPreset:
         if key in _ST_NEUTRAL and value == _ST_NEUTRAL[key]:
             continue
         unmapped.append(f"{key}={json.dumps(value)[:40]}")
-    name = re.sub(r"[^a-z0-9._-]+", "-", path.stem.lower()).strip("-.") or "imported"
     description = f"Imported from the SillyTavern textgen preset {path.name}."
     if unmapped:
         description += f" Not applied: {', '.join(k.split('=')[0] for k in unmapped)}."
-    return SamplerPreset(name[:64], description, sampling, str(path), tuple(unmapped))
+    ignored = tuple(key for key in data if key in _ST_IRRELEVANT)
+    return SamplerPreset(_st_name(path.stem), description, sampling, str(path), tuple(unmapped), ignored)
+
+
+@dataclass(frozen=True)
+class Imported:
+    """What an import wrote, and the notes to show the user once."""
+
+    name: str
+    path: Path
+    notes: tuple[str, ...]
+
+
+def import_preset(source: Path, name: str | None = None, folder: Path | None = None) -> Imported:
+    """Convert a SillyTavern textgen preset and save it as ``<folder>/<name>.yaml`` (default: the stem).
+
+    A name a built-in preset uses gets a suffix instead of hiding it; samplers rpchat cannot apply are
+    listed in one note (and kept in the description).
+    """
+    preset = import_st_textgen(Path(source))
+    final, shadow = import_name(name if name is not None else Path(source).stem, shipped_preset_names(),
+                                "sampler preset")
+    folder = folder if folder is not None else profile().user_presets_dir
+    notes = [shadow] if shadow else []
+    target = folder / f"{final}.yaml"
+    if target.exists():
+        notes.append(f"replaced the earlier {target.name}")
+    if preset.unmapped:
+        notes.append("not applied (rpchat has no such sampler, or it is a backend setting): "
+                     + ", ".join(preset.unmapped))
+    if preset.ignored:
+        notes.append("ignored (backend or UI settings; rpchat's sampler order is fixed): " + ", ".join(preset.ignored))
+    path = save_preset(dataclasses.replace(preset, name=final), folder)
+    return Imported(final, path, tuple(notes))

@@ -15,7 +15,7 @@ from rpchat.chat.model import Turn
 from rpchat.errors import ChatError, ConfigError
 from rpchat.personas import Persona
 from rpchat.prompt.fitting import choose_cut
-from rpchat.prompt.formats import PromptFormat, Template
+from rpchat.prompt.formats import CONTENT_VARS, PromptFormat, Template
 from rpchat.prompt.lorebook import LoreActivation, Lorebook, LoreHit, activate, lorebook_from_card
 from rpchat.prompt.macros import clean_text, expand_macros, normalize_newlines
 from rpchat.prompt.segments import Segment, join_text
@@ -28,7 +28,6 @@ MAX_SCAN_MESSAGES = 1000  # lorebooks never look further back than this
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _LORE_BEFORE: Template = (("lore_before", True),)
 _LORE_AFTER: Template = (("lore_after", True),)
-_CONTENT = ("description", "persona", "scenario", "greeting", "lore_before", "lore_after")
 
 
 @dataclass(frozen=True)
@@ -78,6 +77,8 @@ def _render(tpl: Template, values: dict[str, str]) -> list[Segment]:
 
 
 def _header(fmt: PromptFormat, header: str, length: str | None) -> list[Segment]:
+    if not header and not length:
+        return []  # a format without headers (SillyTavern's plain chat, or a sequence-less template)
     segs = [Segment(header, "template")]
     if length:
         # The length is checked against the format's own list, so it is template text.
@@ -136,8 +137,8 @@ def _instruction(fmt: PromptFormat, values: dict[str, str]) -> list[Segment]:
     if not fmt.uses("lore_after"):
         at = next((i + 1 for i, p in enumerate(paragraphs) if ("description", True) in p), len(paragraphs))
         paragraphs.insert(at, _LORE_AFTER)
-    out = [Segment(fmt.instruction_header, "template"), Segment("\n", "template")]
-    kept = [p for p in paragraphs if all(values[name] for name, is_var in p if is_var and name in _CONTENT)]
+    out = [Segment(fmt.instruction_header, "template"), Segment("\n", "template")] if fmt.instruction_header else []
+    kept = [p for p in paragraphs if all(values[name] for name, is_var in p if is_var and name in CONTENT_VARS)]
     for i, p in enumerate(kept):
         if i:
             out.append(Segment(fmt.instruction_separator, "template"))
@@ -267,6 +268,7 @@ def build_prompt(
         "user": user,
         "description": description,
         "card_description": card_description,
+        "personality": personality,
         "persona": clean_text(persona.description, char, user),
         "scenario": clean_text(card.scenario if scenario is None else scenario, char, user),
         "greeting": greeting,
@@ -280,6 +282,7 @@ def build_prompt(
     head.append(instruction)
 
     # One block per turn; the response length goes on the last response header only.
+    last_header = fmt.last_response_header or fmt.response_header
     turn_blocks: list[list[Segment]] = []
     for i in range(first, len(history)):
         turn = history[i]
@@ -287,23 +290,26 @@ def build_prompt(
         if turn.is_user:
             block = _header(fmt, fmt.input_header, input_length) + _message(fmt, user, texts[i])
         elif mode == "continue" and last:
-            block = _header(fmt, fmt.response_header, length) + _message(fmt, char, texts[i], open_end=True)
+            block = _header(fmt, last_header, length) + _message(fmt, char, texts[i], open_end=True)
         else:
             block = _header(fmt, fmt.response_header, None) + _message(fmt, char, texts[i])
         turn_blocks.append(block)
     tail: list[Segment] = []
     if mode == "reply":
-        tail = _header(fmt, fmt.response_header, length) + _message(fmt, char, "", open_end=True)
+        tail = _header(fmt, last_header, length) + _message(fmt, char, "", open_end=True)
     elif mode == "impersonate":
         tail = _header(fmt, fmt.input_header, input_length) + _message(fmt, user, "", open_end=True)
 
     sep = Segment(fmt.block_separator, "template")
 
+    # SillyTavern's "chat start" line goes between the instruction and the chat instead.
+    start = sep if fmt.history_start is None else Segment(fmt.history_start, "template")
+
     def assemble(cut: int) -> list[Segment]:
         out: list[Segment] = []
-        for block in [*head, *turn_blocks[cut:], *([tail] if tail else [])]:
+        for i, block in enumerate([*head, *turn_blocks[cut:], *([tail] if tail else [])]):
             if out:
-                out.append(sep)
+                out.append(start if i == len(head) else sep)
             out += block
         return out
 

@@ -2,18 +2,23 @@
 
 Shipped formats live next to this module (``formats/*.yaml``); a user's own files in
 ``profile().user_formats_dir`` add formats or override shipped ones by name (the file stem).
+SillyTavern instruct/context templates (JSON) are converted by `rpchat.prompt.st_import`:
+`import_format` saves the result as YAML there, and a JSON file dropped there by hand is converted when read.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rpchat.atomic import write_atomic
 from rpchat.errors import ConfigError
+from rpchat.importname import import_name
 from rpchat.paths import profile
-from rpchat.yamlfile import load_yaml
+from rpchat.yamlfile import dump_yaml, load_yaml
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "formats"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -22,13 +27,16 @@ _VAR = re.compile(r"\{\{\s*([A-Za-z_]+)\s*\}\}")
 # Which variables each template may use.
 INSTRUCTION_VARS = frozenset(
     {
-        "char", "user", "description", "card_description", "persona", "scenario", "greeting",
+        "char", "user", "description", "card_description", "personality", "persona", "scenario", "greeting",
         "lore_before", "lore_after",
     }
 )
 # Text variables: a paragraph using one of them is left out when it is empty.
 CONTENT_VARS = frozenset(
-    {"description", "card_description", "persona", "scenario", "greeting", "lore_before", "lore_after"}
+    {
+        "description", "card_description", "personality", "persona", "scenario", "greeting", "lore_before",
+        "lore_after",
+    }
 )
 MESSAGE_VARS = frozenset({"name", "message"})
 LENGTH_VARS = frozenset({"length"})
@@ -59,6 +67,12 @@ class PromptFormat:
     lengths: tuple[str, ...]
     stop: tuple[Template, ...]
     source: Path | None = None
+    # Between the instruction block and the first message, instead of block_separator (SillyTavern's
+    # "chat start" line); None: block_separator.
+    history_start: str | None = None
+    # Header of the reply being written (SillyTavern's last output sequence); None: response_header.
+    last_response_header: str | None = None
+    notes: tuple[str, ...] = field(default=(), compare=False)  # what an import could not express
 
     @property
     def greeting_in_instruction(self) -> bool:
@@ -105,6 +119,9 @@ _KEYS = {
     "input_length": (bool, False),
     "lengths": (list, False),
     "stop": (list, False),
+    "history_start": (str, False),
+    "last_response_header": (str, False),
+    "notes": (list, False),
 }
 
 
@@ -164,24 +181,62 @@ def parse_format(data: Any, name: str, source: Path | str) -> PromptFormat:
         lengths=lengths,
         stop=tuple(parse_template(t, STOP_VARS, "stop", source) for t in texts("stop")),
         source=Path(source) if isinstance(source, Path) else None,
+        history_start=data.get("history_start"),
+        last_response_header=data.get("last_response_header") or None,
+        notes=tuple(texts("notes")),
     )
 
 
-def _format_files() -> dict[str, Path]:
-    # User files come second so they override shipped ones of the same name.
+def _format_files(problems: list[ConfigError] | None = None) -> dict[str, Path]:
+    # User files come second so they override shipped ones of the same name; in the user's folder a
+    # YAML file wins over a JSON one of the same name (an imported copy over its source).
     found: dict[str, Path] = {}
     for folder in (SHIPPED_DIR, profile().user_formats_dir):
-        if not folder.is_dir():
+        user = folder != SHIPPED_DIR
+        try:
+            paths = sorted((p for p in folder.iterdir() if not p.name.startswith(".")),
+                           key=lambda p: (p.stem, p.suffix.lower() != ".json", p.name))
+        except OSError:
             continue
-        for path in sorted(folder.glob("*.yaml")):
-            if _NAME.fullmatch(path.stem):
-                found[path.stem] = path
+        here: dict[str, Path] = {}
+        for path in paths:
+            suffix = path.suffix.lower()
+            problem = None
+            if suffix not in (".yaml", ".json") or path.is_dir():
+                problem = "ignored: a prompt format is a .yaml file or a SillyTavern instruct/context .json file"
+            elif not _NAME.fullmatch(path.stem):
+                problem = "ignored: a format's file name must be letters, digits, '.', '_' or '-' (up to 64)"
+            if problem:
+                if user and problems is not None:
+                    problems.append(ConfigError(problem, path))
+                continue
+            if path.stem in here and problems is not None:
+                problems.append(ConfigError(f"ignored: {path.name} is also there; {here[path.stem].name} is "
+                                            "skipped", path.parent))
+            here[path.stem] = path
+        found.update(here)
     return found
+
+
+def format_origin(name: str) -> str:
+    """Where the format called ``name`` comes from: "built-in", "user" or "user, overrides built-in"."""
+    path = _format_files().get(name)
+    if path is None or path.parent == SHIPPED_DIR:
+        return "built-in"
+    return "user, overrides built-in" if (SHIPPED_DIR / f"{name}.yaml").is_file() else "user"
 
 
 def list_formats() -> list[str]:
     """Names of all formats, shipped and the user's, sorted."""
     return sorted(_format_files())
+
+
+def _read(name: str, path: Path) -> PromptFormat:
+    if path.suffix.lower() == ".json":
+        from rpchat.prompt.st_import import convert_st_files
+
+        return parse_format(convert_st_files([path]), name, path)
+    return parse_format(load_yaml(path), name, path)
 
 
 def load_format(name: str) -> PromptFormat:
@@ -192,22 +247,57 @@ def load_format(name: str) -> PromptFormat:
     if path is None:
         known = ", ".join(list_formats())
         raise ConfigError(f"no prompt format named {name!r} (known: {known})", profile().user_formats_dir)
-    return parse_format(load_yaml(path), name, path)
+    return _read(name, path)
 
 
 def load_formats() -> tuple[dict[str, PromptFormat], list[ConfigError]]:
     """Every format that loads, plus the errors of those that do not (to show in one notice).
 
-    A broken user file that overrides a shipped format falls back to the shipped one.
+    A broken user file that overrides a shipped format falls back to the shipped one. Files in the
+    user's folder that are not formats at all are reported too, never silently skipped.
     """
     formats: dict[str, PromptFormat] = {}
     errors: list[ConfigError] = []
-    for name, path in _format_files().items():
+    for name, path in _format_files(errors).items():
         try:
-            formats[name] = parse_format(load_yaml(path), name, path)
+            formats[name] = _read(name, path)
         except ConfigError as e:
             errors.append(e)
             shipped = SHIPPED_DIR / f"{name}.yaml"
             if path != shipped and shipped.is_file():
                 formats[name] = parse_format(load_yaml(shipped), name, shipped)
     return formats, errors
+
+
+@dataclass(frozen=True)
+class ImportedFormat:
+    """What a format import wrote, and the notes to show the user once."""
+
+    name: str
+    path: Path
+    notes: tuple[str, ...]
+
+
+def import_format(sources: Sequence[Path], name: str | None = None, folder: Path | None = None) -> ImportedFormat:
+    """Convert SillyTavern instruct and/or context templates into ``<folder>/<name>.yaml``.
+
+    ``name`` defaults to the first file's stem; a built-in format's name gets a suffix instead of being
+    hidden. The notes list what the format cannot express (also kept in the YAML as ``notes``).
+    """
+    from rpchat.prompt.st_import import convert_st_files
+
+    data = convert_st_files([Path(p) for p in sources])
+    shipped = {p.stem for p in SHIPPED_DIR.glob("*.yaml")}
+    final, shadow = import_name(name if name is not None else Path(sources[0]).stem, shipped, "prompt format")
+    folder = folder if folder is not None else profile().user_formats_dir
+    target = folder / f"{final}.yaml"
+    parse_format(data, final, target)  # never write a file that would not load
+    notes = [shadow] if shadow else []
+    if target.exists():
+        notes.append(f"replaced the earlier {target.name}")
+    notes += data.get("notes") or []
+    try:
+        write_atomic(target, dump_yaml(data))
+    except OSError as e:
+        raise ConfigError(f"cannot write prompt format: {e.strerror or e}", target) from None
+    return ImportedFormat(final, target, tuple(notes))
