@@ -127,8 +127,9 @@ def _plain(text: str, where: str, notes: _Notes, allowed: frozenset[str] = froze
     return _TAG.sub(keep, text)
 
 
-def _story(template: str, system: str, where: str, notes: _Notes) -> list[str]:
-    """The story string as instruction paragraphs (joined with no separator)."""
+def _story(template: str, system: str, source: Path | str, notes: _Notes) -> list[str]:
+    """The story string as instruction paragraphs (joined with no separator); errors name ``source``."""
+    where = "story_string"
     paragraphs: list[str] = []
     buf = ""  # fixed text collected so far
     cond: str | None = None  # the open {{#if}}'s rpchat variable ("" = always shown, None = not in one)
@@ -160,7 +161,7 @@ def _story(template: str, system: str, where: str, notes: _Notes) -> list[str]:
         mark, word, rest = m.group(1), m.group(2).lower(), m.group(3).strip()
         if mark == "#" and word == "if":
             if cond is not None or skipping:
-                raise ConfigError("story_string: nested {{#if}} blocks are not supported", where)
+                raise ConfigError("story_string: nested {{#if}} blocks are not supported", source)
             param = rest.lower()
             if param == "system" or param in _NAMES:
                 cond = ""  # decided now: the system prompt is fixed text, names are never empty
@@ -175,7 +176,7 @@ def _story(template: str, system: str, where: str, notes: _Notes) -> list[str]:
             body = ""
         elif mark == "/" and word == "if":
             if cond is None:
-                raise ConfigError("story_string: {{/if}} without {{#if}}", where)
+                raise ConfigError("story_string: {{/if}} without {{#if}}", source)
             if cond and body:
                 if "{{" + cond + "}}" not in body:
                     notes.add(f"{where}: a block shown when {cond} is set is shown only when its own text is")
@@ -184,7 +185,7 @@ def _story(template: str, system: str, where: str, notes: _Notes) -> list[str]:
                 buf += body
             cond, body, skipping = None, "", False
         elif mark:
-            raise ConfigError(f"story_string: {{{{{mark}{word}}}}} is not supported (only {{{{#if}}}})", where)
+            raise ConfigError(f"story_string: {{{{{mark}{word}}}}} is not supported (only {{{{#if}}}})", source)
         elif word == "trim":
             if cond:
                 body = body.rstrip("\n")
@@ -208,7 +209,7 @@ def _story(template: str, system: str, where: str, notes: _Notes) -> list[str]:
         else:
             notes.add(f"{where}: the macro {m.group(0)[:40]} is not supported and was left out")
     if cond is not None:
-        raise ConfigError("story_string: {{#if}} without {{/if}}", where)
+        raise ConfigError("story_string: {{#if}} without {{/if}}", source)
     literal(_plain(template[pos:], where, notes))
     flush()
     return paragraphs
@@ -265,13 +266,16 @@ def _stops(instruct: dict[str, Any], context: dict[str, Any], wrap: bool, notes:
 
 def convert_st(
     instruct: dict[str, Any] | None, context: dict[str, Any] | None, *, sysprompt: str | None = None,
-    label: str = "template",
+    label: str = "template", sources: tuple[Path | str, Path | str] = ("instruct", "context"),
 ) -> dict[str, Any]:
-    """Format data (as `parse_format` reads it) for SillyTavern ``instruct`` and/or ``context`` templates."""
+    """Format data (as `parse_format` reads it) for SillyTavern ``instruct`` and/or ``context`` templates.
+
+    ``sources`` (the instruct's and the context's file) are what errors name.
+    """
     notes = _Notes()
     inst = instruct or {}
     ctx = context or {}
-    where_i, where_c = f"{label} (instruct)", f"{label} (context)"
+    where_i, where_c = sources
     wrap = bool(inst.get("wrap", True)) if instruct is not None else True
     if context is None:
         notes.add("no context template given: SillyTavern's default story string is used")
@@ -376,4 +380,5 @@ def convert_st_files(paths: list[Path]) -> dict[str, Any]:
     instruct = found["instruct"][0] if "instruct" in found else None
     context = found["context"][0] if "context" in found else None
     sysprompt = found["sysprompt"][0]["content"] if "sysprompt" in found else None
-    return convert_st(instruct, context, sysprompt=sysprompt, label=label)
+    sources = (found.get("instruct", ({}, paths[0]))[1], found.get("context", ({}, paths[0]))[1])
+    return convert_st(instruct, context, sysprompt=sysprompt, label=label, sources=sources)
