@@ -352,6 +352,11 @@ def convert_st(
     return data
 
 
+def template_kind(path: Path) -> str:
+    """"instruct", "context", "master" (both in one export), "sysprompt" or "unknown"; ConfigError if unreadable."""
+    return _kind(_load(path))
+
+
 def convert_st_files(paths: list[Path]) -> dict[str, Any]:
     """Format data for one or two SillyTavern JSON files (instruct, context, or a master export)."""
     if not paths:

@@ -246,6 +246,18 @@ class RpchatApp(App[None]):
 
         self.push_screen(SettingsScreen(self.config, self.paths), done)
 
+    def action_import_st_preset(self) -> None:
+        """Import a SillyTavern textgen preset as a sampler preset (palette)."""
+        from rpchat.tui.settings import ask_st_import
+
+        ask_st_import(self, "preset")
+
+    def action_import_st_format(self) -> None:
+        """Import SillyTavern instruct/context templates as a prompt format (palette)."""
+        from rpchat.tui.settings import ask_st_import
+
+        ask_st_import(self, "format")
+
     def open_persona_editor(self, chat: Any) -> None:
         """Pick the persona and edit the scenario of the chat on ``chat`` (a ChatScreen)."""
         from rpchat.tui.persona_editor import PersonaChoice, PersonaEditor

@@ -20,6 +20,10 @@ EXTRAS: tuple[tuple[str, str, str, str], ...] = (
     ("chat", "Detach world info", "detach_world", "Detach a world-info file from this chat"),
     ("chat", "Toggle card lorebook", "toggle_card_lorebook", "Use or ignore the card's own lorebook in this chat"),
     ("app", "Reload the model", "app.reload_model", "Load the configured model again"),
+    ("app", "Import SillyTavern preset…", "app.import_st_preset",
+     "A SillyTavern textgen preset (.json) becomes a sampler preset (pick it in Settings)"),
+    ("app", "Import SillyTavern instruct/context template…", "app.import_st_format",
+     "SillyTavern instruct and context templates (.json) become a prompt format (pick it in Settings)"),
 )
 
 

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from rich.text import Text
 from textual import on, work
-from textual.app import ComposeResult
+from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, HorizontalGroup
 from textual.message import Message
@@ -32,10 +32,10 @@ from textual.widgets import (
 
 from rpchat.config import Config, save_config
 from rpchat.engine.gguf_info import ModelInfo, scan_models
-from rpchat.engine.presets import SamplerPreset, list_presets, load_preset, save_preset
+from rpchat.engine.presets import SamplerPreset, import_preset, list_presets, load_preset, save_preset
 from rpchat.errors import ConfigError, RpchatError
 from rpchat.paths import Paths, profile
-from rpchat.prompt.formats import list_formats, load_format, load_formats
+from rpchat.prompt.formats import import_format, list_formats, load_format, load_formats
 from rpchat.text import strip_controls
 from rpchat.tui.sampler_form import SamplerForm
 from rpchat.tui.themes import prose_styles
@@ -49,12 +49,75 @@ PREVIEW = (
 )
 
 
-def _field(label: str, widget: Any) -> HorizontalGroup:
+def _field(label: str, widget: Any, *extra: Any) -> HorizontalGroup:
     # One line per setting: the whole Engine tab fits a 24-line terminal.
-    widget.compact = True
+    for w in (widget, *extra):
+        w.compact = True
     if isinstance(widget, Input):
         widget.value = strip_controls(widget.value)  # a path from config.yaml is data too
-    return HorizontalGroup(Label(label, classes="field-label"), widget, classes="field")
+    return HorizontalGroup(Label(label, classes="field-label"), widget, *extra, classes="field")
+
+
+class StImported(Message):
+    """A SillyTavern file became the sampler preset or prompt format ``name`` (kind "preset"/"format")."""
+
+    def __init__(self, kind: str, name: str) -> None:
+        super().__init__()
+        self.kind, self.name = kind, name
+
+
+def ask_st_import(app: App[Any], kind: str) -> None:
+    """Ask for a SillyTavern file and import it as a sampler preset (``kind="preset"``) or a prompt format.
+
+    The result is announced once (with what could not be carried over) and posted to the screen
+    below as `StImported`, so an open settings screen offers the new name at once.
+    """
+    from rpchat.prompt.st_import import template_kind
+    from rpchat.tui.dialogs import PathPrompt
+
+    what = "sampler preset" if kind == "preset" else "prompt format"
+
+    def finish(paths: list[Path]) -> None:
+        try:
+            done = import_preset(paths[0]) if kind == "preset" else import_format(paths)
+        except RpchatError as e:
+            app.notify(str(e), title="Not imported", severity="error", markup=False)
+            return
+        text = f"Saved as {done.path}"
+        if done.notes:
+            text += "\nNot carried over: " + "; ".join(done.notes)
+        app.notify(strip_controls(text), title=f"Imported {what} {done.name}",
+                   severity="warning" if done.notes else "information", markup=False, timeout=12)
+        app.screen.post_message(StImported(kind, done.name))
+
+    def first(path: Path | None) -> None:
+        if path is None:
+            return
+        if kind == "preset":
+            finish([path])
+            return
+        try:
+            template = template_kind(path)
+        except RpchatError as e:
+            app.notify(str(e), title="Not imported", severity="error", markup=False)
+            return
+        if template != "instruct":
+            finish([path])
+            return
+
+        def second(context: Path | None) -> None:
+            finish([path] if context is None else [path, context])
+
+        app.push_screen(PathPrompt("Context template (optional)", suffixes=(".json",),
+                                   message="The SillyTavern context template that goes with it (its story "
+                                           "string). Esc: SillyTavern's default story string."), second)
+
+    if kind == "preset":
+        title, message = "Import a SillyTavern preset", "A SillyTavern text-generation preset (.json)."
+    else:
+        title, message = ("Import a SillyTavern template",
+                          "A SillyTavern instruct template, context template or master export (.json).")
+    app.push_screen(PathPrompt(title, suffixes=(".json",), message=message), first)
 
 
 def _text(value: object) -> Text:
@@ -140,10 +203,11 @@ class SettingsScreen(Screen["Config | None"]):
                 yield _field("Flash attention", Checkbox("faster on GPUs", eng.flash_attn, id="flash-attn"))
             with TabPane("Prompt & sampling", id="tab-prompt"):
                 yield _field("Prompt format", Select(_choices(_safe(list_formats), cfg.format), value=cfg.format,
-                                                     allow_blank=False, id="format"))
-                presets = [p.name for p in _safe(lambda: list_presets(self._paths.user_presets_dir))]
-                yield _field("Sampler preset", Select(_choices(presets, cfg.preset), value=cfg.preset,
-                                                      allow_blank=False, id="preset"))
+                                                     allow_blank=False, id="format"),
+                             Button("Import…", id="import-format", tooltip="Import a SillyTavern template"))
+                yield _field("Sampler preset", Select(self._preset_choices(cfg.preset), value=cfg.preset,
+                                                      allow_blank=False, id="preset"),
+                             Button("Import…", id="import-preset", tooltip="Import a SillyTavern preset"))
                 yield _field("New chat length", Select(self._length_choices(cfg.format), value=cfg.default_length or "",
                                                        allow_blank=False, id="default-length"))
                 yield _field("Reply budget", Input(str(cfg.max_new_tokens), id="max-new-tokens"))
@@ -245,6 +309,27 @@ class SettingsScreen(Screen["Config | None"]):
         options = self._length_choices(event.value)
         box.set_options(options)
         box.value = keep if any(value == keep for _, value in options) else ""
+
+    def _preset_choices(self, current: str) -> list[tuple[Text, str]]:
+        return _choices([p.name for p in _safe(lambda: list_presets(self._paths.user_presets_dir))], current)
+
+    @on(Button.Pressed, "#import-preset")
+    def _import_preset(self) -> None:
+        ask_st_import(self.app, "preset")
+
+    @on(Button.Pressed, "#import-format")
+    def _import_format(self) -> None:
+        ask_st_import(self.app, "format")
+
+    @on(StImported)
+    def _imported(self, event: StImported) -> None:
+        # Offer the new name at once, and pick it: importing is how the user says they want it.
+        box = self.query_one(f"#{event.kind}", Select)
+        if event.kind == "preset":
+            box.set_options(self._preset_choices(event.name))
+        else:
+            box.set_options(_choices(_safe(list_formats), event.name))
+        box.value = event.name
 
     @on(Select.Changed, "#preset")
     def _preset_changed(self, event: Select.Changed) -> None:
