@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection
+from dataclasses import dataclass
+from pathlib import Path
 
 from rpchat.errors import ConfigError
 
@@ -17,6 +19,15 @@ RESERVED = frozenset(
     {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
 )
 SHADOW_SUFFIX = "-st"
+
+
+@dataclass(frozen=True)
+class Imported:
+    """What an import wrote, and the notes to show the user once."""
+
+    name: str
+    path: Path
+    notes: tuple[str, ...]
 
 
 def import_name(wanted: str, builtins: Collection[str], what: str) -> tuple[str, str | None]:

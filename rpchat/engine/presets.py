@@ -26,7 +26,7 @@ from typing import Any
 from rpchat.atomic import write_atomic
 from rpchat.engine.base import Sampling
 from rpchat.errors import ConfigError
-from rpchat.importname import NAME, import_name
+from rpchat.importname import NAME, Imported, import_name
 from rpchat.paths import profile
 from rpchat.userfile import read_capped
 from rpchat.yamlfile import dump_yaml, load_yaml
@@ -417,15 +417,6 @@ def import_st_textgen(path: Path) -> SamplerPreset:
         description += f" Not applied: {', '.join(k.split('=')[0] for k in unmapped)}."
     ignored = tuple(key for key in data if key in _ST_IRRELEVANT)
     return SamplerPreset(_st_name(path.stem), description, sampling, str(path), tuple(unmapped), ignored)
-
-
-@dataclass(frozen=True)
-class Imported:
-    """What an import wrote, and the notes to show the user once."""
-
-    name: str
-    path: Path
-    notes: tuple[str, ...]
 
 
 def import_preset(source: Path, name: str | None = None, folder: Path | None = None) -> Imported:

@@ -303,13 +303,13 @@ def build_prompt(
     sep = Segment(fmt.block_separator, "template")
 
     # SillyTavern's "chat start" line goes between the instruction and the chat instead.
-    start = sep if fmt.history_start is None else Segment(fmt.history_start, "template")
+    opening = sep if fmt.history_start is None else Segment(fmt.history_start, "template")
 
     def assemble(cut: int) -> list[Segment]:
         out: list[Segment] = []
         for i, block in enumerate([*head, *turn_blocks[cut:], *([tail] if tail else [])]):
             if out:
-                out.append(start if i == len(head) else sep)
+                out.append(opening if i == len(head) else sep)
             out += block
         return out
 

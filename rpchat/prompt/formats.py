@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from rpchat.atomic import write_atomic
 from rpchat.errors import ConfigError
-from rpchat.importname import import_name
+from rpchat.importname import Imported, import_name
 from rpchat.paths import profile
-from rpchat.yamlfile import dump_yaml, load_yaml
+from rpchat.yamlfile import load_yaml
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "formats"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -269,16 +271,7 @@ def load_formats() -> tuple[dict[str, PromptFormat], list[ConfigError]]:
     return formats, errors
 
 
-@dataclass(frozen=True)
-class ImportedFormat:
-    """What a format import wrote, and the notes to show the user once."""
-
-    name: str
-    path: Path
-    notes: tuple[str, ...]
-
-
-def import_format(sources: Sequence[Path], name: str | None = None, folder: Path | None = None) -> ImportedFormat:
+def import_format(sources: Sequence[Path], name: str | None = None, folder: Path | None = None) -> Imported:
     """Convert SillyTavern instruct and/or context templates into ``<folder>/<name>.yaml``.
 
     ``name`` defaults to the first file's stem; a built-in format's name gets a suffix instead of being
@@ -297,7 +290,33 @@ def import_format(sources: Sequence[Path], name: str | None = None, folder: Path
         notes.append(f"replaced the earlier {target.name}")
     notes += data.get("notes") or []
     try:
-        write_atomic(target, dump_yaml(data))
+        write_atomic(target, _dump_format(data))
     except OSError as e:
         raise ConfigError(f"cannot write prompt format: {e.strerror or e}", target) from None
-    return ImportedFormat(final, target, tuple(notes))
+    return Imported(final, target, tuple(notes))
+
+
+class _FormatDumper(yaml.SafeDumper):
+    """Paragraphs as literal blocks, other text with newlines double-quoted: what a user can read and edit."""
+
+
+def _text(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    lines = [line for line in value.split("\n") if line.strip()]
+    style = "|" if len(lines) > 1 and not value.startswith("\n") else '"' if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_FormatDumper.add_representer(str, _text)
+
+
+def _dump_format(data: dict[str, Any]) -> bytes:
+    text = yaml.dump(data, Dumper=_FormatDumper, sort_keys=False, allow_unicode=True, width=110)
+    return (_IMPORTED_HEADER + text).encode("utf-8")
+
+
+_IMPORTED_HEADER = """\
+# Converted from SillyTavern by `rpchat formats import`; edit freely. The instruction paragraphs are
+# SillyTavern's story string: joined with nothing between them, and a paragraph whose text variable
+# ({{card_description}}, {{personality}}, {{scenario}}, {{persona}}, {{lore_*}}) is empty is left out,
+# as SillyTavern's {{#if}} does. The variables are described in rpchat/prompt/formats/limarp-v3.yaml.
+"""
