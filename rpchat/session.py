@@ -93,12 +93,13 @@ class RoleplaySession:
     # --- settings ----------------------------------------------------------------------------------
     @property
     def length(self) -> str | None:
-        return self.chat.length
+        # A format that places no length (e.g. one imported from SillyTavern) has none to show.
+        return self.chat.length if self.fmt.response_length or self.fmt.input_length else None
 
     @property
     def lengths(self) -> tuple[str | None, ...]:
         """The choices for the next reply's length: none, then the ones this prompt format was trained on."""
-        return (None, *self.fmt.lengths)
+        return (None, *self.fmt.lengths) if self.fmt.response_length or self.fmt.input_length else (None,)
 
     def set_length(self, value: str | None) -> None:
         """Pick the length modifier for the next reply; remembered in the chat."""

@@ -85,7 +85,7 @@ def ask_st_import(app: App[Any], kind: str) -> None:
             return
         text = f"Saved as {done.path}"
         if done.notes:
-            text += "\nNot carried over: " + "; ".join(done.notes)
+            text += "\n" + "\n".join(done.notes)
         app.notify(strip_controls(text), title=f"Imported {what} {done.name}",
                    severity="warning" if done.notes else "information", markup=False, timeout=12)
         app.screen.post_message(StImported(kind, done.name))
