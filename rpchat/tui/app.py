@@ -262,7 +262,7 @@ class RpchatApp(App[None]):
             except RpchatError as e:
                 self.notify(str(e), severity="error", markup=False)
                 return
-            chat.update_sidebar()
+            chat.show_chat()  # the user's turns now carry the persona's name
             chat.measure()
 
         self.push_screen(PersonaEditor(self.personas, persona=session.persona.name, scenario=session.chat.scenario,
@@ -338,10 +338,10 @@ def _default_engine(config: Config) -> Engine:
 
 def open_session_for(app: RpchatApp, card_path: Path, chat_path: Path | None) -> RoleplaySession:
     """A session for the app's config, personas and (possibly still loading) engine."""
-    from rpchat.session import open_session
+    from rpchat.session import open_chat_session
 
-    return open_session(card_path, chat_path, config=app.config, personas=app.personas,
-                        engine=app.engine if app.engine_state == "ready" else None)
+    return open_chat_session(card_path, chat_path, config=app.config, personas=app.personas,
+                             engine=app.engine if app.engine_state == "ready" else None)
 
 
 def screen_of(app: App[Any], kind: type[Screen[Any]]) -> Screen[Any] | None:
