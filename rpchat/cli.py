@@ -79,8 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     ch = sub.add_parser("chat", help="import or export SillyTavern chats")
     chs = ch.add_subparsers(dest="chat_command", required=True, parser_class=_Parser)
-    imp = chs.add_parser("import", help="copy a SillyTavern .jsonl chat into rpchat's chats")
+    imp = chs.add_parser("import", help="copy a SillyTavern .jsonl chat into a library card's chats")
     imp.add_argument("src", type=Path)
+    imp.add_argument("--card", help="the card it belongs to: a library card's name or a card file "
+                                    "(default: the card named like the chat's character)")
     exp = chs.add_parser("export", help="write a chat as a pure SillyTavern .jsonl file")
     exp.add_argument("src", type=Path)
     exp.add_argument("dest", type=Path)
@@ -279,13 +281,51 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from rpchat.paths import profile
 
     if args.chat_command == "import":
-        dest = import_st_chat(args.src, profile().chats_dir)
-        print(f"imported to {dest}", file=sys.stderr)
+        chat = load_chat(args.src)  # a broken file is refused before anything is looked up or written
+        name, card_note = _library_card(args.card, chat.character_name, args.src)
+        dest = import_st_chat(args.src, profile().chats_dir, character=name)
+        print(_printable(f"{card_note}imported to {dest}; to open it: rpchat, pick {name} in the library, "
+                         "Enter, then the chat"), file=sys.stderr)
         return 0
     chat = load_chat(args.src)
     export_st_chat(chat, args.dest)
     print(f"wrote {args.dest}", file=sys.stderr)
     return 0
+
+
+def _library_card(wanted: str | None, character: str, src: Path) -> tuple[str, str]:
+    """The name of the library card an imported chat belongs to, and a note when its file was imported too.
+
+    Chats are listed under their card, so a chat whose card is not in the library would be invisible.
+    """
+    from rpchat.cards import load_card
+    from rpchat.cards.library import import_card, list_cards
+    from rpchat.errors import ChatError
+
+    names = [e.name for e in list_cards() if e.error is None]
+
+    def in_library(name: str) -> str | None:
+        return next((n for n in names if n.casefold() == name.strip().casefold()), None)
+
+    if wanted is None:
+        found = in_library(character) if character.strip() else None
+        if found is None:
+            who = f"its character {character.strip()!r}" if character.strip() else "it (no character_name)"
+            raise ChatError(f"no card in the library matches {who}; name its card with --card NAME or "
+                            "--card FILE (a card file is imported into the library too)", src)
+        return found, ""
+    card_file = Path(wanted).expanduser()
+    if card_file.is_file():
+        card_name = load_card(card_file).display_name
+        found = in_library(card_name)
+        if found is not None:
+            return found, ""
+        import_card(card_file)
+        return card_name, f"card {card_name} added to the library; "
+    found = in_library(wanted)
+    if found is None:
+        raise ChatError(f"--card {wanted!r} is neither a card file nor a card in the library", src)
+    return found, ""
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
