@@ -166,7 +166,8 @@ def cmd_reply(args: argparse.Namespace) -> int:
     engine = make_engine(config, model=args.model, url=args.engine, api=args.api if args.engine else None,
                          n_ctx=args.n_ctx)
     session = open_chat_session(args.card, args.chat, config=config, personas=PersonaBook.load(paths.personas_file),
-                                engine=engine, user=args.user, format_name=args.format, preset=args.preset)
+                                engine=engine, user=args.user, format_name=args.format, preset=args.preset,
+                                create_missing=True)
     if args.seed is not None:
         session.sampling = dataclasses.replace(session.sampling, seed=args.seed)
     if args.max_new:

@@ -536,14 +536,15 @@ def open_chat_session(
     user: str | None = None,
     format_name: str | None = None,
     preset: str | None = None,
+    create_missing: bool = False,
     readonly: bool = False,
 ) -> RoleplaySession:
     """Open a chat with a card, the one way the TUI, ``rpchat reply`` and ``rpchat prompt`` do.
 
-    ``chat_path`` resumes that file; a missing file (or None: a new file in the library) starts a
-    chat with the greeting and saves it. ``user``, ``format_name`` and ``preset`` override the chat's
-    persona and the config's format and preset. ``readonly`` touches no file: the chat is read as is
-    and a new one is not saved (``rpchat prompt``).
+    ``chat_path`` resumes that file (``create_missing``: a missing one is a new chat saved there);
+    None starts a new chat, with the greeting, saved in the library. ``user``, ``format_name`` and
+    ``preset`` override the chat's persona and the config's format and preset. ``readonly`` touches no
+    file: the chat is read as is and a new one is not saved (``rpchat prompt``).
     """
     from rpchat.cards import load_card
     from rpchat.chat.library import new_chat_path
@@ -559,7 +560,7 @@ def open_chat_session(
     fmt = load_format(format_name or cfg.format)
     chosen = load_preset(preset or cfg.preset)
     path = Path(chat_path) if chat_path is not None else None
-    if path is not None and (readonly or path.exists()):
+    if path is not None and (path.exists() or not create_missing):
         store = ChatStore(path)
         chat = load_chat(path) if readonly else store.open()
         # The user plays the persona picked for this chat; an imported chat starts as its user_name.

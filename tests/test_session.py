@@ -259,8 +259,10 @@ def test_open_chat_session_creates_a_missing_chat_file_and_resumes_it(home: Path
     config = tiny_config(tiny_model, max_new=8)
     engine = make_engine(config, n_ctx=512)
     engine.load()
+    with pytest.raises(ChatError, match="chat.jsonl"):
+        open_chat_session(make_card(home), chat_path, config=config, personas=PersonaBook())  # the app's way
     s = open_chat_session(make_card(home), chat_path, config=config, personas=PersonaBook(), engine=engine,
-                          user="Theo")
+                          user="Theo", create_missing=True)  # `rpchat reply`'s way
     try:
         assert load_chat(chat_path).turns[0].text.startswith("*throws a blanket over Theo")
         s.send("Hi")
