@@ -6,6 +6,7 @@ Every failure reaches the user as one line, ``rpchat: error: ...``, with exit co
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -36,17 +37,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("prompt", help="print the exact prompt for the next character reply")
     pr.add_argument("card", type=Path)
-    pr.add_argument("--user", help="persona name (default: the default persona)")
+    pr.add_argument("--user", help="persona name (default: the chat's, else the default persona)")
     pr.add_argument("--persona", help="persona description (default: the persona's own)")
-    pr.add_argument("--scenario", help="scenario that overrides the card's")
-    pr.add_argument("--chat", type=Path, help="a SillyTavern .jsonl chat to continue")
-    pr.add_argument("--length", type=_length, default=None, help="length modifier, or none")
+    pr.add_argument("--scenario", help="scenario that overrides the card's (default: the chat's)")
+    pr.add_argument("--chat", type=Path, help="a chat (.jsonl) to continue; it is only read")
+    pr.add_argument("--length", type=_length, default=..., help="length modifier, or none (default: the chat's)")
     pr.add_argument("--format", default=None, help="prompt format name (see `rpchat formats`)")
     pr.add_argument("--no-lore", action="store_true", help="ignore the card's embedded lorebook")
-    pr.add_argument("--world", type=Path, help="a lorebook / SillyTavern world-info JSON to activate")
+    pr.add_argument("--world", type=Path, help="also activate this lorebook / SillyTavern world-info JSON")
     pr.add_argument("--model", type=Path, help="count tokens with this GGUF's tokenizer and fit the context")
-    pr.add_argument("--n-ctx", type=int, default=4096)
-    pr.add_argument("--max-new", type=int, default=400)
+    pr.add_argument("--n-ctx", type=int, default=None, help="context size for --model (default: the config's)")
+    pr.add_argument("--max-new", type=int, default=None, help="reply budget for --model (default: the config's)")
 
     rp = sub.add_parser("reply", help="send a message and stream the character's reply to stdout")
     rp.add_argument("card", type=Path)
@@ -78,8 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     ch = sub.add_parser("chat", help="import or export SillyTavern chats")
     chs = ch.add_subparsers(dest="chat_command", required=True, parser_class=_Parser)
-    imp = chs.add_parser("import", help="copy a SillyTavern .jsonl chat into rpchat's chats")
+    imp = chs.add_parser("import", help="copy a SillyTavern .jsonl chat into a library card's chats")
     imp.add_argument("src", type=Path)
+    imp.add_argument("--card", help="the card it belongs to: a library card's name or a card file "
+                                    "(default: the card named like the chat's character)")
     exp = chs.add_parser("export", help="write a chat as a pure SillyTavern .jsonl file")
     exp.add_argument("src", type=Path)
     exp.add_argument("dest", type=Path)
@@ -117,50 +120,38 @@ def _version() -> str:
 
 
 def cmd_prompt(args: argparse.Namespace) -> int:
-    from rpchat.cards import load_card
-    from rpchat.chat.model import Chat
-    from rpchat.chat.store import load_chat
     from rpchat.config import load_config
     from rpchat.paths import profile
     from rpchat.personas import Persona, PersonaBook
-    from rpchat.prompt import build_prompt, load_format
     from rpchat.prompt.lorebook import load_lorebook
+    from rpchat.session import open_chat_session
 
+    # The same opening as the app and `rpchat reply`; the flags then change this prompt only, nothing is saved.
     paths = profile()
     config = load_config(paths)
-    card = load_card(args.card)
-    book = PersonaBook.load(paths.personas_file)
-    persona = book.default_persona()
-    if args.user:
-        found = book.find(args.user)
-        persona = found if found is not None else Persona(args.user, "")
+    session = open_chat_session(args.card, args.chat, config=config, personas=PersonaBook.load(paths.personas_file),
+                                user=args.user, format_name=args.format, readonly=True)
     if args.persona is not None:
-        persona = Persona(persona.name, args.persona)
-    if args.chat:
-        chat = load_chat(args.chat)
-    else:
-        chat = Chat.start(card.display_name, persona.name, card.greetings[:1])
+        session.persona = Persona(session.persona.name, args.persona)
+    if args.scenario is not None:
+        session.chat.scenario = args.scenario
+    if args.length is not ...:
+        session.chat.length = args.length
+    if args.world:
+        session.extra_lorebooks.append(load_lorebook(args.world))
+    session.skip_card_lorebook = args.no_lore
     counter = None
     n_ctx = None
+    if args.max_new is not None:
+        session.max_new = args.max_new
     if args.model:
         from rpchat.engine.vocab import Vocab
 
-        vocab = Vocab(args.model)
-        counter = vocab.count_tokens
-        n_ctx = args.n_ctx
-    built = build_prompt(
-        load_format(args.format or config.format),
-        card,
-        persona,
-        chat.turns,
-        scenario=args.scenario,
-        length=args.length,
-        counter=counter,
-        n_ctx=n_ctx,
-        max_new=args.max_new if counter else 0,
-        lorebook=load_lorebook(args.world) if args.world else None,
-        card_lorebook=not args.no_lore,
-    )
+        counter = Vocab(args.model).count_tokens
+        n_ctx = args.n_ctx or config.engine.n_ctx
+    built = session.build("reply", counter=counter, n_ctx=n_ctx)
+    for notice in session.take_notices():
+        print(f"rpchat: warning: {notice}", file=sys.stderr)
     # Exactly the prompt when piped; on a terminal, control characters are shown, not obeyed.
     sys.stdout.write(_printable(built.text) if sys.stdout.isatty() else built.text)
     sys.stdout.flush()
@@ -170,25 +161,26 @@ def cmd_prompt(args: argparse.Namespace) -> int:
 
 
 def cmd_reply(args: argparse.Namespace) -> int:
+    from rpchat.config import load_config
+    from rpchat.paths import profile
+    from rpchat.personas import PersonaBook
     from rpchat.prompt.lorebook import load_lorebook
-    from rpchat.session import open_headless_session
+    from rpchat.session import make_engine, open_chat_session
 
     # A broken world file is refused before the chat file is created or the model loaded.
     for world in args.world or ():
         load_lorebook(world)
-    session = open_headless_session(
-        card_path=args.card,
-        chat_path=args.chat,
-        model=args.model,
-        engine_url=args.engine,
-        api=args.api,
-        preset=args.preset,
-        seed=args.seed,
-        user=args.user,
-        format_name=args.format,
-        n_ctx=args.n_ctx,
-        max_new=args.max_new,
-    )
+    paths = profile()
+    config = load_config(paths)
+    engine = make_engine(config, model=args.model, url=args.engine, api=args.api if args.engine else None,
+                         n_ctx=args.n_ctx)
+    session = open_chat_session(args.card, args.chat, config=config, personas=PersonaBook.load(paths.personas_file),
+                                engine=engine, user=args.user, format_name=args.format, preset=args.preset,
+                                create_missing=True)
+    if args.seed is not None:
+        session.sampling = dataclasses.replace(session.sampling, seed=args.seed)
+    if args.max_new:
+        session.max_new = args.max_new
     cancel = threading.Event()
     try:
         if args.length is not ...:
@@ -196,9 +188,10 @@ def cmd_reply(args: argparse.Namespace) -> int:
         for world in args.world or ():
             session.attach_world(world)
         session.skip_card_lorebook = args.no_lore
+        engine.load()
         session.send(args.say)
         out = sys.stdout
-        engine_notice = session.engine.info.notice if session.engine is not None else None
+        engine_notice = engine.info.notice
         if engine_notice:
             # e.g. the AMX verdict: repacking turned off because it crashed on this CPU.
             print(f"rpchat: note: {_printable(engine_notice)}", file=sys.stderr)
@@ -298,13 +291,51 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from rpchat.paths import profile
 
     if args.chat_command == "import":
-        dest = import_st_chat(args.src, profile().chats_dir)
-        print(f"imported to {dest}", file=sys.stderr)
+        chat = load_chat(args.src)  # a broken file is refused before anything is looked up or written
+        name, card_note = _library_card(args.card, chat.character_name, args.src)
+        dest = import_st_chat(args.src, profile().chats_dir, character=name)
+        print(_printable(f"{card_note}imported to {dest}; to open it: rpchat, pick {name} in the library, "
+                         "Enter, then the chat"), file=sys.stderr)
         return 0
     chat = load_chat(args.src)
     export_st_chat(chat, args.dest)
     print(f"wrote {args.dest}", file=sys.stderr)
     return 0
+
+
+def _library_card(wanted: str | None, character: str, src: Path) -> tuple[str, str]:
+    """The name of the library card an imported chat belongs to, and a note when its file was imported too.
+
+    Chats are listed under their card, so a chat whose card is not in the library would be invisible.
+    """
+    from rpchat.cards import load_card
+    from rpchat.cards.library import import_card, list_cards
+    from rpchat.errors import ChatError
+
+    names = [e.name for e in list_cards() if e.error is None]
+
+    def in_library(name: str) -> str | None:
+        return next((n for n in names if n.casefold() == name.strip().casefold()), None)
+
+    if wanted is None:
+        found = in_library(character) if character.strip() else None
+        if found is None:
+            who = f"its character {character.strip()!r}" if character.strip() else "it (no character_name)"
+            raise ChatError(f"no card in the library matches {who}; name its card with --card NAME or "
+                            "--card FILE (a card file is imported into the library too)", src)
+        return found, ""
+    card_file = Path(wanted).expanduser()
+    if card_file.is_file():
+        card_name = load_card(card_file).display_name
+        found = in_library(card_name)
+        if found is not None:
+            return found, ""
+        import_card(card_file)
+        return card_name, f"card {card_name} added to the library; "
+    found = in_library(wanted)
+    if found is None:
+        raise ChatError(f"--card {wanted!r} is neither a card file nor a card in the library", src)
+    return found, ""
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -72,6 +72,8 @@ class RoleplaySession:
         self._reported: set[str] = set()
         # `rpchat reply --no-lore`: leave the card's lorebook out for this session without saving that.
         self.skip_card_lorebook = False
+        # `rpchat prompt --world`: lorebooks that take part in this session only, not attached.
+        self.extra_lorebooks: list[Lorebook] = []
         # Guards the chat while a worker thread streams into it and the UI thread reads it.
         self.lock = threading.RLock()
 
@@ -117,10 +119,12 @@ class RoleplaySession:
         return value
 
     def set_persona(self, persona: Persona) -> None:
-        """Use another persona from the next turn on; the chat remembers it."""
+        """Play another persona: the user's turns take its name (shown, saved, prompted); remembered."""
         self.persona = persona
-        self.chat.persona = persona.name
-        self.save()
+        with self.lock:
+            self.chat.persona = persona.name
+            self.chat.rename_user(persona.name)
+            self.save()
 
     def set_scenario(self, text: str | None) -> None:
         """Set this chat's scenario (overrides the card's); None or blank clears it."""
@@ -208,8 +212,11 @@ class RoleplaySession:
             self._counter = cached
         return cached[1]
 
-    def build(self, mode: ReplyMode = "reply") -> BuiltPrompt:
-        """The prompt for the next generation of ``mode``, fitted to the engine's context when known."""
+    def build(
+        self, mode: ReplyMode = "reply", *, counter: Callable[[str], int] | None = None, n_ctx: int | None = None
+    ) -> BuiltPrompt:
+        """The prompt for the next generation of ``mode``, fitted to the engine's context when known
+        (or to ``n_ctx`` with ``counter``, a tokenizer without an engine)."""
         from rpchat.prompt import build_prompt
 
         with self.lock:
@@ -219,8 +226,9 @@ class RoleplaySession:
                 if index is not None:
                     history = history[:index]
             builder_mode = "reply" if mode == "regenerate" else mode
-            counter = self._token_counter()
-            n_ctx = self.engine.n_ctx if self.engine is not None else None
+            if counter is None:
+                counter = self._token_counter()
+                n_ctx = self.engine.n_ctx if self.engine is not None else None
             built = build_prompt(
                 self.fmt,
                 self.card,
@@ -232,7 +240,7 @@ class RoleplaySession:
                 counter=counter,
                 n_ctx=n_ctx,
                 max_new=self.max_new if counter is not None else 0,
-                lorebook=self._world_books(),
+                lorebook=[*self._world_books(), *self.extra_lorebooks],
                 card_lorebook=self.use_card_lorebook and not self.skip_card_lorebook,
             )
         self.last_built = built
@@ -269,6 +277,19 @@ class RoleplaySession:
                 self.chat.turns.insert(index, turn)  # the file still has it; so does the screen
                 raise
         return turn
+
+    def set_hidden(self, index: int, hidden: bool) -> None:
+        """Hide a turn from the AI (it stays in the chat and on screen) or show it again; saved."""
+        with self.lock:
+            self._check_index(index)
+            turn = self.chat.turns[index]
+            before = dict(turn.unknown)
+            turn.hidden = hidden
+            try:
+                self.save()
+            except RpchatError:
+                turn.unknown = before
+                raise
 
     def branch(self, index: int) -> RoleplaySession:
         """A new chat file holding turns up to ``index``; returns a session on it (same engine)."""
@@ -405,8 +426,9 @@ class RoleplaySession:
         return index == 0 and not self.chat.turns[0].is_user
 
     def _last_reply_index(self, include_greeting: bool = False) -> int | None:
+        # A hidden message or narration is not a reply to swipe, regenerate or continue.
         turns = self.chat.turns
-        if not turns or turns[-1].is_user:
+        if not turns or turns[-1].is_user or turns[-1].hidden or turns[-1].narrator:
             return None
         index = len(turns) - 1
         if self._is_greeting(index) and not include_greeting:
@@ -495,17 +517,39 @@ def start_chat(card: Card, persona: Persona, length: str | None = None) -> Chat:
     return chat
 
 
-def open_session(
+def pick_persona(book: PersonaBook, *names: str | None) -> Persona:
+    """The persona for the first name given (the book's, or a bare name when the book lacks it), else
+    the default persona."""
+    for name in names:
+        clean = " ".join(name.split()) if name else ""
+        if clean:
+            return book.find(clean) or Persona(clean, "")
+    return book.default_persona()
+
+
+def open_chat_session(
     card_path: Path,
     chat_path: Path | None = None,
     *,
     config: Config | None = None,
     personas: PersonaBook | None = None,
     engine: Engine | None = None,
+    user: str | None = None,
+    format_name: str | None = None,
+    preset: str | None = None,
+    create_missing: bool = False,
+    readonly: bool = False,
 ) -> RoleplaySession:
-    """Open a chat with a card: ``chat_path`` resumes that file, None starts (and saves) a new chat."""
+    """Open a chat with a card, the one way the TUI, ``rpchat reply`` and ``rpchat prompt`` do.
+
+    ``chat_path`` resumes that file (``create_missing``: a missing one is a new chat saved there);
+    None starts a new chat, with the greeting, saved in the library. ``user``, ``format_name`` and
+    ``preset`` override the chat's persona and the config's format and preset. ``readonly`` touches no
+    file: the chat is read as is and a new one is not saved (``rpchat prompt``).
+    """
     from rpchat.cards import load_card
     from rpchat.chat.library import new_chat_path
+    from rpchat.chat.store import load_chat
     from rpchat.config import load_config
     from rpchat.engine.presets import load_preset
     from rpchat.paths import profile
@@ -514,19 +558,28 @@ def open_session(
     cfg = config if config is not None else load_config(profile())
     book = personas if personas is not None else PersonaBook.load()
     card = load_card(Path(card_path))
-    if chat_path is not None:
-        store = ChatStore(Path(chat_path))
-        chat = store.open()
-        persona = book.resolve(chat.persona)
+    fmt = load_format(format_name or cfg.format)
+    chosen = load_preset(preset or cfg.preset)
+    path = Path(chat_path) if chat_path is not None else None
+    if path is not None and (path.exists() or not create_missing):
+        store = ChatStore(path)
+        chat = load_chat(path) if readonly else store.open()
+        # The user plays the persona picked for this chat; an imported chat starts as its user_name.
+        persona = pick_persona(book, user, chat.persona, chat.user_name)
+        if persona.name != chat.user_name:
+            # One name for the user everywhere: the prompt, the stop strings, the turns, the file.
+            chat.rename_user(persona.name)
+        if user:
+            chat.persona = persona.name
     else:
-        persona = book.default_persona()
+        persona = pick_persona(book, user)
         chat = start_chat(card, persona, cfg.default_length)
-        store = ChatStore(new_chat_path(card.display_name))
-        store.save(chat)
-    preset = load_preset(cfg.preset)
+        store = ChatStore(path if path is not None else new_chat_path(card.display_name))
+        if not readonly:
+            store.save(chat)
     return RoleplaySession(
-        card, chat, store, persona, load_format(cfg.format), preset.sampling,
-        engine=engine, preset_name=preset.name, max_new=cfg.max_new_tokens, card_path=Path(card_path),
+        card, chat, store, persona, fmt, chosen.sampling,
+        engine=engine, preset_name=chosen.name, max_new=cfg.max_new_tokens, card_path=Path(card_path),
     )
 
 
@@ -581,49 +634,3 @@ def make_engine(config: Config, *, model: Path | None = None, url: str | None = 
         lora_path=Path(eng.lora).expanduser() if eng.lora else None,
     )
     return LocalEngine(settings)
-
-
-def open_headless_session(
-    *,
-    card_path: Path,
-    chat_path: Path,
-    model: Path | None = None,
-    engine_url: str | None = None,
-    api: str = "auto",
-    preset: str | None = None,
-    seed: int | None = None,
-    user: str | None = None,
-    format_name: str | None = None,
-    n_ctx: int | None = None,
-    max_new: int | None = None,
-) -> RoleplaySession:
-    """A session for ``rpchat reply``: the chat file is created (with the greeting) when missing and
-    the engine is loaded before this returns."""
-    from rpchat.cards import load_card
-    from rpchat.config import load_config
-    from rpchat.engine.presets import load_preset
-    from rpchat.paths import profile
-    from rpchat.prompt import load_format
-
-    paths = profile()
-    cfg = load_config(paths)
-    book = PersonaBook.load(paths.personas_file)
-    card = load_card(Path(card_path))
-    store = ChatStore(Path(chat_path))
-    if Path(chat_path).exists():
-        chat = store.open()
-        persona = book.resolve(user or chat.persona)
-    else:
-        persona = book.resolve(user)
-        if user and persona.name != user:
-            persona = Persona(user, "")
-        chat = start_chat(card, persona, cfg.default_length)
-        store.save(chat)
-    chosen = load_preset(preset or cfg.preset)
-    sampling = chosen.sampling if seed is None else dataclasses.replace(chosen.sampling, seed=seed)
-    engine = make_engine(cfg, model=model, url=engine_url, api=api if engine_url else None, n_ctx=n_ctx)
-    engine.load()
-    return RoleplaySession(
-        card, chat, store, persona, load_format(format_name or cfg.format), sampling,
-        engine=engine, preset_name=chosen.name, max_new=max_new or cfg.max_new_tokens, card_path=Path(card_path),
-    )

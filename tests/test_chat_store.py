@@ -118,7 +118,7 @@ def test_st_file_loads_with_every_field(tmp_path: Path) -> None:
     assert reply.unknown["gen_started"] == "2024-05-01T12:31:02.123Z"
     assert reply.swipe_info[0]["gen_finished"] == "2024-05-01T12:31:10.456Z"
     assert "\u2028" in reply.text  # a line separator inside a string is not a line break
-    assert note.is_system and not reply.is_system
+    assert note.hidden and not reply.hidden
 
 
 def test_st_file_rewrites_to_the_same_json_lines(tmp_path: Path) -> None:

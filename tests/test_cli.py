@@ -123,7 +123,7 @@ def test_chat_export_and_import(tmp_path: Path) -> None:
          "send_date": "2024-01-01@10h00m00s", "extra": {}},
     ]
     chat.write_text("\n".join(json.dumps(x) for x in lines), encoding="utf-8")
-    res = run(["chat", "import", str(chat)], tmp_path)
+    res = run(["chat", "import", str(chat), "--card", str(SERAPHINA)], tmp_path)
     assert res.returncode == 0, res.stderr
     imported = list((tmp_path / "data" / "chats").rglob("*.jsonl"))
     assert len(imported) == 1

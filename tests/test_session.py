@@ -13,7 +13,7 @@ from rpchat.chat.store import load_chat
 from rpchat.engine.base import Result
 from rpchat.errors import ChatError, EngineError
 from rpchat.personas import PersonaBook
-from rpchat.session import RoleplaySession, make_engine, open_headless_session, open_session
+from rpchat.session import RoleplaySession, make_engine, open_chat_session
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ def session(home: Path, tiny_model: Path) -> Iterator[RoleplaySession]:
     config = tiny_config(tiny_model)
     engine = make_engine(config)
     engine.load()
-    s = open_session(make_card(home), config=config, personas=PersonaBook(), engine=engine)
+    s = open_chat_session(make_card(home), config=config, personas=PersonaBook(), engine=engine)
     yield s
     s.close()
 
@@ -195,7 +195,7 @@ def test_build_fits_context_with_engine_counts(home: Path, tiny_model: Path) -> 
     config.engine.n_ctx = 512
     engine = make_engine(config)
     engine.load()
-    s = open_session(make_card(home), config=config, personas=PersonaBook(), engine=engine)
+    s = open_chat_session(make_card(home), config=config, personas=PersonaBook(), engine=engine)
     for i in range(40):
         s.chat.add(i % 2 == 0, f"Turn {i}: the island and the beach and the world.")
     built = s.build("reply")
@@ -247,17 +247,22 @@ def test_engine_failure_keeps_partial_reply(session: RoleplaySession) -> None:
 
 
 def test_reply_without_engine_is_an_engine_error(home: Path, tiny_model: Path) -> None:
-    s = open_session(make_card(home), config=tiny_config(tiny_model), personas=PersonaBook())
+    s = open_chat_session(make_card(home), config=tiny_config(tiny_model), personas=PersonaBook())
     s.send("Hello")
     with pytest.raises(EngineError):
         s.reply(lambda p: None)
     assert len(on_disk(s).turns) == 2
 
 
-def test_open_headless_session_creates_chat_and_replies(home: Path, tiny_model: Path) -> None:
+def test_open_chat_session_creates_a_missing_chat_file_and_resumes_it(home: Path, tiny_model: Path) -> None:
     chat_path = home / "chat.jsonl"
-    s = open_headless_session(card_path=make_card(home), chat_path=chat_path, model=tiny_model, preset="deterministic",
-                              n_ctx=512, max_new=8, user="Theo")
+    config = tiny_config(tiny_model, max_new=8)
+    engine = make_engine(config, n_ctx=512)
+    engine.load()
+    with pytest.raises(ChatError, match="chat.jsonl"):
+        open_chat_session(make_card(home), chat_path, config=config, personas=PersonaBook())  # the app's way
+    s = open_chat_session(make_card(home), chat_path, config=config, personas=PersonaBook(), engine=engine,
+                          user="Theo", create_missing=True)  # `rpchat reply`'s way
     try:
         assert load_chat(chat_path).turns[0].text.startswith("*throws a blanket over Theo")
         s.send("Hi")
@@ -266,10 +271,9 @@ def test_open_headless_session_creates_chat_and_replies(home: Path, tiny_model: 
         assert len(load_chat(chat_path).turns) == 3
     finally:
         s.close()
-    # Resuming the same file continues it.
-    s2 = open_headless_session(card_path=make_card(home), chat_path=chat_path, model=tiny_model, n_ctx=512)
-    assert len(s2.chat.turns) == 3
-    s2.close()
+    # Resuming the same file continues it, as the same persona.
+    s2 = open_chat_session(make_card(home), chat_path, config=config, personas=PersonaBook())
+    assert len(s2.chat.turns) == 3 and s2.persona.name == "Theo"
 
 
 def test_session_is_headless() -> None:

@@ -9,7 +9,7 @@ from session_support import make_card
 
 from rpchat.errors import ChatError
 from rpchat.personas import PersonaBook
-from rpchat.session import open_session
+from rpchat.session import open_chat_session
 
 
 @pytest.fixture
@@ -19,7 +19,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_send_that_cannot_be_saved_is_not_kept_so_a_retry_does_not_duplicate(home: Path) -> None:
-    s = open_session(make_card(home), personas=PersonaBook())
+    s = open_chat_session(make_card(home), personas=PersonaBook())
     before = len(s.chat.turns)
     s.path.unlink()
     s.path.mkdir()  # the chat file's place is taken: every save fails
@@ -32,7 +32,7 @@ def test_send_that_cannot_be_saved_is_not_kept_so_a_retry_does_not_duplicate(hom
 
 
 def test_delete_that_cannot_be_saved_keeps_the_turn(home: Path) -> None:
-    s = open_session(make_card(home), personas=PersonaBook())
+    s = open_chat_session(make_card(home), personas=PersonaBook())
     s.send("keep me")
     s.path.unlink()
     s.path.mkdir()
@@ -55,7 +55,7 @@ def test_reply_that_cannot_open_its_turn_on_disk_leaves_the_chat_as_it_was(
     config = tiny_config(tiny_model)
     engine = make_engine(config)
     engine.load()
-    s = open_session(make_card(home), config=config, personas=PersonaBook(), engine=engine)
+    s = open_chat_session(make_card(home), config=config, personas=PersonaBook(), engine=engine)
     try:
         s.send("hello")
         if mode != "reply":
@@ -81,7 +81,7 @@ def _tiny_session(home: Path, tiny_model: Path, *, n_ctx: int, max_new: int):  #
     config.engine = dataclasses.replace(config.engine, n_ctx=n_ctx)
     engine = make_engine(config)
     engine.load()
-    return open_session(make_card(home), config=config, personas=PersonaBook(), engine=engine)
+    return open_chat_session(make_card(home), config=config, personas=PersonaBook(), engine=engine)
 
 
 def test_reply_budget_shrinks_to_the_room_left_in_the_context(home: Path, tiny_model: Path) -> None:

@@ -12,7 +12,7 @@ from rpchat.chat.store import load_chat
 from rpchat.errors import ChatError, ConfigError
 from rpchat.paths import profile
 from rpchat.personas import PersonaBook
-from rpchat.session import RoleplaySession, open_session
+from rpchat.session import RoleplaySession, open_chat_session
 from rpchat.worlds import load_world, world_path, worlds_dir
 
 
@@ -24,12 +24,12 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def open_new(home: Path, tiny_model: Path | None = None, **card_fields: object) -> RoleplaySession:
     config = tiny_config(tiny_model or home / "none.gguf")
-    return open_session(make_card(home, **card_fields), config=config, personas=PersonaBook())
+    return open_chat_session(make_card(home, **card_fields), config=config, personas=PersonaBook())
 
 
 def reopen(s: RoleplaySession) -> RoleplaySession:
     assert s.card_path is not None
-    return open_session(s.card_path, s.path, config=tiny_config(Path("none.gguf")), personas=PersonaBook())
+    return open_chat_session(s.card_path, s.path, config=tiny_config(Path("none.gguf")), personas=PersonaBook())
 
 
 def test_attached_world_fires_on_a_key_and_is_remembered(home: Path) -> None:

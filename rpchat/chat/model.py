@@ -38,9 +38,19 @@ class Turn:
         return self.swipes[self.swipe_id]
 
     @property
-    def is_system(self) -> bool:
-        """True for SillyTavern's hidden/system messages, which stay out of the prompt."""
+    def hidden(self) -> bool:
+        """Hidden from the AI (SillyTavern's /hide, stored as ``is_system``): shown, never prompted."""
         return self.unknown.get("is_system") is True
+
+    @hidden.setter
+    def hidden(self, value: bool) -> None:
+        # Kept where SillyTavern keeps it, so a chat hidden here is hidden there too.
+        self.unknown["is_system"] = bool(value)
+
+    @property
+    def narrator(self) -> bool:
+        """A narrator message (SillyTavern's /sys): scene narration, not the character's words."""
+        return self.extra.get("type") == "narrator"
 
     @property
     def unfinished(self) -> bool:
@@ -124,6 +134,14 @@ class Chat:
         turn = self.turns[index]
         turn.swipes[turn.swipe_id] = text
         self._clear_unfinished(turn)
+
+    def rename_user(self, name: str) -> None:
+        """Make ``name`` the user's name: the header's, and every user turn's, so what is shown and
+        saved is what the prompt says (the LimaRP prompt gives the user one name)."""
+        self.user_name = name
+        for turn in self.turns:
+            if turn.is_user:
+                turn.name = name
 
     def delete(self, index: int) -> Turn:
         """Remove a turn."""

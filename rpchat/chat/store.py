@@ -421,12 +421,22 @@ class ChatStore:
 # --- SillyTavern import and export ---------------------------------------------------------------
 
 
-def import_st_chat(src: Path, dest_dir: Path) -> Path:
-    """Validate a SillyTavern chat and copy it into ``dest_dir/<character>/``; returns the new path."""
+def import_st_chat(src: Path, dest_dir: Path, character: str | None = None) -> Path:
+    """Validate a SillyTavern chat and copy it into ``dest_dir/<character>/``; returns the new path.
+
+    ``character`` (a card's name) files the chat under that card; the chat's character turns then carry
+    that name too, so the file says who speaks. By default the chat's own character_name decides.
+    """
     from rpchat.chat.library import safe_name, unique_path
 
     src = Path(src)
     chat = load_chat(src)
+    if character and character != chat.character_name:
+        old = chat.character_name
+        chat.character_name = character
+        for turn in chat.turns:
+            if not turn.is_user and not turn.narrator and turn.name == old:
+                turn.name = character
     folder = Path(dest_dir) / safe_name(chat.character_name or src.parent.name)
     target = unique_path(folder / f"{safe_name(src.stem)}.jsonl")
     ChatStore(target).save(chat)

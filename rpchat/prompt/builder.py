@@ -153,6 +153,11 @@ def _turn_text(turn: Turn) -> str:
     return turn.swipes[-1] if turn.swipes else ""
 
 
+def _is_reply(turn: Turn) -> bool:
+    """A character message (not the user's, not narration)."""
+    return not turn.is_user and not turn.narrator
+
+
 def _books(
     card: Card, lorebook: Lorebook | Sequence[Lorebook] | None, card_lorebook: bool = True
 ) -> list[Lorebook]:
@@ -237,25 +242,28 @@ def build_prompt(
     # Names are one line each: they end the prompt ("Name:") and appear in the stop strings.
     char = " ".join(card.display_name.split()) or "Character"
     user = " ".join(persona.name.split()) or "User"
-    if mode == "continue" and (not history or history[-1].is_user):
+    # Hidden turns (SillyTavern's /hide) stay in the chat but never reach the model.
+    shown = [i for i, t in enumerate(history) if not t.hidden]
+    if mode == "continue" and (not shown or shown[-1] != len(history) - 1 or not _is_reply(history[-1])):
         raise ChatError("nothing to continue: the last message is not the character's", "chat")
 
     # Chat text: newlines normalized, macros expanded, trimmed (the continued message keeps its end).
-    texts = [clean_text(_turn_text(t), char, user) for t in history]
+    texts = {i: clean_text(_turn_text(history[i]), char, user) for i in shown}
     if mode == "continue":
-        texts[-1] = expand_macros(normalize_newlines(_turn_text(history[-1])), char, user).lstrip()
+        texts[shown[-1]] = expand_macros(normalize_newlines(_turn_text(history[-1])), char, user).lstrip()
 
-    first = 0
     greeting = ""
-    if fmt.greeting_in_instruction and history and not history[0].is_user:
-        greeting, first = texts[0], 1
+    if fmt.greeting_in_instruction and shown and shown[0] == 0 and _is_reply(history[0]):
+        greeting = texts[shown[0]]
+        shown = shown[1:]
 
-    # Lorebooks scan the latest messages as "Name: text", the way SillyTavern does.
+    # Lorebooks scan the latest messages as "Name: text", the way SillyTavern does (narration bare).
     books = _books(card, lorebook, card_lorebook)
     lore: LoreActivation | None = None
     if books:
-        start = max(0, len(history) - MAX_SCAN_MESSAGES)
-        scan = [f"{user if t.is_user else char}: {texts[i]}" for i, t in enumerate(history) if i >= start]
+        recent = [i for i in texts if i >= len(history) - MAX_SCAN_MESSAGES]
+        scan = [texts[i] if history[i].narrator else f"{user if history[i].is_user else char}: {texts[i]}"
+                for i in recent]
         lore_budget = int(n_ctx * LORE_BUDGET_RATIO) if n_ctx else None
         lore = activate(books, scan, char=char, user=user, counter=counter, budget=lore_budget)
 
@@ -281,13 +289,16 @@ def build_prompt(
         head.append([Segment(fmt.preamble, "template")])
     head.append(instruction)
 
-    # One block per turn; the response length goes on the last response header only.
+    # One block per turn; the response length goes on the last response header only. Narration is
+    # the world speaking, so it sits on the input side, nameless (see README, "SillyTavern chats").
     last_header = fmt.last_response_header or fmt.response_header
     turn_blocks: list[list[Segment]] = []
-    for i in range(first, len(history)):
+    for i in shown:
         turn = history[i]
         last = i == len(history) - 1
-        if turn.is_user:
+        if turn.narrator:
+            block = _header(fmt, fmt.input_header, None) + [Segment(texts[i], "user")]
+        elif turn.is_user:
             block = _header(fmt, fmt.input_header, input_length) + _message(fmt, user, texts[i])
         elif mode == "continue" and last:
             block = _header(fmt, last_header, length) + _message(fmt, char, texts[i], open_end=True)
@@ -316,13 +327,12 @@ def build_prompt(
     budget = n_ctx - max_new if n_ctx else None
     cut, n_tokens = _fit(fmt, head, turn_blocks, tail, assemble, counter, budget)
     segments = _merge(assemble(cut))
-    dropped = tuple(range(first, first + cut))
     return BuiltPrompt(
         segments=segments,
         stop=_stop(fmt, char, user, mode),
-        dropped=dropped,
+        dropped=tuple(shown[:cut]),
         n_tokens=n_tokens,
-        first_kept=first + cut if cut else None,
+        first_kept=shown[cut] if cut else None,
         lore=lore,
         format_name=fmt.name,
         mode=mode,

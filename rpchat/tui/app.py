@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -260,24 +261,30 @@ class RpchatApp(App[None]):
 
     def open_persona_editor(self, chat: Any) -> None:
         """Pick the persona and edit the scenario of the chat on ``chat`` (a ChatScreen)."""
+        from rpchat.session import pick_persona
         from rpchat.tui.persona_editor import PersonaChoice, PersonaEditor
 
         session: RoleplaySession = chat.session
+        book = self.personas
+        if book.find(session.persona.name) is None:
+            # The name this chat's user plays (an imported chat's user_name) is offered as a persona too,
+            # so applying the editor never swaps it for the default by itself.
+            book = dataclasses.replace(book, personas=[*book.personas, session.persona])
 
         def done(choice: PersonaChoice | None) -> None:
-            if choice is None:
-                return
             try:
-                self.personas = PersonaBook.load(self.paths.personas_file)
-                session.set_persona(self.personas.resolve(choice.persona))
+                self.personas = PersonaBook.load(self.paths.personas_file)  # the editor saved its changes
+                if choice is None:
+                    return
+                session.set_persona(pick_persona(self.personas, choice.persona))
                 session.set_scenario(choice.scenario)
             except RpchatError as e:
                 self.notify(str(e), severity="error", markup=False)
                 return
-            chat.update_sidebar()
+            chat.show_chat()  # the user's turns now carry the persona's name
             chat.measure()
 
-        self.push_screen(PersonaEditor(self.personas, persona=session.persona.name, scenario=session.chat.scenario,
+        self.push_screen(PersonaEditor(book, persona=session.persona.name, scenario=session.chat.scenario,
                                        card_scenario=session.card.scenario), done)
 
     def open_card_editor(self, card_path: Path | None, origin: Any = None) -> None:
@@ -350,10 +357,10 @@ def _default_engine(config: Config) -> Engine:
 
 def open_session_for(app: RpchatApp, card_path: Path, chat_path: Path | None) -> RoleplaySession:
     """A session for the app's config, personas and (possibly still loading) engine."""
-    from rpchat.session import open_session
+    from rpchat.session import open_chat_session
 
-    return open_session(card_path, chat_path, config=app.config, personas=app.personas,
-                        engine=app.engine if app.engine_state == "ready" else None)
+    return open_chat_session(card_path, chat_path, config=app.config, personas=app.personas,
+                             engine=app.engine if app.engine_state == "ready" else None)
 
 
 def screen_of(app: App[Any], kind: type[Screen[Any]]) -> Screen[Any] | None:

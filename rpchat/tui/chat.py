@@ -459,8 +459,8 @@ class ChatScreen(Screen[None]):
         self.measure()
 
     def action_regenerate(self) -> None:
-        turns = self.session.chat.turns
-        self.generate("reply" if turns and turns[-1].is_user else "regenerate")
+        # After your message, a hidden turn or narration there is no reply to redo: write a new one.
+        self.generate("regenerate" if self.session.last_reply_index() is not None else "reply")
 
     def action_continue_reply(self) -> None:
         self.generate("continue")
@@ -515,6 +515,9 @@ class ChatScreen(Screen[None]):
 
     def action_copy_turn(self) -> None:
         self._turn_op("copy", self._target())
+
+    def action_hide_turn(self) -> None:
+        self._turn_op("hide", self._target())
 
     def action_edit_last(self) -> None:
         index = self.session.last_user_index()
@@ -632,6 +635,12 @@ class ChatScreen(Screen[None]):
                 self._open_editor(index)
             elif op == "delete":
                 self._confirm_delete(index)
+            elif op == "hide":
+                hide = not self.session.chat.turns[index].hidden
+                self.session.set_hidden(index, hide)
+                self.transcript.refresh_turn(index)
+                self.notify(f"Turn #{index + 1} {'hidden from' if hide else 'shown to'} the AI.")
+                self.measure()
             elif op == "branch":
                 old = self.session.path.name
                 self.session = self.session.branch(index)

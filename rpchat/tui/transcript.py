@@ -36,12 +36,18 @@ def turn_text(turn: Turn, styles: Styles | None, *, greeting: bool = False, text
         marks.append(f"< {turn.swipe_id + 1}/{len(turn.swipes)} >")
     if greeting:
         marks.append("greeting")
+    if turn.narrator:
+        marks.append("narrator")
     if turn.unfinished:
         marks.append("unfinished")
+    if turn.hidden:
+        marks.append("hidden from the AI")
     if marks:
         out.append("  " + "  ".join(marks), style="dim")
     out.append("\n")
     out.append_text(prose_text(body, styles))
+    if turn.hidden:
+        out.stylize("dim")  # still readable, plainly not part of the conversation the model sees
     return out
 
 
@@ -51,12 +57,14 @@ class TurnView(Static):
     DEFAULT_CSS = """
     TurnView { padding: 0 1; margin-bottom: 1; }
     TurnView.-user { background: $boost; }
+    TurnView.-hidden { text-style: italic; }
     TurnView.-cursor { background: $primary 20%; border-left: outer $primary; }
     """
 
     def __init__(self, index: int, turn: Turn, styles: Styles | None, *, greeting: bool = False) -> None:
         super().__init__(turn_text(turn, styles, greeting=greeting), markup=False, classes="-user" if turn.is_user
                          else "")
+        self.set_class(turn.hidden, "-hidden")
         self.index = index
 
     def on_click(self) -> None:
@@ -70,6 +78,7 @@ class TurnView(Static):
     def show(self, turn: Turn, styles: Styles | None, *, greeting: bool = False) -> None:
         """Re-render after an edit or a swipe."""
         self.set_class(turn.is_user, "-user")
+        self.set_class(turn.hidden, "-hidden")
         self.update(turn_text(turn, styles, greeting=greeting))
 
 
@@ -204,7 +213,7 @@ class Transcript(VerticalScroll, can_focus=True):
         return out
 
     def _is_greeting(self, index: int) -> bool:
-        return index == 0 and not self.turns[0].is_user
+        return index == 0 and not self.turns[0].is_user and not self.turns[0].narrator
 
     def view_of(self, index: int) -> TurnView | None:
         """The mounted widget of turn ``index`` (None when not mounted)."""
@@ -326,6 +335,9 @@ class Transcript(VerticalScroll, can_focus=True):
 
     def action_copy_turn(self) -> None:
         self._act("copy")
+
+    def action_hide_turn(self) -> None:
+        self._act("hide")
 
     def action_swipe(self, step: int) -> None:
         self._act("swipe-left" if step < 0 else "swipe-right")
