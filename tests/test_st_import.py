@@ -242,16 +242,15 @@ def test_json_dropped_in_the_formats_folder_is_loaded_or_reported(capsys: pytest
 
 
 def test_a_format_without_lengths_shows_none_and_offers_none(
-    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from rpchat.session import open_headless_session
+    from rpchat.session import open_chat_session
 
     assert cli(capsys, "formats", "import", str(RP_I), str(RP_C), "--name", "rp")[0] == 0
     card = tmp_path / "ada.json"
     save_card(CARD, card)
     # config.yaml's default length (medium) means nothing to a format that places no length.
-    session = open_headless_session(card_path=card, chat_path=tmp_path / "c.jsonl", model=tiny_model,
-                                    format_name="rp", n_ctx=512)
+    session = open_chat_session(card, tmp_path / "c.jsonl", format_name="rp", create_missing=True)
     try:
         assert session.chat.length == "medium"
         assert session.length is None and session.lengths == (None,)
