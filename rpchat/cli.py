@@ -139,8 +139,16 @@ def cmd_prompt(args: argparse.Namespace) -> int:
         vocab = Vocab(args.model)
         counter = vocab.count_tokens
         n_ctx = args.n_ctx
+    fmt = load_format(args.format or config.format)
+    if args.model:
+        from rpchat.engine.recognize import session_choices
+
+        # The model says which format (and stops) it needs, unless --format or the config chose.
+        choices, fmt, _ = session_choices(config, model=args.model, format_name=args.format, chat_length=(None,))
+        for notice in choices.notices:
+            print(f"rpchat: note: {_printable(notice)}", file=sys.stderr)
     built = build_prompt(
-        load_format(args.format or config.format),
+        fmt,
         card,
         persona,
         chat.turns,

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from rpchat.cards.model import Card
 from rpchat.chat.model import Chat, Turn
@@ -26,6 +26,9 @@ from rpchat.personas import Persona, PersonaBook
 from rpchat.prompt.builder import BuiltPrompt
 from rpchat.prompt.formats import PromptFormat
 from rpchat.prompt.lorebook import Lorebook
+
+if TYPE_CHECKING:
+    from rpchat.engine.recognize import ModelChoices
 
 ReplyMode = Literal["reply", "regenerate", "continue", "impersonate"]
 SwipeOutcome = Literal["moved", "generate", "none"]
@@ -69,6 +72,8 @@ class RoleplaySession:
         self._counter: tuple[Engine, Callable[[str], int]] | None = None
         # World-info problems met while building, each reported once (the TUI notifies, the CLI warns).
         self.notices: list[str] = []
+        # Where the format, preset and length came from (the model, the settings, the chat); see recognize.py.
+        self.choices: ModelChoices | None = None
         self._reported: set[str] = set()
         # `rpchat reply --no-lore`: leave the card's lorebook out for this session without saving that.
         self.skip_card_lorebook = False
@@ -506,9 +511,8 @@ def open_session(
     from rpchat.cards import load_card
     from rpchat.chat.library import new_chat_path
     from rpchat.config import load_config
-    from rpchat.engine.presets import load_preset
+    from rpchat.engine.recognize import session_choices
     from rpchat.paths import profile
-    from rpchat.prompt import load_format
 
     cfg = config if config is not None else load_config(profile())
     book = personas if personas is not None else PersonaBook.load()
@@ -518,15 +522,20 @@ def open_session(
         chat = store.open()
         persona = book.resolve(chat.persona)
     else:
+        chat = None
+    # The model's format, preset, stops and starting length, unless the user or the chat chose.
+    choices, fmt, preset = session_choices(cfg, chat_length=(chat.length,) if chat is not None else None)
+    if chat is None:
         persona = book.default_persona()
-        chat = start_chat(card, persona, cfg.default_length)
+        chat = start_chat(card, persona, choices.length.value)
         store = ChatStore(new_chat_path(card.display_name))
         store.save(chat)
-    preset = load_preset(cfg.preset)
-    return RoleplaySession(
-        card, chat, store, persona, load_format(cfg.format), preset.sampling,
+    session = RoleplaySession(
+        card, chat, store, persona, fmt, preset.sampling,
         engine=engine, preset_name=preset.name, max_new=cfg.max_new_tokens, card_path=Path(card_path),
     )
+    session.choices, session.notices = choices, list(choices.notices)
+    return session
 
 
 NO_MODEL_HELP = (
@@ -600,29 +609,33 @@ def open_headless_session(
     the engine is loaded before this returns."""
     from rpchat.cards import load_card
     from rpchat.config import load_config
-    from rpchat.engine.presets import load_preset
+    from rpchat.engine.recognize import session_choices
     from rpchat.paths import profile
-    from rpchat.prompt import load_format
 
     paths = profile()
     cfg = load_config(paths)
     book = PersonaBook.load(paths.personas_file)
     card = load_card(Path(card_path))
     store = ChatStore(Path(chat_path))
-    if Path(chat_path).exists():
-        chat = store.open()
+    resumed = store.open() if Path(chat_path).exists() else None
+    choices, fmt, chosen = session_choices(
+        cfg, chat_length=(resumed.length,) if resumed is not None else None, model=model,
+        format_name=format_name, preset_name=preset)
+    if resumed is not None:
+        chat = resumed
         persona = book.resolve(user or chat.persona)
     else:
         persona = book.resolve(user)
         if user and persona.name != user:
             persona = Persona(user, "")
-        chat = start_chat(card, persona, cfg.default_length)
+        chat = start_chat(card, persona, choices.length.value)
         store.save(chat)
-    chosen = load_preset(preset or cfg.preset)
     sampling = chosen.sampling if seed is None else dataclasses.replace(chosen.sampling, seed=seed)
     engine = make_engine(cfg, model=model, url=engine_url, api=api if engine_url else None, n_ctx=n_ctx)
     engine.load()
-    return RoleplaySession(
-        card, chat, store, persona, load_format(format_name or cfg.format), sampling,
+    session = RoleplaySession(
+        card, chat, store, persona, fmt, sampling,
         engine=engine, preset_name=chosen.name, max_new=max_new or cfg.max_new_tokens, card_path=Path(card_path),
     )
+    session.choices, session.notices = choices, list(choices.notices)
+    return session

@@ -80,8 +80,12 @@ def write_tiny_model(
     seed: int = 0,
     successors: Mapping[int, int] | None = None,
     name: str = "tiny-llama",
+    metadata: Mapping[str, str] | None = None,
 ) -> Path:
     """Write a random float32 llama GGUF to ``path`` and return it.
+
+    ``metadata`` adds text keys (``general.basename``, ``tokenizer.chat_template``...); a key
+    ``general.name`` there replaces ``name``.
 
     ``successors`` maps token id -> next token id: the attention and FFN outputs are zeroed and the
     output matrix is built so greedy decoding after token ``a`` picks ``successors[a]``.
@@ -94,7 +98,10 @@ def write_tiny_model(
     tokens = tiny_tokens(n_vocab)
 
     writer = GGUFWriter(str(path), "llama")
-    writer.add_name(name)
+    extra = dict(metadata or {})
+    writer.add_name(extra.pop("general.name", name))
+    for key, value in extra.items():
+        writer.add_string(key, value)
     writer.add_context_length(n_ctx)
     writer.add_embedding_length(n_embd)
     writer.add_block_count(n_layer)

@@ -12,7 +12,7 @@ import re
 import stat
 import struct
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rpchat.errors import ModelError
@@ -93,6 +93,7 @@ _TENSOR_TYPES = {
     35: "TQ2_0",
     39: "MXFP4",
 }
+_KEPT = frozenset({"tokenizer.chat_template", "adapter.type"})
 _SPLIT_PART = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
 
 
@@ -109,6 +110,9 @@ class ModelInfo:
     parameter_count: int | None
     block_count: int | None = None
     error: str | None = None  # set by scan_models for a file it could not read
+    # The text keys that say what the model is: general.* (name, basename, finetune, base_model.N.*,
+    # type), adapter.type and tokenizer.chat_template, for recognising a model (engine/recognize.py).
+    metadata: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def size_label(self) -> str:
@@ -223,7 +227,7 @@ def _parse(r: _Reader, path: Path, size: int) -> ModelInfo:
     for _ in range(n_kv):
         key = r.string(MAX_KEY_LEN, wide).decode("utf-8", "replace")
         vtype = int(r.unpack("I"))
-        keep = key.startswith("general.") or key.endswith((".context_length", ".block_count"))
+        keep = key.startswith("general.") or key in _KEPT or key.endswith((".context_length", ".block_count"))
         meta[key] = r.value(vtype, wide, keep)
 
     params = 0
@@ -262,6 +266,7 @@ def _parse(r: _Reader, path: Path, size: int) -> ModelInfo:
         size_bytes=size,
         parameter_count=int(declared) if isinstance(declared, int) and declared > 0 else (params or None),
         block_count=int(blocks) if isinstance(blocks, int) and blocks > 0 else None,
+        metadata={k: v for k, v in meta.items() if isinstance(v, str)},
     )
 
 

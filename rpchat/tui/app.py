@@ -301,7 +301,8 @@ class RpchatApp(App[None]):
             self.notify(str(e), severity="error", markup=False)
             return
         n_ctx = session.engine.n_ctx if session.engine is not None else None
-        self.push_screen(PromptInspector(built, n_ctx=n_ctx, max_new=session.max_new))
+        origins = session.choices.origins() if session.choices is not None else None
+        self.push_screen(PromptInspector(built, n_ctx=n_ctx, max_new=session.max_new, origins=origins))
 
     # --- quitting -----------------------------------------------------------------------------------------
     async def action_quit(self) -> None:
