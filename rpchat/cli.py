@@ -92,6 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--no-tui", action="store_true", help="skip the headless TUI measurements")
     be.add_argument("--json", action="store_true", help="print the figures as JSON")
 
+    lo = sub.add_parser("lora", help="LoRA adapters")
+    los = lo.add_subparsers(dest="lora_command", required=True, parser_class=_Parser)
+    li = los.add_parser("import", help="convert a PEFT LoRA adapter folder to GGUF and use it")
+    li.add_argument("dir", type=Path, help="folder with adapter_config.json and adapter_model.safetensors")
+    li.add_argument("--base", type=Path, required=True, help="the base model GGUF the adapter is applied to")
+    li.add_argument("--out", type=Path, help="GGUF to write (default: DIR/DIR.gguf)")
+    li.add_argument("--outtype", choices=("f32", "f16"), help="tensor type (default: f32 for f32 adapters, else f16)")
+    li.add_argument("--no-configure", action="store_true", help="only convert; leave engine.model/engine.lora")
+
     sub.add_parser("doctor", help="print the llama.cpp build, backends, AMX verdict and paths")
     sub.add_parser("formats", help="list prompt formats")
     sub.add_parser("presets", help="list sampler presets")
@@ -324,6 +333,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lora(args: argparse.Namespace) -> int:
+    from rpchat.config import load_config, save_config
+    from rpchat.engine.lora_import import import_lora
+    from rpchat.paths import profile
+
+    done = import_lora(args.dir, args.base, args.out, outtype=args.outtype)
+    print(f"wrote {done.path}: rank {done.rank}, alpha {done.alpha:g}, {len(done.targets)} target tensors",
+          file=sys.stderr)
+    if not args.no_configure:
+        paths = profile()
+        config = load_config(paths)
+        config.engine.kind = "local"
+        config.engine.model = str(Path(args.base).expanduser().resolve())
+        config.engine.lora = str(done.path.resolve())
+        save_config(paths, config)
+        print(f"engine.model = {config.engine.model}\nengine.lora = {config.engine.lora}", file=sys.stderr)
+    return 0
+
+
 def cmd_doctor(_: argparse.Namespace) -> int:
     from rpchat.engine.diagnostics import doctor_report
 
@@ -367,6 +395,7 @@ COMMANDS = {
     "chat": cmd_chat,
     "bench": cmd_bench,
     "doctor": cmd_doctor,
+    "lora": cmd_lora,
     "formats": cmd_formats,
     "presets": cmd_presets,
     None: cmd_tui,

@@ -81,11 +81,13 @@ def write_tiny_model(
     successors: Mapping[int, int] | None = None,
     name: str = "tiny-llama",
     metadata: Mapping[str, str] | None = None,
+    delta: Mapping[str, np.ndarray] | None = None,
 ) -> Path:
     """Write a random float32 llama GGUF to ``path`` and return it.
 
     ``metadata`` adds text keys (``general.basename``, ``tokenizer.chat_template``...); a key
-    ``general.name`` there replaces ``name``.
+    ``general.name`` there replaces ``name``. ``delta`` is added to the named tensors (same seed, same
+    random weights): a LoRA merged by hand.
 
     ``successors`` maps token id -> next token id: the attention and FFN outputs are zeroed and the
     output matrix is built so greedy decoding after token ``a`` picks ``successors[a]``.
@@ -135,6 +137,10 @@ def write_tiny_model(
     def rand(*shape: int, scale: float = 0.02) -> np.ndarray:
         return (rng.standard_normal(shape) * scale).astype(np.float32)
 
+    def add(name: str, value: np.ndarray) -> None:
+        change = (delta or {}).get(name)
+        writer.add_tensor(name, value if change is None else (value + change).astype(np.float32))
+
     scripted = successors is not None
     embd = rng.standard_normal((n_vocab, n_embd)).astype(np.float32)
     output = rand(n_vocab, n_embd, scale=0.02 if scripted else 0.5)
@@ -142,21 +148,21 @@ def write_tiny_model(
         for a, b in successors.items():
             unit = embd[a] / np.linalg.norm(embd[a])
             output[b] += 20.0 * unit
-    writer.add_tensor("token_embd.weight", embd)
-    writer.add_tensor("output_norm.weight", np.ones(n_embd, dtype=np.float32))
-    writer.add_tensor("output.weight", output)
+    add("token_embd.weight", embd)
+    add("output_norm.weight", np.ones(n_embd, dtype=np.float32))
+    add("output.weight", output)
     for i in range(n_layer):
         p = f"blk.{i}."
-        writer.add_tensor(p + "attn_norm.weight", np.ones(n_embd, dtype=np.float32))
-        writer.add_tensor(p + "attn_q.weight", rand(n_embd, n_embd, scale=0.2))
-        writer.add_tensor(p + "attn_k.weight", rand(n_embd, n_embd, scale=0.2))
-        writer.add_tensor(p + "attn_v.weight", rand(n_embd, n_embd, scale=0.2))
+        add(p + "attn_norm.weight", np.ones(n_embd, dtype=np.float32))
+        add(p + "attn_q.weight", rand(n_embd, n_embd, scale=0.2))
+        add(p + "attn_k.weight", rand(n_embd, n_embd, scale=0.2))
+        add(p + "attn_v.weight", rand(n_embd, n_embd, scale=0.2))
         out_scale = 0.0 if scripted else 0.2
-        writer.add_tensor(p + "attn_output.weight", rand(n_embd, n_embd, scale=out_scale))
-        writer.add_tensor(p + "ffn_norm.weight", np.ones(n_embd, dtype=np.float32))
-        writer.add_tensor(p + "ffn_gate.weight", rand(n_ff, n_embd, scale=0.2))
-        writer.add_tensor(p + "ffn_up.weight", rand(n_ff, n_embd, scale=0.2))
-        writer.add_tensor(p + "ffn_down.weight", rand(n_embd, n_ff, scale=out_scale))
+        add(p + "attn_output.weight", rand(n_embd, n_embd, scale=out_scale))
+        add(p + "ffn_norm.weight", np.ones(n_embd, dtype=np.float32))
+        add(p + "ffn_gate.weight", rand(n_ff, n_embd, scale=0.2))
+        add(p + "ffn_up.weight", rand(n_ff, n_embd, scale=0.2))
+        add(p + "ffn_down.weight", rand(n_embd, n_ff, scale=out_scale))
 
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
