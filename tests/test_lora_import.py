@@ -204,3 +204,38 @@ def test_broken_inputs_get_one_line(tmp_path: Path, home: Path) -> None:
     make_adapter(folder)
     (folder / "adapter_config.json").write_text('{"peft_type": "LORA", "lora_alpha": 8, "use_dora": true}')
     _one_line_error(run(["lora", "import", str(folder), "--base", str(base)], home), "DoRA")
+
+
+def test_a_mixtral_style_adapter_on_the_experts_matches_the_numpy_merge(tmp_path: Path, home: Path) -> None:
+    # Seed 001 is a Mixtral QLoRA: PEFT saves one A/B pair per expert (experts.E.w1/w2/w3); the GGUF holds
+    # the experts stacked (ffn_gate_exps / ffn_down_exps / ffn_up_exps), and so must the adapter.
+    n_expert = 2
+    base = write_tiny_model(tmp_path / "moe.gguf", n_layer=1, n_embd=N_EMBD, n_expert=n_expert)
+    rng = np.random.default_rng(3)
+    tensors: dict[str, np.ndarray] = {}
+    delta: dict[str, np.ndarray] = {}
+    shapes = {"w1": ("ffn_gate_exps", N_EMBD, N_FF), "w3": ("ffn_up_exps", N_EMBD, N_FF),
+              "w2": ("ffn_down_exps", N_FF, N_EMBD)}
+    for w, (gguf_name, n_in, n_out) in shapes.items():
+        updates = []
+        for e in range(n_expert):
+            a = (rng.standard_normal((RANK, n_in)) * 0.2).astype(np.float32)
+            b = (rng.standard_normal((n_out, RANK)) * 0.2).astype(np.float32)
+            tensors[f"{PREFIX}.0.block_sparse_moe.experts.{e}.{w}.lora_A.weight"] = a
+            tensors[f"{PREFIX}.0.block_sparse_moe.experts.{e}.{w}.lora_B.weight"] = b
+            updates.append((ALPHA / RANK) * (b @ a))
+        delta[f"blk.0.{gguf_name}.weight"] = np.stack(updates)
+    folder = tmp_path / "moe-adapter"
+    folder.mkdir()
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": RANK, "lora_alpha": ALPHA}))
+    merged = write_tiny_model(tmp_path / "moe-merged.gguf", n_layer=1, n_embd=N_EMBD, n_expert=n_expert, delta=delta)
+
+    res = run(["lora", "import", str(folder), "--base", str(base), "--no-configure"], home)
+    assert res.returncode == 0, res.stderr
+    out = folder / "moe-adapter.gguf"
+    plain, applied, reference = (logits(base, None, TOKENS), logits(base, out, TOKENS),
+                                 logits(merged, None, TOKENS))
+    scale = np.abs(reference).max()
+    assert np.abs(applied - plain).max() > 0.1 * scale
+    assert np.abs(applied - reference).max() < 1e-3 * scale

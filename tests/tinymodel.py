@@ -82,12 +82,13 @@ def write_tiny_model(
     name: str = "tiny-llama",
     metadata: Mapping[str, str] | None = None,
     delta: Mapping[str, np.ndarray] | None = None,
+    n_expert: int = 0,
 ) -> Path:
     """Write a random float32 llama GGUF to ``path`` and return it.
 
     ``metadata`` adds text keys (``general.basename``, ``tokenizer.chat_template``...); a key
     ``general.name`` there replaces ``name``. ``delta`` is added to the named tensors (same seed, same
-    random weights): a LoRA merged by hand.
+    random weights): a LoRA merged by hand. ``n_expert`` > 0 makes a Mixtral-style MoE (all experts used).
 
     ``successors`` maps token id -> next token id: the attention and FFN outputs are zeroed and the
     output matrix is built so greedy decoding after token ``a`` picks ``successors[a]``.
@@ -111,6 +112,9 @@ def write_tiny_model(
     writer.add_head_count(n_head)
     writer.add_head_count_kv(n_head)
     writer.add_layer_norm_rms_eps(1e-5)
+    if n_expert:
+        writer.add_expert_count(n_expert)
+        writer.add_expert_used_count(n_expert)
     writer.add_file_type(0)  # ALL_F32
 
     writer.add_tokenizer_model("llama")
@@ -160,6 +164,12 @@ def write_tiny_model(
         out_scale = 0.0 if scripted else 0.2
         add(p + "attn_output.weight", rand(n_embd, n_embd, scale=out_scale))
         add(p + "ffn_norm.weight", np.ones(n_embd, dtype=np.float32))
+        if n_expert:
+            add(p + "ffn_gate_inp.weight", rand(n_expert, n_embd, scale=0.2))
+            add(p + "ffn_gate_exps.weight", rand(n_expert, n_ff, n_embd, scale=0.2))
+            add(p + "ffn_up_exps.weight", rand(n_expert, n_ff, n_embd, scale=0.2))
+            add(p + "ffn_down_exps.weight", rand(n_expert, n_embd, n_ff, scale=out_scale))
+            continue
         add(p + "ffn_gate.weight", rand(n_ff, n_embd, scale=0.2))
         add(p + "ffn_up.weight", rand(n_ff, n_embd, scale=0.2))
         add(p + "ffn_down.weight", rand(n_embd, n_ff, scale=out_scale))
