@@ -92,6 +92,20 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--no-tui", action="store_true", help="skip the headless TUI measurements")
     be.add_argument("--json", action="store_true", help="print the figures as JSON")
 
+    mo = sub.add_parser("model", help="find and download GGUF models on the Hugging Face Hub")
+    mos = mo.add_subparsers(dest="model_command", required=True, parser_class=_Parser)
+    ms = mos.add_parser("search", help="search GGUF model repos")
+    ms.add_argument("text")
+    ms.add_argument("--limit", type=int, default=20)
+    mf = mos.add_parser("files", help="list a repo's GGUF files with sizes and the one that fits")
+    mf.add_argument("repo")
+    mg = mos.add_parser("get", help="download a GGUF from a repo into the hub cache and use it")
+    mg.add_argument("repo")
+    which = mg.add_mutually_exclusive_group()
+    which.add_argument("--file", help="the file name (default: the largest quant that fits in memory)")
+    which.add_argument("--quant", help="a quant type, e.g. Q4_K_M")
+    mg.add_argument("--no-configure", action="store_true", help="only download; leave engine.model as it is")
+
     lo = sub.add_parser("lora", help="LoRA adapters")
     los = lo.add_subparsers(dest="lora_command", required=True, parser_class=_Parser)
     li = los.add_parser("import", help="convert a PEFT LoRA adapter folder to GGUF and use it")
@@ -333,6 +347,59 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_model(args: argparse.Namespace) -> int:
+    from rpchat.engine import hub
+
+    if args.model_command == "search":
+        found = hub.search(args.text, limit=args.limit)
+        if not found:
+            print(f"rpchat: no GGUF repos match {args.text!r}", file=sys.stderr)
+            return 1
+        for repo in found:
+            gated = "  (gated)" if repo.gated else ""
+            print(_printable(f"{repo.id}  {repo.downloads:,} downloads  {repo.likes:,} likes{gated}"))
+        return 0
+    files = hub.list_gguf_files(args.repo)
+    memory = hub.free_memory()
+    if args.model_command == "files":
+        best = hub.recommend(files, memory)
+        free = f"{memory / 2**30:.1f} GiB" if memory else "unknown"
+        print(f"free memory: {free}", file=sys.stderr)
+        for f in files:
+            fits = "fits" if memory and hub.needed_memory(f.size) <= memory else "too big"
+            mark = "  <- recommended" if f == best else ""
+            print(_printable(f"{f.path}  {f.quant}  {f.size_label}  {fits}{mark}"))
+        return 0
+    chosen = hub.pick_file(files, filename=args.file, quant=args.quant, memory=memory, repo=args.repo)
+    print(_printable(f"downloading {args.repo}/{chosen.path} ({chosen.quant}, {chosen.size_label})"),
+          file=sys.stderr)
+    shown = [-1]
+
+    def progress(done: int, total: int | None) -> None:
+        pct = int(done * 100 / total) if total else 0
+        if pct != shown[0]:
+            shown[0] = pct
+            sys.stderr.write(f"\r  {pct:3d}%  {done / 2**20:,.1f} / {(total or 0) / 2**20:,.1f} MiB")
+            sys.stderr.flush()
+
+    try:
+        path = hub.download(args.repo, chosen, progress=progress)
+    finally:
+        if shown[0] >= 0:
+            sys.stderr.write("\n")  # an error goes on its own line, after the bar
+    print(str(path))
+    if not args.no_configure:
+        from rpchat.config import load_config, save_config
+        from rpchat.paths import profile
+
+        paths = profile()
+        config = load_config(paths)
+        config.engine.kind, config.engine.model, config.engine.lora = "local", str(path), None
+        save_config(paths, config)
+        print("engine.model set; rpchat will use it from the next start", file=sys.stderr)
+    return 0
+
+
 def cmd_lora(args: argparse.Namespace) -> int:
     from rpchat.config import load_config, save_config
     from rpchat.engine.lora_import import import_lora
@@ -396,6 +463,7 @@ COMMANDS = {
     "bench": cmd_bench,
     "doctor": cmd_doctor,
     "lora": cmd_lora,
+    "model": cmd_model,
     "formats": cmd_formats,
     "presets": cmd_presets,
     None: cmd_tui,
