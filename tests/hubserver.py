@@ -80,10 +80,10 @@ def start_hub(hub: FakeHub) -> tuple[ThreadingHTTPServer, str]:
                 return None
             return repo
 
-        def do_HEAD(self) -> None:  # noqa: N802
+        def do_HEAD(self) -> None:
             self._route()
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             self._route()
 
         def _route(self) -> None:
