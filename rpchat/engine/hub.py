@@ -10,7 +10,6 @@ request. Every failure becomes one `ModelError` line.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import threading
 from collections.abc import Callable, Iterator
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rpchat.engine.catalog import free_memory
 from rpchat.errors import ModelError
 
 _QUANT = re.compile(r"(?<![A-Za-z0-9])((?:I?Q\d(?:_[A-Z0-9]+)*)|BF16|F16|F32)(?![A-Za-z0-9])", re.IGNORECASE)
@@ -31,6 +31,10 @@ CHUNK = 1 << 20
 
 class Cancelled(ModelError):
     """The user stopped a download; nothing was kept."""
+
+
+__all__ = ["Cancelled", "HubFile", "HubRepo", "download", "free_memory", "list_gguf_files", "needed_memory",
+           "pick_file", "recommend", "search"]
 
 
 @dataclass(frozen=True)
@@ -57,21 +61,6 @@ class HubFile:
     @property
     def size_label(self) -> str:
         return f"{self.size / 2**30:.1f} GiB" if self.size >= 2**30 else f"{self.size / 2**20:.0f} MiB"
-
-
-def free_memory() -> int | None:
-    """Bytes of memory available for a model (MemAvailable on Linux), or None when unknown."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def needed_memory(size: int) -> int:
