@@ -66,6 +66,7 @@ def test_picker_lists_models_and_switches_without_leaving_the_chat(home: Path) -
                            and "Limamono" in app.engine.info.model_name)
             assert chat.session.fmt.name == "limamono"
             assert "format limamono, from the model" in chat.status_text()
+            assert any(n.message.startswith("Recognised Limamono-7B") for n in app._notifications)
             assert load_config(profile()).engine.model.endswith("limamono-7b.Q4_K_M.gguf")
 
     asyncio.run(go())

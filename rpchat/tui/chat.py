@@ -447,6 +447,9 @@ class ChatScreen(Screen[None]):
         except RpchatError as e:
             self.notify(str(e), severity="error", markup=False)
             return
+        if choices != self.session.choices:
+            for notice in choices.notices:  # e.g. "Recognised Limamono-7B ..." after picking another model
+                self.notify(notice, markup=False)
         self.session.fmt, self.session.choices = fmt, choices
         self.session.sampling, self.session.preset_name = preset.sampling, preset.name
         self.session.max_new = config.max_new_tokens
