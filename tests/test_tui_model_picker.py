@@ -89,3 +89,82 @@ def test_a_typed_path_that_is_not_a_model_is_reported(home: Path, tmp_path: Path
             await wait_for(pilot, lambda: not isinstance(app.screen, ModelPicker))
 
     asyncio.run(go())
+
+
+@pytest.fixture
+def fake_hub(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """The loopback Hub, with huggingface_hub pointed at it (as HF_ENDPOINT and HF_HOME do at import)."""
+    from hubserver import FakeHub, FakeRepo, start_hub
+    from huggingface_hub import constants
+
+    lima = write_tiny_model(tmp_path / "served.gguf", n_layer=2, name="Limamono-7B").read_bytes()
+    hub = FakeHub(repos={"example-org/Limamono-7B-GGUF": FakeRepo(
+        files={"limamono-7b.Q4_K_M.gguf": lima, "limamono-7b.Q8_0.gguf": bytes(24 << 20)},
+        listed_sizes={}, downloads=10)})
+    server, url = start_hub(hub)
+    monkeypatch.setattr(constants, "ENDPOINT", url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    yield hub
+    server.shutdown()
+
+
+async def _hub_files(pilot, app):  # type: ignore[no-untyped-def]
+    await pilot.press("f8")
+    await wait_for(pilot, lambda: isinstance(app.screen, ModelPicker))
+    picker = app.screen
+    box = picker.query_one("#hub-search")
+    assert "Limamono-7B" in box.placeholder  # the seeds are the quick searches
+    box.focus()
+    box.value = "limamono"
+    await pilot.press("enter")
+    table = picker.query_one("DataTable")
+    await wait_for(pilot, lambda: picker._mode == "repos" and table.row_count == 1)
+    assert str(table.get_row_at(0)[0]) == "example-org/Limamono-7B-GGUF"
+    table.focus()
+    await pilot.press("enter")
+    await wait_for(pilot, lambda: picker._mode == "files" and table.row_count == 2)
+    return picker, table
+
+
+def test_a_model_from_the_hub_downloads_and_loads(home: Path, tmp_path: Path, fake_hub) -> None:  # type: ignore[no-untyped-def]
+    async def go() -> None:
+        app = RpchatApp()
+        async with app.run_test(size=(150, 40)) as pilot:
+            chat = await open_chat_from_library(pilot, app, NAME)
+            _, table = await _hub_files(pilot, app)
+            names = [str(table.get_row_at(i)[0]) for i in range(2)]
+            row = names.index("limamono-7b.Q4_K_M.gguf")
+            table.move_cursor(row=row)
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: app.screen is chat)
+            await wait_for(pilot, lambda: app.engine_state == "ready" and app.engine is not None
+                           and "Limamono" in app.engine.info.model_name)
+            assert chat.session.fmt.name == "limamono"
+            model = load_config(profile()).engine.model
+            assert "models--example-org--Limamono-7B-GGUF" in model and model.endswith("limamono-7b.Q4_K_M.gguf")
+
+    asyncio.run(go())
+
+
+def test_esc_cancels_a_hub_download_and_keeps_nothing(home: Path, tmp_path: Path, fake_hub) -> None:  # type: ignore[no-untyped-def]
+    fake_hub.slow = 0.0005  # the 24 MiB file takes a few seconds: time to press Esc
+
+    async def go() -> None:
+        app = RpchatApp(load_model=False)
+        async with app.run_test(size=(150, 40)) as pilot:
+            await wait_for(pilot, lambda: type(app.screen).__name__ == "LibraryScreen")
+            picker, table = await _hub_files(pilot, app)
+            names = [str(table.get_row_at(i)[0]) for i in range(2)]
+            table.move_cursor(row=names.index("limamono-7b.Q8_0.gguf"))
+            await pilot.press("enter")
+            note = picker.query_one("#picker-note")
+            await wait_for(pilot, lambda: "%" in str(note.render()))  # progress is shown
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: any("download cancelled" in n.message for n in app._notifications))
+            assert app.screen is picker
+            blobs = tmp_path / "hf" / "hub" / "models--example-org--Limamono-7B-GGUF" / "blobs"
+            assert not blobs.exists() or list(blobs.iterdir()) == []
+            assert load_config(profile()).engine.model.endswith("plain-tiny.gguf")
+
+    asyncio.run(go())
