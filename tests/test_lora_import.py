@@ -239,3 +239,24 @@ def test_a_mixtral_style_adapter_on_the_experts_matches_the_numpy_merge(tmp_path
     scale = np.abs(reference).max()
     assert np.abs(applied - plain).max() > 0.1 * scale
     assert np.abs(applied - reference).max() < 1e-3 * scale
+
+
+def test_an_adapter_from_the_hub_cache_keeps_its_repo_name(tmp_path: Path, home: Path) -> None:
+    # `hf download` leaves the adapter under models--org--name/snapshots/<commit>/: the name comes from the
+    # repo (what the model rules match), and the GGUF goes to rpchat's models folder, not into the cache.
+    from rpchat.engine.gguf_info import read_gguf_info
+    from rpchat.engine.recognize import choose_for_model
+
+    base = write_tiny_model(tmp_path / "mixtral-8x7b-v0.1.gguf", n_layer=N_LAYER, n_embd=N_EMBD,
+                            name="mistralai_mixtral-8x7b-v0.1")
+    snap = tmp_path / "hf" / "models--someone--limarp-zloss-mixtral-8x7b-qlora" / "snapshots" / ("c" * 40)
+    make_adapter(snap)
+    res = run(["lora", "import", str(snap), "--base", str(base)], home)
+    assert res.returncode == 0, res.stderr
+    out = profile().models_dir / "limarp-zloss-mixtral-8x7b-qlora.gguf"
+    assert read_gguf_info(out).metadata["general.name"] == "limarp-zloss-mixtral-8x7b-qlora"
+    assert not list(snap.glob("*.gguf"))
+    cfg = load_config(profile())
+    choices = choose_for_model(cfg, model=Path(cfg.engine.model), lora=Path(cfg.engine.lora))
+    assert (choices.format.value, choices.preset.value, choices.model) == (
+        "limarp-v3-mixtral", "limarp-zloss-mixtral", "limarp-zloss-mixtral-8x7b-qlora")

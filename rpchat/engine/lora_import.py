@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from rpchat.errors import ModelError
+from rpchat.paths import profile
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
@@ -39,6 +40,20 @@ class ImportedLora:
     alpha: float
     targets: tuple[str, ...]  # base tensor names, e.g. blk.0.attn_q.weight
     n_tensors: int
+
+
+def _in_hub_cache(folder: Path) -> bool:
+    # <cache>/models--org--name/snapshots/<commit>/
+    return folder.parent.name == "snapshots" and folder.parent.parent.name.startswith("models--")
+
+
+def adapter_name(folder: Path) -> str:
+    """The adapter's name: its folder, or its repo's name when it sits in the Hugging Face cache
+    (``hf download`` puts it under a commit hash), so model rules can recognise it."""
+    folder = folder.resolve()
+    if _in_hub_cache(folder):
+        return folder.parent.parent.name.split("--")[-1]
+    return folder.name
 
 
 def _fail(problem: str, source: Path) -> ModelError:
@@ -137,6 +152,9 @@ def _field(reader: Any, key: str) -> Any:
 def import_lora(folder: Path, base: Path, out: Path | None = None, *, outtype: str | None = None) -> ImportedLora:
     """Write ``folder``'s PEFT adapter as a GGUF LoRA for the GGUF model ``base``; ModelError on any mismatch.
 
+    The default output is ``folder/<name>.gguf``, or ``<models folder>/<name>.gguf`` for an adapter in
+    the Hugging Face cache.
+
     ``outtype`` is "f32" or "f16"; by default f32 adapters stay f32 and f16/bf16 ones are written as f16.
     """
     import gguf
@@ -230,12 +248,17 @@ def import_lora(folder: Path, base: Path, out: Path | None = None, *, outtype: s
 
     f16 = outtype == "f16" if outtype else sixteen
     dtype = np.float16 if f16 else np.float32
-    out = Path(out).expanduser() if out else folder / f"{folder.name}.gguf"
+    name = adapter_name(folder)
+    if out is None:
+        # Not inside the Hugging Face cache (its snapshot folders belong to the library): the models folder.
+        out = profile().models_dir / f"{name}.gguf" if _in_hub_cache(folder) else folder / f"{name}.gguf"
+        out.parent.mkdir(parents=True, exist_ok=True)
+    out = Path(out).expanduser()
     writer = gguf.GGUFWriter(str(out) + ".partial", arch)
     writer.add_type(gguf.GGUFType.ADAPTER)
     writer.add_string("adapter.type", "lora")
     writer.add_float32("adapter.lora.alpha", alpha)
-    writer.add_name(folder.name)
+    writer.add_name(name)
     base_name = config.get("base_model_name_or_path")
     if isinstance(base_name, str) and base_name:
         writer.add_uint32("general.base_model.count", 1)
