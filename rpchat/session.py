@@ -620,7 +620,7 @@ def open_headless_session(
     resumed = store.open() if Path(chat_path).exists() else None
     choices, fmt, chosen = session_choices(
         cfg, chat_length=(resumed.length,) if resumed is not None else None, model=model,
-        format_name=format_name, preset_name=preset)
+        format_name=format_name, preset_name=preset, remote=bool(engine_url))
     if resumed is not None:
         chat = resumed
         persona = book.resolve(user or chat.persona)

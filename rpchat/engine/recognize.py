@@ -301,15 +301,17 @@ def session_choices(
     model: Path | None = None,
     format_name: str | None = None,
     preset_name: str | None = None,
+    remote: bool = False,
 ) -> tuple[ModelChoices, PromptFormat, SamplerPreset]:
     """What a session opens with: the choices, and the format (with the model's stops) and preset they name.
 
-    ``model`` overrides the configured one (``rpchat reply --model``).
+    ``model`` overrides the configured one (``rpchat reply --model``); ``remote`` (``--engine URL``) means
+    no local file says what the model is.
     """
     from rpchat.engine.presets import load_preset
     from rpchat.prompt.formats import load_format
 
-    path, lora = configured_model(config)
+    path, lora = configured_model(config) if not remote else (None, None)
     if model is not None:
         path, lora = model, (lora if path == model else None)
     choices = choose_for_model(config, model=path, lora=lora, chat_length=chat_length,
