@@ -15,9 +15,12 @@ import threading
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from rpchat.errors import RpchatError
+
+if TYPE_CHECKING:
+    from rpchat.session import RoleplaySession
 
 
 class _Parser(argparse.ArgumentParser):
@@ -95,6 +98,29 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--no-tui", action="store_true", help="skip the headless TUI measurements")
     be.add_argument("--json", action="store_true", help="print the figures as JSON")
 
+    mo = sub.add_parser("model", help="find and download GGUF models on the Hugging Face Hub")
+    mos = mo.add_subparsers(dest="model_command", required=True, parser_class=_Parser)
+    ms = mos.add_parser("search", help="search GGUF model repos")
+    ms.add_argument("text")
+    ms.add_argument("--limit", type=int, default=20)
+    mf = mos.add_parser("files", help="list a repo's GGUF files with sizes and the one that fits")
+    mf.add_argument("repo")
+    mg = mos.add_parser("get", help="download a GGUF from a repo into the hub cache and use it")
+    mg.add_argument("repo")
+    which = mg.add_mutually_exclusive_group()
+    which.add_argument("--file", help="the file name (default: the largest quant that fits in memory)")
+    which.add_argument("--quant", help="a quant type, e.g. Q4_K_M")
+    mg.add_argument("--no-configure", action="store_true", help="only download; leave engine.model as it is")
+
+    lo = sub.add_parser("lora", help="LoRA adapters")
+    los = lo.add_subparsers(dest="lora_command", required=True, parser_class=_Parser)
+    li = los.add_parser("import", help="convert a PEFT LoRA adapter folder to GGUF and use it")
+    li.add_argument("dir", type=Path, help="folder with adapter_config.json and adapter_model.safetensors")
+    li.add_argument("--base", type=Path, required=True, help="the base model GGUF the adapter is applied to")
+    li.add_argument("--out", type=Path, help="GGUF to write (default: DIR/DIR.gguf)")
+    li.add_argument("--outtype", choices=("f32", "f16"), help="tensor type (default: f32 for f32 adapters, else f16)")
+    li.add_argument("--no-configure", action="store_true", help="only convert; leave engine.model/engine.lora")
+
     sub.add_parser("doctor", help="print the llama.cpp build, backends, AMX verdict and paths")
     fm = sub.add_parser("formats", help="list prompt formats, or import SillyTavern templates")
     fms = fm.add_subparsers(dest="formats_command", parser_class=_Parser)
@@ -130,7 +156,7 @@ def cmd_prompt(args: argparse.Namespace) -> int:
     paths = profile()
     config = load_config(paths)
     session = open_chat_session(args.card, args.chat, config=config, personas=PersonaBook.load(paths.personas_file),
-                                user=args.user, format_name=args.format, readonly=True)
+                                user=args.user, format_name=args.format, readonly=True, model=args.model)
     if args.persona is not None:
         session.persona = Persona(session.persona.name, args.persona)
     if args.scenario is not None:
@@ -150,14 +176,21 @@ def cmd_prompt(args: argparse.Namespace) -> int:
         counter = Vocab(args.model).count_tokens
         n_ctx = args.n_ctx or config.engine.n_ctx
     built = session.build("reply", counter=counter, n_ctx=n_ctx)
-    for notice in session.take_notices():
-        print(f"rpchat: warning: {notice}", file=sys.stderr)
+    _print_notices(session)
     # Exactly the prompt when piped; on a terminal, control characters are shown, not obeyed.
     sys.stdout.write(_printable(built.text) if sys.stdout.isatty() else built.text)
     sys.stdout.flush()
     if built.dropped:
         print(f"rpchat: note: {len(built.dropped)} older turn(s) left out to fit {n_ctx} tokens", file=sys.stderr)
     return 0
+
+
+def _print_notices(session: RoleplaySession) -> None:
+    # What the model made rpchat choose is a note; a world file it could not use is a warning.
+    told = session.choices.notices if session.choices is not None else ()
+    for notice in session.take_notices():
+        kind = "note" if notice in told else "warning"
+        print(f"rpchat: {kind}: {_printable(notice)}", file=sys.stderr)
 
 
 def cmd_reply(args: argparse.Namespace) -> int:
@@ -176,7 +209,7 @@ def cmd_reply(args: argparse.Namespace) -> int:
                          n_ctx=args.n_ctx)
     session = open_chat_session(args.card, args.chat, config=config, personas=PersonaBook.load(paths.personas_file),
                                 engine=engine, user=args.user, format_name=args.format, preset=args.preset,
-                                create_missing=True)
+                                create_missing=True, model=args.model, remote=bool(args.engine))
     if args.seed is not None:
         session.sampling = dataclasses.replace(session.sampling, seed=args.seed)
     if args.max_new:
@@ -206,8 +239,7 @@ def cmd_reply(args: argparse.Namespace) -> int:
             cancel.set()
             raise
         out.write("\n")
-        for notice in session.take_notices():
-            print(f"rpchat: warning: {notice}", file=sys.stderr)
+        _print_notices(session)
         if result.error:
             kept = " (partial reply saved, marked unfinished)" if result.text.strip() else ""
             print(f"rpchat: error: {result.error}{kept}", file=sys.stderr)
@@ -356,6 +388,78 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_model(args: argparse.Namespace) -> int:
+    from rpchat.engine import hub
+
+    if args.model_command == "search":
+        found = hub.search(args.text, limit=args.limit)
+        if not found:
+            print(f"rpchat: no GGUF repos match {args.text!r}", file=sys.stderr)
+            return 1
+        for repo in found:
+            gated = "  (gated)" if repo.gated else ""
+            print(_printable(f"{repo.id}  {repo.downloads:,} downloads  {repo.likes:,} likes{gated}"))
+        return 0
+    files = hub.list_gguf_files(args.repo)
+    memory = hub.free_memory()
+    if args.model_command == "files":
+        best = hub.recommend(files, memory)
+        free = f"{memory / 2**30:.1f} GiB" if memory else "unknown"
+        print(f"free memory: {free}", file=sys.stderr)
+        for f in files:
+            fits = "fits" if memory and hub.needed_memory(f.size) <= memory else "too big"
+            mark = "  <- recommended" if f == best else ""
+            print(_printable(f"{f.path}  {f.quant}  {f.size_label}  {fits}{mark}"))
+        return 0
+    chosen = hub.pick_file(files, filename=args.file, quant=args.quant, memory=memory, repo=args.repo)
+    print(_printable(f"downloading {args.repo}/{chosen.path} ({chosen.quant}, {chosen.size_label})"),
+          file=sys.stderr)
+    shown = [-1]
+
+    def progress(done: int, total: int | None) -> None:
+        pct = int(done * 100 / total) if total else 0
+        if pct != shown[0]:
+            shown[0] = pct
+            sys.stderr.write(f"\r  {pct:3d}%  {done / 2**20:,.1f} / {(total or 0) / 2**20:,.1f} MiB")
+            sys.stderr.flush()
+
+    try:
+        path = hub.download(args.repo, chosen, progress=progress)
+    finally:
+        if shown[0] >= 0:
+            sys.stderr.write("\n")  # an error goes on its own line, after the bar
+    print(str(path))
+    if not args.no_configure:
+        from rpchat.config import load_config, save_config
+        from rpchat.paths import profile
+
+        paths = profile()
+        config = load_config(paths)
+        config.engine.kind, config.engine.model, config.engine.lora = "local", str(path), None
+        save_config(paths, config)
+        print("engine.model set; rpchat will use it from the next start", file=sys.stderr)
+    return 0
+
+
+def cmd_lora(args: argparse.Namespace) -> int:
+    from rpchat.config import load_config, save_config
+    from rpchat.engine.lora_import import import_lora
+    from rpchat.paths import profile
+
+    done = import_lora(args.dir, args.base, args.out, outtype=args.outtype)
+    print(f"wrote {done.path}: rank {done.rank}, alpha {done.alpha:g}, {len(done.targets)} target tensors",
+          file=sys.stderr)
+    if not args.no_configure:
+        paths = profile()
+        config = load_config(paths)
+        config.engine.kind = "local"
+        config.engine.model = str(Path(args.base).expanduser().resolve())
+        config.engine.lora = str(done.path.resolve())
+        save_config(paths, config)
+        print(f"engine.model = {config.engine.model}\nengine.lora = {config.engine.lora}", file=sys.stderr)
+    return 0
+
+
 def cmd_doctor(_: argparse.Namespace) -> int:
     from rpchat.engine.diagnostics import doctor_report
 
@@ -435,6 +539,8 @@ COMMANDS = {
     "chat": cmd_chat,
     "bench": cmd_bench,
     "doctor": cmd_doctor,
+    "lora": cmd_lora,
+    "model": cmd_model,
     "formats": cmd_formats,
     "presets": cmd_presets,
     None: cmd_tui,

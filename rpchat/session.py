@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from rpchat.cards.model import Card
 from rpchat.chat.model import Chat, Turn
@@ -26,6 +26,9 @@ from rpchat.personas import Persona, PersonaBook
 from rpchat.prompt.builder import BuiltPrompt
 from rpchat.prompt.formats import PromptFormat
 from rpchat.prompt.lorebook import Lorebook
+
+if TYPE_CHECKING:
+    from rpchat.engine.recognize import ModelChoices
 
 ReplyMode = Literal["reply", "regenerate", "continue", "impersonate"]
 SwipeOutcome = Literal["moved", "generate", "none"]
@@ -69,6 +72,8 @@ class RoleplaySession:
         self._counter: tuple[Engine, Callable[[str], int]] | None = None
         # World-info problems met while building, each reported once (the TUI notifies, the CLI warns).
         self.notices: list[str] = []
+        # Where the format, preset and length came from (the model, the settings, the chat); see recognize.py.
+        self.choices: ModelChoices | None = None
         self._reported: set[str] = set()
         # `rpchat reply --no-lore`: leave the card's lorebook out for this session without saving that.
         self.skip_card_lorebook = False
@@ -539,28 +544,29 @@ def open_chat_session(
     preset: str | None = None,
     create_missing: bool = False,
     readonly: bool = False,
+    model: Path | None = None,
+    remote: bool = False,
 ) -> RoleplaySession:
     """Open a chat with a card, the one way the TUI, ``rpchat reply`` and ``rpchat prompt`` do.
 
     ``chat_path`` resumes that file (``create_missing``: a missing one is a new chat saved there);
     None starts a new chat, with the greeting, saved in the library. ``user``, ``format_name`` and
     ``preset`` override the chat's persona and the config's format and preset. ``readonly`` touches no
-    file: the chat is read as is and a new one is not saved (``rpchat prompt``).
+    file: the chat is read as is and a new one is not saved (``rpchat prompt``). ``model`` (a GGUF) and
+    ``remote`` say which model the format and preset are picked for, when not the configured one.
     """
     from rpchat.cards import load_card
     from rpchat.chat.library import new_chat_path
     from rpchat.chat.store import load_chat
     from rpchat.config import load_config
-    from rpchat.engine.presets import load_preset
+    from rpchat.engine.recognize import session_choices
     from rpchat.paths import profile
-    from rpchat.prompt import load_format
 
     cfg = config if config is not None else load_config(profile())
     book = personas if personas is not None else PersonaBook.load()
     card = load_card(Path(card_path))
-    fmt = load_format(format_name or cfg.format)
-    chosen = load_preset(preset or cfg.preset)
     path = Path(chat_path) if chat_path is not None else None
+    chat: Chat | None = None
     if path is not None and (path.exists() or not create_missing):
         store = ChatStore(path)
         chat = load_chat(path) if readonly else store.open()
@@ -571,16 +577,22 @@ def open_chat_session(
             chat.rename_user(persona.name)
         if user:
             chat.persona = persona.name
-    else:
+    # The model's format, preset, stops and starting length, unless the user or the chat chose.
+    choices, fmt, chosen = session_choices(
+        cfg, chat_length=(chat.length,) if chat is not None else None, model=model,
+        format_name=format_name, preset_name=preset, remote=remote)
+    if chat is None:
         persona = pick_persona(book, user)
-        chat = start_chat(card, persona, cfg.default_length)
+        chat = start_chat(card, persona, choices.length.value)
         store = ChatStore(path if path is not None else new_chat_path(card.display_name))
         if not readonly:
             store.save(chat)
-    return RoleplaySession(
+    session = RoleplaySession(
         card, chat, store, persona, fmt, chosen.sampling,
         engine=engine, preset_name=chosen.name, max_new=cfg.max_new_tokens, card_path=Path(card_path),
     )
+    session.choices, session.notices = choices, list(choices.notices)
+    return session
 
 
 NO_MODEL_HELP = (

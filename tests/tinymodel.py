@@ -80,8 +80,15 @@ def write_tiny_model(
     seed: int = 0,
     successors: Mapping[int, int] | None = None,
     name: str = "tiny-llama",
+    metadata: Mapping[str, str] | None = None,
+    delta: Mapping[str, np.ndarray] | None = None,
+    n_expert: int = 0,
 ) -> Path:
     """Write a random float32 llama GGUF to ``path`` and return it.
+
+    ``metadata`` adds text keys (``general.basename``, ``tokenizer.chat_template``...); a key
+    ``general.name`` there replaces ``name``. ``delta`` is added to the named tensors (same seed, same
+    random weights): a LoRA merged by hand. ``n_expert`` > 0 makes a Mixtral-style MoE (all experts used).
 
     ``successors`` maps token id -> next token id: the attention and FFN outputs are zeroed and the
     output matrix is built so greedy decoding after token ``a`` picks ``successors[a]``.
@@ -94,7 +101,10 @@ def write_tiny_model(
     tokens = tiny_tokens(n_vocab)
 
     writer = GGUFWriter(str(path), "llama")
-    writer.add_name(name)
+    extra = dict(metadata or {})
+    writer.add_name(extra.pop("general.name", name))
+    for key, value in extra.items():
+        writer.add_string(key, value)
     writer.add_context_length(n_ctx)
     writer.add_embedding_length(n_embd)
     writer.add_block_count(n_layer)
@@ -102,6 +112,9 @@ def write_tiny_model(
     writer.add_head_count(n_head)
     writer.add_head_count_kv(n_head)
     writer.add_layer_norm_rms_eps(1e-5)
+    if n_expert:
+        writer.add_expert_count(n_expert)
+        writer.add_expert_used_count(n_expert)
     writer.add_file_type(0)  # ALL_F32
 
     writer.add_tokenizer_model("llama")
@@ -128,6 +141,10 @@ def write_tiny_model(
     def rand(*shape: int, scale: float = 0.02) -> np.ndarray:
         return (rng.standard_normal(shape) * scale).astype(np.float32)
 
+    def add(name: str, value: np.ndarray) -> None:
+        change = (delta or {}).get(name)
+        writer.add_tensor(name, value if change is None else (value + change).astype(np.float32))
+
     scripted = successors is not None
     embd = rng.standard_normal((n_vocab, n_embd)).astype(np.float32)
     output = rand(n_vocab, n_embd, scale=0.02 if scripted else 0.5)
@@ -135,21 +152,27 @@ def write_tiny_model(
         for a, b in successors.items():
             unit = embd[a] / np.linalg.norm(embd[a])
             output[b] += 20.0 * unit
-    writer.add_tensor("token_embd.weight", embd)
-    writer.add_tensor("output_norm.weight", np.ones(n_embd, dtype=np.float32))
-    writer.add_tensor("output.weight", output)
+    add("token_embd.weight", embd)
+    add("output_norm.weight", np.ones(n_embd, dtype=np.float32))
+    add("output.weight", output)
     for i in range(n_layer):
         p = f"blk.{i}."
-        writer.add_tensor(p + "attn_norm.weight", np.ones(n_embd, dtype=np.float32))
-        writer.add_tensor(p + "attn_q.weight", rand(n_embd, n_embd, scale=0.2))
-        writer.add_tensor(p + "attn_k.weight", rand(n_embd, n_embd, scale=0.2))
-        writer.add_tensor(p + "attn_v.weight", rand(n_embd, n_embd, scale=0.2))
+        add(p + "attn_norm.weight", np.ones(n_embd, dtype=np.float32))
+        add(p + "attn_q.weight", rand(n_embd, n_embd, scale=0.2))
+        add(p + "attn_k.weight", rand(n_embd, n_embd, scale=0.2))
+        add(p + "attn_v.weight", rand(n_embd, n_embd, scale=0.2))
         out_scale = 0.0 if scripted else 0.2
-        writer.add_tensor(p + "attn_output.weight", rand(n_embd, n_embd, scale=out_scale))
-        writer.add_tensor(p + "ffn_norm.weight", np.ones(n_embd, dtype=np.float32))
-        writer.add_tensor(p + "ffn_gate.weight", rand(n_ff, n_embd, scale=0.2))
-        writer.add_tensor(p + "ffn_up.weight", rand(n_ff, n_embd, scale=0.2))
-        writer.add_tensor(p + "ffn_down.weight", rand(n_embd, n_ff, scale=out_scale))
+        add(p + "attn_output.weight", rand(n_embd, n_embd, scale=out_scale))
+        add(p + "ffn_norm.weight", np.ones(n_embd, dtype=np.float32))
+        if n_expert:
+            add(p + "ffn_gate_inp.weight", rand(n_expert, n_embd, scale=0.2))
+            add(p + "ffn_gate_exps.weight", rand(n_expert, n_ff, n_embd, scale=0.2))
+            add(p + "ffn_up_exps.weight", rand(n_expert, n_ff, n_embd, scale=0.2))
+            add(p + "ffn_down_exps.weight", rand(n_expert, n_embd, n_ff, scale=out_scale))
+            continue
+        add(p + "ffn_gate.weight", rand(n_ff, n_embd, scale=0.2))
+        add(p + "ffn_up.weight", rand(n_ff, n_embd, scale=0.2))
+        add(p + "ffn_down.weight", rand(n_embd, n_ff, scale=out_scale))
 
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

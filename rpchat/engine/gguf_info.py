@@ -12,7 +12,7 @@ import re
 import stat
 import struct
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rpchat.errors import ModelError
@@ -93,6 +93,9 @@ _TENSOR_TYPES = {
     35: "TQ2_0",
     39: "MXFP4",
 }
+_KEPT = frozenset({"tokenizer.chat_template", "adapter.type"})
+_KEPT_SUFFIXES = (".context_length", ".block_count", ".embedding_length", ".attention.head_count",
+                  ".attention.head_count_kv", ".attention.key_length", ".attention.value_length")
 _SPLIT_PART = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
 
 
@@ -109,6 +112,10 @@ class ModelInfo:
     parameter_count: int | None
     block_count: int | None = None
     error: str | None = None  # set by scan_models for a file it could not read
+    # The text keys that say what the model is: general.* (name, basename, finetune, base_model.N.*,
+    # type), adapter.type and tokenizer.chat_template, for recognising a model (engine/recognize.py).
+    metadata: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    kv_bytes_per_token: int | None = None  # f16 KV cache per token of context, when the header says enough
 
     @property
     def size_label(self) -> str:
@@ -223,8 +230,10 @@ def _parse(r: _Reader, path: Path, size: int) -> ModelInfo:
     for _ in range(n_kv):
         key = r.string(MAX_KEY_LEN, wide).decode("utf-8", "replace")
         vtype = int(r.unpack("I"))
-        keep = key.startswith("general.") or key.endswith((".context_length", ".block_count"))
-        meta[key] = r.value(vtype, wide, keep)
+        keep = key.startswith("general.") or key in _KEPT or key.endswith(_KEPT_SUFFIXES)
+        value = r.value(vtype, wide, keep)
+        # An array's value is its length: never mistake it for a number (per-layer head counts).
+        meta[key] = ("array", value) if vtype == _ARRAY else value
 
     params = 0
     tensor_types: Counter[int] = Counter()
@@ -252,6 +261,7 @@ def _parse(r: _Reader, path: Path, size: int) -> ModelInfo:
     else:
         quant = "unknown"
     declared = meta.get("general.parameter_count")
+    kv = _kv_bytes_per_token(meta, arch)
     name = str(meta.get("general.name") or "").strip() or path.stem
     return ModelInfo(
         path=path,
@@ -262,7 +272,24 @@ def _parse(r: _Reader, path: Path, size: int) -> ModelInfo:
         size_bytes=size,
         parameter_count=int(declared) if isinstance(declared, int) and declared > 0 else (params or None),
         block_count=int(blocks) if isinstance(blocks, int) and blocks > 0 else None,
+        metadata={k: v for k, v in meta.items() if isinstance(v, str)},
+        kv_bytes_per_token=kv,
     )
+
+
+def _kv_bytes_per_token(meta: dict[str, object], arch: str) -> int | None:
+    """K and V, f16, for every layer: layers x kv_heads x (key + value head size) x 2 bytes."""
+    def num(key: str) -> int | None:
+        value = meta.get(f"{arch}.{key}")
+        return int(value) if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+    layers, embd, heads = num("block_count"), num("embedding_length"), num("attention.head_count")
+    if layers is None or embd is None or heads is None:
+        return None
+    kv_heads = num("attention.head_count_kv") or heads
+    key_len = num("attention.key_length") or embd // heads
+    value_len = num("attention.value_length") or embd // heads
+    return layers * kv_heads * (key_len + value_len) * 2
 
 
 def scan_models(folder: str | Path) -> list[ModelInfo]:

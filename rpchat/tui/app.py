@@ -231,19 +231,8 @@ class RpchatApp(App[None]):
             return
 
         def done(config: Config | None) -> None:
-            if config is None:
-                return
-            engine_changed = config.engine != self.config.engine
-            self.config = config
-            keymap, _ = check_keymap(config.keys)
-            self._user_keys = keymap
-            self.set_keymap(keymap)
-            for screen in self.screen_stack:
-                apply = getattr(screen, "settings_changed", None)
-                if callable(apply):
-                    apply(config)
-            if engine_changed and self._load_model:
-                self.start_loading()
+            if config is not None:
+                self._apply_config(config)
 
         self.push_screen(SettingsScreen(self.config, self.paths), done)
 
@@ -258,6 +247,47 @@ class RpchatApp(App[None]):
         from rpchat.tui.settings import ask_st_import
 
         ask_st_import(self, "format")
+    def _apply_config(self, config: Config) -> None:
+        # Every screen takes the new settings (a chat re-picks its format and preset for a new model);
+        # a changed engine loads in the background while the chat goes on.
+        engine_changed = config.engine != self.config.engine
+        self.config = config
+        keymap, _ = check_keymap(config.keys)
+        self._user_keys = keymap
+        self.set_keymap(keymap)
+        for screen in self.screen_stack:
+            apply = getattr(screen, "settings_changed", None)
+            if callable(apply):
+                apply(config)
+        if engine_changed and self._load_model:
+            self.start_loading()
+
+    def action_open_model_picker(self) -> None:
+        """List the models rpchat can find; the one picked loads in the background."""
+        import dataclasses
+
+        from rpchat.config import save_config
+        from rpchat.tui.model_picker import ModelPicker
+
+        if isinstance(self.screen, ModelPicker):
+            return
+
+        def done(path: Path | None) -> None:
+            if path is None:
+                return
+            eng = self.config.engine
+            same = eng.model is not None and Path(eng.model).expanduser() == path
+            # A LoRA belongs to its base model: another model drops it.
+            engine = dataclasses.replace(eng, kind="local", model=str(path), lora=eng.lora if same else None)
+            config = dataclasses.replace(self.config, engine=engine)
+            try:
+                save_config(self.paths, config)
+            except RpchatError as e:
+                self.notify(str(e), severity="error", markup=False)
+                return
+            self._apply_config(config)
+
+        self.push_screen(ModelPicker(self.config, self.paths), done)
 
     def open_persona_editor(self, chat: Any) -> None:
         """Pick the persona and edit the scenario of the chat on ``chat`` (a ChatScreen)."""
@@ -320,7 +350,8 @@ class RpchatApp(App[None]):
             self.notify(str(e), severity="error", markup=False)
             return
         n_ctx = session.engine.n_ctx if session.engine is not None else None
-        self.push_screen(PromptInspector(built, n_ctx=n_ctx, max_new=session.max_new))
+        origins = session.choices.origins() if session.choices is not None else None
+        self.push_screen(PromptInspector(built, n_ctx=n_ctx, max_new=session.max_new, origins=origins))
 
     # --- quitting -----------------------------------------------------------------------------------------
     async def action_quit(self) -> None:

@@ -30,6 +30,7 @@ KEYS: tuple[KeySpec, ...] = (
     KeySpec("quit", "ctrl+q", "app.quit", "Quit", "app", priority=True),
     KeySpec("help", "f1", "app.show_help", "Help", "app"),
     KeySpec("settings", "f2", "app.open_settings", "Settings", "app"),
+    KeySpec("models", "f8", "app.open_model_picker", "Models", "app", show=False),  # f6/f7: the text box
     # library
     KeySpec("open_card", "enter", "open_card", "Chats", "library", palette=True),
     KeySpec("resume_chat", "ctrl+o", "resume_chat", "Resume last chat", "library"),

@@ -270,7 +270,12 @@ class ChatScreen(Screen[None]):
         result = self.session.last_result
         if result is not None and result.tok_per_s:
             parts.append(f"{result.tok_per_s:.1f} tok/s")
-        parts.append(f"preset {self.session.preset_name or '-'}")
+        choices = self.session.choices
+        if choices is not None:
+            # Where each came from: "format limamono, from the model".
+            parts += [choices.format.describe("format"), choices.preset.describe("preset")]
+        else:
+            parts.append(f"preset {self.session.preset_name or '-'}")
         parts.append(f"length {self.session.length or 'auto'}")
         if self.generating:
             parts.append(f"{self.generating}... ({self._key('stop')} stops)")
@@ -435,15 +440,17 @@ class ChatScreen(Screen[None]):
 
     def settings_changed(self, config: Any) -> None:
         """Apply new settings (format, preset, reply budget) from the next reply on."""
-        from rpchat.engine.presets import load_preset
-        from rpchat.prompt import load_format
+        from rpchat.engine.recognize import session_choices
 
         try:
-            self.session.fmt = load_format(config.format)
-            preset = load_preset(config.preset)
+            choices, fmt, preset = session_choices(config, chat_length=(self.session.chat.length,))
         except RpchatError as e:
             self.notify(str(e), severity="error", markup=False)
             return
+        if choices != self.session.choices:
+            for notice in choices.notices:  # e.g. "Recognised Limamono-7B ..." after picking another model
+                self.notify(notice, markup=False)
+        self.session.fmt, self.session.choices = fmt, choices
         self.session.sampling, self.session.preset_name = preset.sampling, preset.name
         self.session.max_new = config.max_new_tokens
         self.update_sidebar()

@@ -81,7 +81,7 @@ class PromptInspector(ModalScreen[None]):
         width: 95%; height: 95%; border: thick $primary 60%; background: $surface; padding: 0 1;
     }
     PromptInspector #inspector-title { text-style: bold; color: $primary; }
-    PromptInspector #summary, PromptInspector #lore { height: auto; color: $text-muted; }
+    PromptInspector #summary, PromptInspector #lore, PromptInspector #origins { height: auto; color: $text-muted; }
     PromptInspector #views { height: 1fr; }
     PromptInspector #prompt-text { height: 1fr; }
     PromptInspector #buttons { height: auto; align-horizontal: right; }
@@ -94,14 +94,18 @@ class PromptInspector(ModalScreen[None]):
     ]
 
     def __init__(self, built: BuiltPrompt, *, n_ctx: int | None = None, max_new: int | None = None,
-                 title: str = "Prompt inspector") -> None:
+                 title: str = "Prompt inspector", origins: list[str] | None = None) -> None:
         super().__init__()
         self.built, self._n_ctx, self._max_new, self._title = built, n_ctx, max_new, title
+        self._origins = origins or []  # "format limamono, from the model", ...
 
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Static(self._title, id="inspector-title", markup=False)
             yield Static(prompt_summary(self.built, self._n_ctx, self._max_new), id="summary", markup=False)
+            if self._origins:
+                yield Static(strip_controls("Chosen: " + "; ".join(self._origins) + "."), id="origins",
+                             markup=False)
             lore = lore_lines(self.built)
             lore_text = ("Lorebook: " + "; ".join(lore)) if lore else "Lorebook: no entries fired."
             yield Static(strip_controls(lore_text), id="lore", markup=False)
