@@ -504,7 +504,7 @@ def open_session(
 ) -> RoleplaySession:
     """Open a chat with a card: ``chat_path`` resumes that file, None starts (and saves) a new chat."""
     from rpchat.cards import load_card
-    from rpchat.chat.library import new_chat_path
+    from rpchat.chat.library import chats_folder, new_chat_path
     from rpchat.config import load_config
     from rpchat.engine.presets import load_preset
     from rpchat.paths import profile
@@ -520,7 +520,7 @@ def open_session(
     else:
         persona = book.default_persona()
         chat = start_chat(card, persona, cfg.default_length)
-        store = ChatStore(new_chat_path(card.display_name))
+        store = ChatStore(new_chat_path(card.display_name, chats_folder(card_path)))
         store.save(chat)
     preset = load_preset(cfg.preset)
     return RoleplaySession(

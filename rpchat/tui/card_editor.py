@@ -24,11 +24,11 @@ from textual.screen import Screen
 from textual.widgets import Button, Footer, Input, Label, OptionList, Static, TabbedContent, TabPane, TextArea
 from textual.widgets.option_list import Option
 
-from rpchat.cards.cardfile import read_capped, save_card
-from rpchat.cards.library import safe_filename, unique_path
+from rpchat.cards.cardfile import read_capped
+from rpchat.cards.library import save_edited_card
 from rpchat.cards.model import Card
 from rpchat.errors import RpchatError
-from rpchat.paths import bundled_dir, profile
+from rpchat.paths import bundled_dir
 from rpchat.text import strip_controls
 from rpchat.tui.avatar import AvatarView
 from rpchat.tui.dialogs import ConfirmDialog, PathPrompt
@@ -56,10 +56,12 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif")
 
 @dataclass(frozen=True)
 class SavedCard:
-    """A card the editor wrote, and the file it went to."""
+    """A card the editor wrote, and the file it went to (a renamed card's new file; its chats moved along)."""
 
     card: Card
     path: Path
+    # The file the card was opened from, when the save renamed it.
+    renamed_from: Path | None = None
 
 
 def _wid(field: str) -> str:
@@ -282,14 +284,6 @@ class CardEditor(Screen["SavedCard | None"]):
             return original
         return value
 
-    def target_path(self, card: Card) -> Path:
-        """Where Save writes: the card's own file, or a PNG in the user's cards folder."""
-        folder = profile().cards_dir
-        path = self.path
-        if path is not None and not _inside(path, bundled_dir("cards")):
-            return path
-        return unique_path(folder, safe_filename(card.name), ".png")
-
     # --- actions -----------------------------------------------------------------------------------------
     def action_save(self) -> None:
         """Check the form, write the card and close; problems are listed and nothing is written."""
@@ -301,15 +295,16 @@ class CardEditor(Screen["SavedCard | None"]):
         target = None
         if not problems:
             try:
-                target = self.target_path(card)
-                save_card(card, target)
+                # A renamed card's file is renamed too, and its chats move with it.
+                target = save_edited_card(card, self.card, self.path)
             except RpchatError as e:
                 problems.append(str(e))
         self.query_one("#problems", Static).update(strip_controls("\n".join(problems)))
         if problems or target is None:
             self.notify(strip_controls(problems[0]), title="Card not saved", severity="error")
             return
-        self.dismiss(SavedCard(card, target))
+        renamed = self.path is not None and target != self.path and not _inside(self.path, bundled_dir("cards"))
+        self.dismiss(SavedCard(card, target, renamed_from=self.path if renamed else None))
 
     @on(Button.Pressed, "#save")
     def _save_pressed(self) -> None:
