@@ -264,3 +264,16 @@ def test_renaming_moves_chats_filed_under_the_old_name_too() -> None:
     new = save_edited_card(replace(before, name="Maren"), before, card)
     assert {e.path.name for e in list_chats(new)} == {"old.jsonl", own.name}
     assert not legacy.exists()
+
+
+def test_saving_an_edited_bundled_card_makes_a_new_character_without_chats() -> None:
+    from dataclasses import replace
+
+    from rpchat.cards import list_cards, load_card, save_edited_card
+
+    bundled = next(e for e in list_cards() if e.bundled)
+    chat = _chat_with(bundled.path, "with the bundled one")
+    before = load_card(bundled.path)
+    copy = save_edited_card(replace(before, description="My version."), before, bundled.path)
+    assert copy.parent == profile().cards_dir and list_chats(copy) == []
+    assert [e.path for e in list_chats(bundled.path)] == [chat]

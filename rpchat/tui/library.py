@@ -19,6 +19,7 @@ from textual.widgets import Footer, Input, OptionList, ProgressBar, Static
 from textual.widgets.option_list import Option
 
 from rpchat.cards import CardEntry, delete_card, duplicate_card, import_card, list_cards, load_card
+from rpchat.cards.library import card_files
 from rpchat.chat.library import ChatEntry
 from rpchat.errors import RpchatError
 from rpchat.tui.avatar import AvatarView
@@ -154,6 +155,7 @@ class LibraryScreen(Screen[None]):
         super().__init__()
         self.entries: list[CardEntry] = []
         self.shown: list[CardEntry] = []
+        self._files: list[tuple[Path, int]] = []
 
     @property
     def rp_app(self) -> RpchatApp:
@@ -185,6 +187,9 @@ class LibraryScreen(Screen[None]):
         # Chats may have been added, and the card edited or renamed, while the chat screen was open.
         from rpchat.chat.recent import recorded_chat
 
+        if self._files == self._card_files():
+            self._show_detail()  # no card changed: only the chat count may have
+            return
         current = self.current
         select = current.path if current is not None and current.path.exists() else None
         if select is None and current is not None:
@@ -194,9 +199,21 @@ class LibraryScreen(Screen[None]):
                 self.query_one("#filter", Input).value = ""  # the new name may not match the filter
         self.reload(select=select)
 
+    @staticmethod
+    def _card_files() -> list[tuple[Path, int]]:
+        """The card files and their change times: reading every card again is only worth it on a change."""
+        found = []
+        for path in card_files():
+            try:
+                found.append((path, path.stat().st_mtime_ns))
+            except OSError:
+                found.append((path, 0))
+        return found
+
     # --- list ----------------------------------------------------------------------------------------
     def reload(self, select: Path | None = None) -> None:
         """Read the card folders again and show the list (keeping the filter)."""
+        self._files = self._card_files()
         try:
             self.entries = list_cards()
         except RpchatError as e:
