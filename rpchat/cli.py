@@ -180,6 +180,8 @@ def cmd_reply(args: argparse.Namespace) -> int:
         n_ctx=args.n_ctx,
         max_new=args.max_new,
     )
+    for warning in session.chat.warnings:  # lines of the chat file that could not be read
+        print(f"rpchat: warning: {_printable(warning)}", file=sys.stderr)
     cancel = threading.Event()
     try:
         if args.length is not ...:
