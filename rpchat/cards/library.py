@@ -100,7 +100,7 @@ def save_edited_card(card: Card, previous: Card, path: Path | None, folder: Path
     changed is renamed after the new name, and its chats move along (`rename_card`).
     """
     folder = Path(folder) if folder is not None else profile().cards_dir
-    if path is None or _inside(Path(path), bundled_dir("cards")):
+    if path is None or is_bundled(path):
         dest = new_card_path(folder, card.name, ".png", fresh_chats=True)
         save_card(card, dest)
         return dest
@@ -264,8 +264,9 @@ def _store(raw: bytes, card: Card, suffix: str, folder: Path | None, *, fresh_ch
     return dest
 
 
-def _inside(path: Path, folder: Path) -> bool:
+def is_bundled(path: Path) -> bool:
+    """True for a card file shipped with rpchat (read-only: saving it makes the user's own copy)."""
     try:
-        return path.resolve().is_relative_to(folder.resolve())
+        return Path(path).resolve().is_relative_to(bundled_dir("cards").resolve())
     except OSError:
         return False

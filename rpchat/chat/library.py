@@ -131,16 +131,17 @@ def list_chats(card_path: Path, name: str | None = None) -> list[ChatEntry]:
     entries = []
     for path in _chat_files(chat_folders(card_path, _name(card_path, name))):
         try:
-            chat, dropped = salvage_chat(read_capped(path, MAX_CHAT_BYTES, ChatError, "chat file"), path)
+            found = salvage_chat(read_capped(path, MAX_CHAT_BYTES, ChatError, "chat file"), path)
         except ChatError as exc:
             entries.append(ChatEntry(path, 0, "", "", error=exc.problem))
             continue
+        chat = found.chat
         last = chat.turns[-1] if chat.turns else None
         preview = " ".join(last.text.split()) if last else ""
         if len(preview) > _PREVIEW:
             preview = preview[: _PREVIEW - 1] + "…"
         entries.append(ChatEntry(path, len(chat.turns), last.send_date if last else chat.create_date, preview,
-                                 bad_lines=len(dropped)))
+                                 bad_lines=len(found.dropped) + found.header_rebuilt))
     return entries
 
 

@@ -167,12 +167,38 @@ def parse_chat(data: bytes, source: str | Path) -> Chat:
 
     Only a torn last line (a crash mid-append) is forgiven: it is left out and ``chat.warnings`` says so.
     """
-    chat, dropped = _parse(data, source, salvage=False)
-    chat.warnings = [f"line {d.number} was torn (cut off mid-write) and was left out" for d in dropped]
-    return chat
+    found = _parse(data, source, salvage=False)
+    found.chat.warnings = [f"line {d.number} was torn (cut off mid-write) and was left out" for d in found.dropped]
+    return found.chat
 
 
-def salvage_chat(data: bytes, source: str | Path) -> tuple[Chat, list[DroppedLine]]:
+@dataclass
+class Salvaged:
+    """A chat read from a damaged file: what could be kept, and what could not."""
+
+    chat: Chat
+    dropped: list[DroppedLine]
+    header_rebuilt: bool = False  # the header line was missing or unreadable
+
+    @property
+    def damaged(self) -> bool:
+        return bool(self.dropped) or self.header_rebuilt
+
+    def describe(self, limit: int = 8) -> str:
+        """``line 3 (not valid JSON) could not be read and was left out``, on one line."""
+        parts = []
+        if self.dropped:
+            shown = [f"line {d.number} ({d.reason.removeprefix('is ')})" for d in self.dropped[:limit]]
+            if len(self.dropped) > limit:
+                shown.append(f"and {len(self.dropped) - limit} more")
+            was = "was" if len(self.dropped) == 1 else "were"
+            parts.append(f"{', '.join(shown)} could not be read and {was} left out")
+        if self.header_rebuilt:
+            parts.append("the header line was lost and was rebuilt from the messages")
+        return "; ".join(parts)
+
+
+def salvage_chat(data: bytes, source: str | Path) -> Salvaged:
     """Parse a chat file keeping every line that reads, and list the lines left out.
 
     ChatError only when nothing can be kept: the file is empty, too large, or has no readable line.
@@ -181,7 +207,7 @@ def salvage_chat(data: bytes, source: str | Path) -> tuple[Chat, list[DroppedLin
     return _parse(data, source, salvage=True)
 
 
-def _parse(data: bytes, source: str | Path, *, salvage: bool) -> tuple[Chat, list[DroppedLine]]:
+def _parse(data: bytes, source: str | Path, *, salvage: bool) -> Salvaged:
     if len(data) > MAX_CHAT_BYTES:
         raise ChatError(f"file is larger than {MAX_CHAT_BYTES // (1024 * 1024)} MiB", source)
     if data.startswith(b"\xef\xbb\xbf"):
@@ -215,6 +241,7 @@ def _parse(data: bytes, source: str | Path, *, salvage: bool) -> tuple[Chat, lis
     if not objs:
         raise ChatError(f"no line could be read (line {dropped[0].number} {dropped[0].reason})", source)
     first, rest = objs[0], objs[1:]
+    rebuilt = False
     try:
         chat = _header(first[1])
     except (ValueError, TypeError) as exc:
@@ -224,14 +251,14 @@ def _parse(data: bytes, source: str | Path, *, salvage: bool) -> tuple[Chat, lis
             rest = objs  # no header at all: the first line is a message
         else:
             dropped.append(DroppedLine(first[0], "is not a readable header"))
-        chat = _rebuilt_header([obj for _, obj in rest], source)
+        chat, rebuilt = _rebuilt_header([obj for _, obj in rest], source), True
     for n, obj in rest:
         try:
             chat.turns.append(_turn(obj, chat))
         except (ValueError, TypeError) as exc:
             bad(n, f"is not a message: {exc}")
     dropped.sort(key=lambda d: d.number)
-    return chat, dropped
+    return Salvaged(chat, dropped, rebuilt)
 
 
 def _rebuilt_header(objs: list[Any], source: str | Path) -> Chat:
@@ -244,14 +271,6 @@ def _rebuilt_header(objs: list[Any], source: str | Path) -> Chat:
         return ""
 
     return Chat(user_name=name(True) or "User", character_name=name(False) or Path(source).parent.name)
-
-
-def describe_dropped(dropped: list[DroppedLine], limit: int = 8) -> str:
-    """``line 3 (not valid JSON), line 9 (cut off mid-write)``; at most ``limit`` lines, then a count."""
-    shown = [f"line {d.number} ({d.reason.removeprefix('is ')})" for d in dropped[:limit]]
-    if len(dropped) > limit:
-        shown.append(f"and {len(dropped) - limit} more")
-    return ", ".join(shown)
 
 
 def load_chat(path: Path) -> Chat:
@@ -429,26 +448,23 @@ class ChatStore:
                 clean_stale_temps(self.path.parent)
         data = _read(self.path)  # a missing or unreadable file is reported, not moved
         try:
-            chat, dropped = salvage_chat(data, self.path)
+            found = salvage_chat(data, self.path)
         except ChatError as exc:
             kept = keep_aside(self.path, "corrupt", move=True)
             raise ChatError(f"{exc.problem}; the file was kept aside as {kept.name}", self.path) from None
-        if dropped:
-            data = self._repair(chat, data, dropped)
+        if found.damaged:
+            data = self._repair(found, data)
         self._seen = _fingerprint(self.path, data)
-        return chat
+        return found.chat
 
-    def _repair(self, chat: Chat, original: bytes, dropped: list[DroppedLine]) -> bytes:
+    def _repair(self, found: Salvaged, original: bytes) -> bytes:
         # The original goes aside first (durably), so a crash before the rewrite loses nothing.
-        repaired = dump_chat(chat)
+        repaired = dump_chat(found.chat)
         with folder_lock(self.path.parent):
             kept = aside_path(self.path, "corrupt")
             _write(original, kept)
             _write(repaired, self.path)
-        was = "was" if len(dropped) == 1 else "were"
-        notice = (f"{self.path.name}: {describe_dropped(dropped)} could not be read and {was} left out; "
-                  f"the original is kept as {kept.name}")
-        chat.warnings = [notice]
+        found.chat.warnings = [f"{self.path.name}: {found.describe()}; the original is kept as {kept.name}"]
         return repaired
 
     def reload(self) -> Chat:

@@ -25,10 +25,9 @@ from textual.widgets import Button, Footer, Input, Label, OptionList, Static, Ta
 from textual.widgets.option_list import Option
 
 from rpchat.cards.cardfile import read_capped
-from rpchat.cards.library import save_edited_card
+from rpchat.cards.library import is_bundled, save_edited_card
 from rpchat.cards.model import Card
 from rpchat.errors import RpchatError
-from rpchat.paths import bundled_dir
 from rpchat.text import strip_controls
 from rpchat.tui.avatar import AvatarView
 from rpchat.tui.dialogs import ConfirmDialog, PathPrompt
@@ -186,7 +185,7 @@ class CardEditor(Screen["SavedCard | None"]):
     def compose(self) -> ComposeResult:
         card = self.card
         title = f"Edit card: {card.name}" + (f"  ({self.path.name}, {card.spec})" if self.path else "  (new)")
-        if self.path is not None and _inside(self.path, bundled_dir("cards")):
+        if self.path is not None and is_bundled(self.path):
             title += "  - a bundled card: Save makes your own copy"
         yield Static(strip_controls(title), id="editor-title", markup=False)
         with TabbedContent(id="tabs"):
@@ -303,7 +302,7 @@ class CardEditor(Screen["SavedCard | None"]):
         if problems or target is None:
             self.notify(strip_controls(problems[0]), title="Card not saved", severity="error")
             return
-        renamed = self.path is not None and target != self.path and not _inside(self.path, bundled_dir("cards"))
+        renamed = self.path is not None and target != self.path and not is_bundled(self.path)
         self.dismiss(SavedCard(card, target, renamed_from=self.path if renamed else None))
 
     @on(Button.Pressed, "#save")
@@ -339,9 +338,3 @@ class CardEditor(Screen["SavedCard | None"]):
 
         self.app.push_screen(PathPrompt("Picture for this card", suffixes=IMAGE_SUFFIXES), picked)
 
-
-def _inside(path: Path, folder: Path) -> bool:
-    try:
-        return path.resolve().is_relative_to(folder.resolve())
-    except OSError:
-        return False
