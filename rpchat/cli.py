@@ -214,6 +214,8 @@ def cmd_reply(args: argparse.Namespace) -> int:
         session.sampling = dataclasses.replace(session.sampling, seed=args.seed)
     if args.max_new:
         session.max_new = args.max_new
+    for warning in session.chat.warnings:  # lines of the chat file that could not be read
+        print(f"rpchat: warning: {_printable(warning)}", file=sys.stderr)
     cancel = threading.Event()
     try:
         if args.length is not ...:

@@ -556,7 +556,7 @@ def open_chat_session(
     ``remote`` say which model the format and preset are picked for, when not the configured one.
     """
     from rpchat.cards import load_card
-    from rpchat.chat.library import new_chat_path
+    from rpchat.chat.library import chats_folder, new_chat_path
     from rpchat.chat.store import load_chat
     from rpchat.config import load_config
     from rpchat.engine.recognize import session_choices
@@ -584,7 +584,7 @@ def open_chat_session(
     if chat is None:
         persona = pick_persona(book, user)
         chat = start_chat(card, persona, choices.length.value)
-        store = ChatStore(path if path is not None else new_chat_path(card.display_name))
+        store = ChatStore(path if path is not None else new_chat_path(card.display_name, chats_folder(card_path)))
         if not readonly:
             store.save(chat)
     session = RoleplaySession(

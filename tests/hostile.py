@@ -78,6 +78,8 @@ def load(target: str, path: Path, folder: Path) -> Any:
         chat = ChatStore(path).open()
         for turn in chat.turns:
             assert all(isinstance(s, str) for s in turn.swipes) and 0 <= turn.swipe_id < len(turn.swipes)
+        # Lines left out are told in one one-line notice naming the file.
+        assert all("\n" not in w and path.name in w for w in chat.warnings), f"bad notice: {chat.warnings}"
         return chat
     if target == "preset":
         from rpchat.engine.presets import preset_from_file
@@ -180,10 +182,11 @@ def run_case(case: Case, root: Path, limit_s: float = CASE_LIMIT_S) -> Result:
     start = time.perf_counter()
     outcome, detail = "ok", ""
     path = folder / case.filename
+    loaded: Any = None
     try:
         with _alarm(limit_s):
             path = _input_path(case, folder)
-            load(case.target, path, folder)
+            loaded = load(case.target, path, folder)
     except _Hang:
         outcome, detail = "hang", f"still running after {limit_s:.0f} s"
     except _ThemeNotice as e:
@@ -194,7 +197,11 @@ def run_case(case: Case, root: Path, limit_s: float = CASE_LIMIT_S) -> Result:
         else:
             outcome, detail = "crash", f"{type(e).__name__}: {str(e)[:200]}"
     seconds = time.perf_counter() - start
-    if outcome == "ok" and case.expect == "error":
+    if outcome == "ok" and case.expect == "salvage" and not getattr(loaded, "warnings", None):
+        outcome, detail = "unexpected", "loaded without saying which lines were left out"
+    elif outcome == "rejected" and case.expect == "salvage":
+        outcome, detail = "unexpected", f"refused a file with readable lines: {detail}"
+    elif outcome == "ok" and case.expect == "error":
         outcome, detail = "unexpected", "loaded, but this input must be refused"
     elif outcome == "rejected" and case.expect == "ok":
         outcome, detail = "unexpected", f"refused a valid input: {detail}"

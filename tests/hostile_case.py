@@ -23,6 +23,7 @@ class Case:
     target: str
     filename: str
     content: Callable[[], bytes] | None = None
+    # "ok", "error", "any", or "salvage": loads what is readable and says which lines were left out.
     expect: str = "any"
     setup: Callable[[Path], Path] | None = None
 

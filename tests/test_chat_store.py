@@ -284,15 +284,43 @@ def test_missing_file_and_folder_raise_chat_error(tmp_path: Path) -> None:
     assert fifo.exists()  # not moved aside: it is not a corrupt chat
 
 
-def test_corrupt_file_is_kept_aside_and_never_overwritten(tmp_path: Path) -> None:
-    bad = st_bytes(ST_LINES[:2]) + b"\n{broken\n" + st_bytes(ST_LINES[2:])
+def test_bad_lines_are_left_out_the_original_kept_and_one_notice_names_them(tmp_path: Path) -> None:
+    good = st_bytes(ST_LINES)
+    lines = good.split(b"\n")
+    bad = b"\n".join([*lines[:2], b"{broken", lines[2], b'{"is_user": "yes", "mes": "?"}', *lines[3:]])
+    path = write(tmp_path, bad, "Seraphina - 2024-05-01@12h30m00s.jsonl")
+    chat = ChatStore(path).open()
+    # Every readable line is kept, in order, with the header's settings.
+    assert chat.turns == load_chat(write(tmp_path, good, "good.jsonl")).turns
+    assert chat.metadata["variables"] == {"mood": "calm"}
+    kept = list(tmp_path.glob("Seraphina - 2024-05-01@12h30m00s.corrupt-*.jsonl"))
+    assert len(kept) == 1 and kept[0].read_bytes() == bad
+    (notice,) = chat.warnings
+    assert path.name in notice and "line 3 " in notice and "line 5 " in notice and kept[0].name in notice
+    assert "\n" not in notice
+    # The chat file now holds what was kept, so it opens cleanly from then on.
+    assert load_chat(path).turns == chat.turns
+    again = ChatStore(path).open()
+    assert again.warnings == [] and len(list(tmp_path.glob("*.corrupt-*"))) == 1
+
+
+def test_a_lost_header_is_rebuilt_from_the_messages(tmp_path: Path) -> None:
+    lines = st_bytes(ST_LINES).split(b"\n")
+    path = write(tmp_path, b"\n".join([b"\x00garbage", *lines[1:]]))
+    chat = ChatStore(path).open()
+    assert (chat.character_name, chat.user_name) == ("Seraphina", "User")
+    assert len(chat.turns) == len(ST_LINES) - 1 and "line 1 " in chat.warnings[0]
+
+
+def test_a_file_with_nothing_readable_is_moved_aside_whole(tmp_path: Path) -> None:
+    bad = b"{broken\n\xff\xfe\n[1, 2"
     path = write(tmp_path, bad)
     store = ChatStore(path)
     with pytest.raises(ChatError) as info:
         store.open()
     kept = list(tmp_path.glob("chat.corrupt-*.jsonl"))
-    assert len(kept) == 1 and kept[0].read_bytes() == bad
-    assert kept[0].name in str(info.value) and "line 3" in str(info.value)
+    assert len(kept) == 1 and kept[0].read_bytes() == bad and not path.exists()
+    assert kept[0].name in str(info.value) and "\n" not in str(info.value)
     # The store now writes a fresh chat; the corrupt bytes stay where they were kept.
     fresh = Chat.start("Seraphina", "User", ["Hello again."])
     store.save(fresh)

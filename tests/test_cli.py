@@ -177,3 +177,19 @@ def test_reply_with_a_length_the_format_lacks_fails_before_sending(tmp_path: Pat
                "--length", "enormous", "--model", str(tiny_model), "--max-new", "4"], tmp_path)
     assert_one_line_error(res, "enormous", "limamono")
     assert "hello" not in chat.read_text(encoding="utf-8")
+
+
+def test_reply_to_a_chat_with_a_bad_line_keeps_the_rest_and_says_which(tmp_path: Path, tiny_model: Path) -> None:
+    chat, card = tmp_path / "c.jsonl", tmp_path / "jay.json"
+    card.write_text(json.dumps({"name": "Jay", "first_mes": "Hi."}))
+    base = ["reply", str(card), "--chat", str(chat), "--model", str(tiny_model), "--max-new", "4"]
+    assert run([*base, "--say", "first"], tmp_path).returncode == 0
+    lines = chat.read_bytes().split(b"\n")
+    chat.write_bytes(b"\n".join([*lines[:2], b'{"is_user": tru', *lines[2:]]))
+    res = run([*base, "--say", "second"], tmp_path)
+    assert res.returncode == 0, res.stderr
+    (warning,) = [line for line in res.stderr.splitlines() if "could not be read" in line]
+    kept = list(tmp_path.glob("c.corrupt-*.jsonl"))
+    assert "c.jsonl" in warning and "line 3 " in warning and len(kept) == 1 and kept[0].name in warning
+    texts = [json.loads(line).get("mes") for line in chat.read_text(encoding="utf-8").splitlines()[1:]]
+    assert texts[1:2] == ["first"] and texts[3] == "second"

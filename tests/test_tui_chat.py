@@ -38,7 +38,7 @@ def run(coro) -> None:  # type: ignore[no-untyped-def]
 
 
 def chat_file() -> Chat:
-    entries = list_chats(NAME)
+    entries = list_chats(profile().cards_dir / f"{NAME.lower()}.png")
     assert len(entries) == 1
     return load_chat(entries[0].path)
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from pathlib import Path
 
 import pytest
 from session_support import make_card, tiny_config, wait_for, write_profile_config
+from textual.widgets import OptionList
 
 from rpchat.chat.library import list_chats
 from rpchat.paths import profile
@@ -157,7 +159,7 @@ def test_chats_list_resume_new_and_branch(home: Path) -> None:
             await wait_for(pilot, lambda: isinstance(app.screen, LibraryScreen))
             await pilot.press("ctrl+n")
             await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen))
-            assert len(list_chats("Zephyrine")) == 3
+            assert len(list_chats(profile().cards_dir / "zephyrine.png")) == 3
 
     run(go())
 
@@ -228,3 +230,150 @@ def test_card_editor_settings_persona_and_inspector_are_wired_in(home: Path) -> 
             await wait_for(pilot, lambda: app.screen is chat_screen)
 
     run(go())
+
+
+# --- data that must not seem lost ------------------------------------------------------------------
+
+
+def _chat_for(card: Path, text: str) -> Path:
+    from rpchat.session import open_chat_session
+
+    session = open_chat_session(card, None)
+    session.chat.add(True, text)
+    session.save()
+    return session.path
+
+
+def test_renaming_a_card_in_the_editor_keeps_its_chats(home: Path) -> None:
+    from textual.widgets import Input
+
+    from rpchat.tui.card_editor import CardEditor
+
+    card = profile().cards_dir / "zephyrine.png"
+    older = _chat_for(card, "an older chat")
+
+    async def go() -> None:
+        app = RpchatApp(load_model=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            screen = await library(pilot, app)
+            await pilot.press(*"Zephyrine", "enter")
+            await wait_for(pilot, lambda: isinstance(app.screen, ChatsDialog))
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen))
+            chat = app.screen
+            await pilot.press("f4")  # rename from the chat, as a user would
+            await wait_for(pilot, lambda: isinstance(app.screen, CardEditor))
+            app.screen.query_one("#f-name", Input).value = "Zephyra"
+            await pilot.press("ctrl+s")
+            await wait_for(pilot, lambda: app.screen is chat)
+            session = chat.session  # type: ignore[attr-defined]
+            renamed = profile().cards_dir / "Zephyra.png"
+            assert session.card_path == renamed and not card.exists()
+            # The open chat goes on saving in the card's new folder; the old one is not brought back.
+            session.chat.add(True, "after the rename")
+            session.save()
+            assert session.path.parent == profile().chats_dir / "Zephyra"
+            assert not (profile().chats_dir / "zephyrine").exists()
+            await pilot.press("ctrl+b")
+            await wait_for(pilot, lambda: isinstance(app.screen, LibraryScreen))
+            await pilot.pause()
+            assert screen.current is not None and screen.current.name == "Zephyra"
+            assert "1 chat:" in str(screen.query_one("#card-chats").render())
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: isinstance(app.screen, ChatsDialog))
+            assert [e.path.name for e in app.screen._chats] == [older.name]  # type: ignore[attr-defined]
+
+    run(go())
+
+
+def test_a_chat_with_a_bad_line_opens_from_the_library_and_says_which(home: Path) -> None:
+    card = profile().cards_dir / "zephyrine.png"
+    good = _chat_for(card, "hello")
+    bad = _chat_for(card, "the newest one")
+    lines = bad.read_bytes().split(b"\n")
+    bad.write_bytes(b"\n".join([lines[0], lines[1], b'{"is_user": true, "mes": "cut', *lines[2:]]))
+    os.utime(good, (1_000_000, 1_000_000))  # ``bad`` is the newest chat
+
+    async def go() -> None:
+        app = RpchatApp(load_model=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await library(pilot, app)
+            await pilot.press(*"Zephyrine", "enter")
+            await wait_for(pilot, lambda: isinstance(app.screen, ChatsDialog))
+            dialog = app.screen
+            # The cursor starts on the newest chat, not on "+ Start a new chat".
+            assert dialog.query_one(OptionList).highlighted == 1
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen))
+            session = app.screen.session  # type: ignore[attr-defined]
+            assert session.path == bad
+            assert [t.text for t in session.chat.turns][-1] == "the newest one"
+            await pilot.pause()
+            notices = [n.message for n in app._notifications if "could not be read" in n.message]
+            kept = list(bad.parent.glob(f"{bad.stem}.corrupt-*.jsonl"))
+            assert len(notices) == 1 and len(kept) == 1
+            assert bad.name in notices[0] and "line 3 " in notices[0] and kept[0].name in notices[0]
+
+    run(go())
+
+
+def test_the_chats_list_never_starts_on_new_chat_when_chats_exist(home: Path) -> None:
+    folder = profile().chats_dir / "zephyrine"
+    folder.mkdir(parents=True)
+    (folder / "unreadable.jsonl").write_bytes(b"\xff\xfe not a chat")
+
+    async def go() -> None:
+        app = RpchatApp(load_model=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await library(pilot, app)
+            await pilot.press(*"Zephyrine", "enter")
+            await wait_for(pilot, lambda: isinstance(app.screen, ChatsDialog))
+            assert app.screen.query_one(OptionList).highlighted == 1
+            await pilot.press("enter")  # it says why it cannot open, and sets the file aside
+            await wait_for(pilot, lambda: isinstance(app.screen, LibraryScreen))
+            await pilot.pause()
+            assert any("unreadable.jsonl" in n.message and "kept aside" in n.message
+                       for n in app._notifications)
+            assert list(folder.glob("unreadable.corrupt-*.jsonl"))
+
+    run(go())
+
+
+def test_ctrl_o_resumes_the_chat_used_last_across_restarts(home: Path) -> None:
+    zephyrine, quillon = profile().cards_dir / "zephyrine.png", profile().cards_dir / "quillon.png"
+    used = _chat_for(zephyrine, "the one I was in")
+    _chat_for(zephyrine, "a newer one")
+    newest = _chat_for(quillon, "the newest file of all")
+    os.utime(used, (1_000_000, 1_000_000))  # the older of Zephyrine's two
+
+    async def first_run() -> None:
+        app = RpchatApp(load_model=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await library(pilot, app)
+            await pilot.press(*"Zephyrine", "enter")
+            await wait_for(pilot, lambda: isinstance(app.screen, ChatsDialog))
+            await pilot.press("down", "enter")  # the older of Zephyrine's two chats
+            await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen))
+            assert app.screen.session.path == used  # type: ignore[attr-defined]
+            await pilot.press("ctrl+q")
+
+    async def second_run(expect: Path, notice: str | None = None) -> None:
+        app = RpchatApp(load_model=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            screen = await library(pilot, app)
+            await pilot.press(*"Quillon")  # the cursor is on another card
+            await pilot.pause()
+            assert screen.current is not None and screen.current.path == quillon
+            await pilot.press("ctrl+o")
+            await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen))
+            assert app.screen.session.path == expect  # type: ignore[attr-defined]
+            if notice:
+                assert any(notice in n.message for n in app._notifications)
+
+    run(first_run())
+    run(second_run(used))
+    # A deleted chat or a garbled state file falls back to the card under the cursor.
+    used.unlink()
+    run(second_run(newest, notice=f"Your last chat {used.name} is gone"))
+    (profile().data_dir / "last-chat.json").write_bytes(b"\x00{not json")
+    run(second_run(newest))

@@ -36,7 +36,7 @@ async def ready_chat(pilot, app: RpchatApp) -> ChatScreen:  # type: ignore[no-un
 
 
 def saved_turns() -> list[str]:
-    entries = list_chats(NAME)
+    entries = list_chats(profile().cards_dir / f"{NAME.lower()}.png")
     assert len(entries) == 1
     return [t.text for t in load_chat(entries[0].path).turns]
 

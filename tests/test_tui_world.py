@@ -37,7 +37,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model: Path) -> P
 
 
 def saved_settings() -> dict:  # type: ignore[type-arg]
-    (entry,) = list_chats(NAME)
+    (entry,) = list_chats(profile().cards_dir / f"{NAME.lower()}.png")
     return load_chat(entry.path).settings
 
 

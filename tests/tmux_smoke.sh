@@ -76,9 +76,10 @@ grep -q "rpchat exited: 0" "$WORK/exit" || fail "rpchat exited with an error: $(
 
 RPCHAT_HOME="$RPCHAT_HOME" PYTHONPATH="$ROOT" "$PY" - <<'PYEOF' || fail "the chat file does not hold the reply"
 from rpchat.chat.library import list_chats
+from rpchat.paths import profile
 from rpchat.chat.store import load_chat
 
-entries = list_chats("Smokey")
+entries = list_chats(profile().cards_dir / "smokey.png")
 assert len(entries) == 1, entries
 turns = load_chat(entries[0].path).turns
 assert [t.is_user for t in turns] == [False, True, False], turns

@@ -6,11 +6,13 @@ from rpchat.cards.cardfile import card_bytes, card_format, load_card, save_card
 from rpchat.cards.jsoncard import card_from_dict, card_to_dict
 from rpchat.cards.library import (
     CardEntry,
+    card_files,
     delete_card,
     duplicate_card,
     import_card,
     list_cards,
     safe_filename,
+    save_edited_card,
 )
 from rpchat.cards.model import Card
 
@@ -18,6 +20,7 @@ __all__ = [
     "Card",
     "CardEntry",
     "card_bytes",
+    "card_files",
     "card_format",
     "card_from_dict",
     "card_to_dict",
@@ -28,4 +31,5 @@ __all__ = [
     "load_card",
     "safe_filename",
     "save_card",
+    "save_edited_card",
 ]

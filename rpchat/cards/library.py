@@ -1,7 +1,11 @@
-"""The card library: the bundled cards plus the user's cards folder; import, duplicate and delete.
+"""The card library: the bundled cards plus the user's cards folder; import, duplicate, rename and delete.
 
 Only the user's cards folder is ever written. Imported files keep their exact bytes, so nothing a card
 carries (unknown chunks, assets) is lost on the way in.
+
+A card's chats are keyed by its file stem (see `rpchat.chat.library`), so no two card files share a stem,
+a new character (duplicate, new card, edited copy of a bundled card) gets a stem with no chats yet, and
+a rename renames the file and moves its chats with it.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from pathlib import Path
 
 from rpchat.atomic import write_atomic
 from rpchat.cards import charx, jsoncard, png
-from rpchat.cards.cardfile import EXTENSIONS, card_format, load_card, read_capped
+from rpchat.cards.cardfile import EXTENSIONS, card_format, load_card, read_capped, save_card
 from rpchat.cards.model import Card
 from rpchat.errors import CardError
 from rpchat.paths import bundled_dir, profile
@@ -60,23 +64,106 @@ def list_cards(folders: list[tuple[Path, bool]] | None = None) -> list[CardEntry
     return entries
 
 
+def card_files(folders: list[tuple[Path, bool]] | None = None) -> list[Path]:
+    """Every card file in the library folders, bundled first, whether it loads or not."""
+    return [p for folder, _ in (folders if folders is not None else library_folders()) for p in _card_files(folder)]
+
+
 def import_card(src: Path, folder: Path | None = None) -> Path:
     """Copy a card file into the user's cards folder under a safe unique name; returns the new path.
 
-    The card is loaded first, so a broken file is refused with a `CardError` and never copied.
+    The card is loaded first, so a broken file is refused with a `CardError` and never copied. A card
+    imported again after its file was deleted lands on the same name, and so finds its chats again.
     """
     src = Path(src)
     raw = read_capped(src)
     card = _parse(raw, src)
-    return _store(raw, card, _kind_suffix(raw), folder)
+    return _store(raw, card, _kind_suffix(raw), folder, fresh_chats=False)
 
 
 def duplicate_card(path: Path, folder: Path | None = None) -> Path:
-    """Copy a card (bundled or the user's) into the user's cards folder; returns the copy's path."""
+    """Copy a card (bundled or the user's) into the user's cards folder; returns the copy's path.
+
+    The copy is a new character: it starts with no chats, and the original keeps all of its own.
+    """
     path = Path(path)
     raw = read_capped(path)
     card = _parse(raw, path)
-    return _store(raw, card, _kind_suffix(raw), folder)
+    return _store(raw, card, _kind_suffix(raw), folder, fresh_chats=True)
+
+
+def save_edited_card(card: Card, previous: Card, path: Path | None, folder: Path | None = None) -> Path:
+    """Save ``card`` from the editor (``previous`` is the card it opened) and return where it went.
+
+    A new card, or an edit of a bundled one, becomes a new file in the user's folder (a new character,
+    with no chats). Any other card is saved in place, except that a card in the user's folder whose name
+    changed is renamed after the new name, and its chats move along (`rename_card`).
+    """
+    folder = Path(folder) if folder is not None else profile().cards_dir
+    if path is None or is_bundled(path):
+        dest = new_card_path(folder, card.name, ".png", fresh_chats=True)
+        save_card(card, dest)
+        return dest
+    path = Path(path)
+    renamed = card.name != previous.name and safe_filename(card.name) != path.stem
+    if renamed and path.parent.resolve() == folder.resolve():
+        return rename_card(card, path, previous.display_name, folder)
+    save_card(card, path)
+    if previous.display_name != card.display_name:
+        _move_chats(path, path, previous.display_name)  # chats filed under the old name come along
+    return path
+
+
+def rename_card(card: Card, path: Path, old_name: str, folder: Path | None = None) -> Path:
+    """Save ``card`` (renamed; ``old_name`` is its display name before) under a file named after it and
+    move its chats there; returns the new path.
+
+    The steps are ordered so that a crash at any point loses no chat and leaves each one listed under a
+    card: the new file is written first, then the chats move, then the old file is removed.
+    """
+    folder = Path(folder) if folder is not None else profile().cards_dir
+    dest = new_card_path(folder, card.name, path.suffix.lower(), fresh_chats=True)
+    save_card(card, dest)
+    _move_chats(path, dest, old_name)
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise CardError(f"saved as {dest.name}, but the old file stays: {e.strerror or type(e).__name__}",
+                        path) from None
+    return dest
+
+
+def _move_chats(old: Path, new: Path, old_name: str) -> None:
+    from rpchat.chat.library import move_chats
+
+    try:
+        move_chats(old, new, old_name)
+    except OSError as e:
+        # The old card file is kept, so every chat is still listed under one of the two cards.
+        raise CardError(f"saved as {new.name}, but its chats could not all be moved: "
+                        f"{e.strerror or type(e).__name__}", old) from None
+
+
+def new_card_path(folder: Path, name: str, suffix: str, *, fresh_chats: bool) -> Path:
+    """A free path in ``folder`` for a new card file named after ``name``.
+
+    Its stem is one no other card file has (in any format, bundled cards included), so no two cards
+    share a chat folder; with ``fresh_chats`` no chat folder exists under it yet either.
+    """
+    from rpchat.chat.library import chats_folder, safe_name
+
+    taken = {safe_name(p.stem).casefold() for p in card_files() + _card_files(folder)}
+    stem = safe_filename(name)
+    for n in range(1, 10_001):
+        candidate = folder / (f"{stem}{suffix}" if n == 1 else f"{stem} ({n}){suffix}")
+        if candidate.exists() or candidate.is_symlink() or safe_name(candidate.stem).casefold() in taken:
+            continue
+        if fresh_chats and chats_folder(candidate).exists():
+            continue
+        return candidate
+    raise CardError("too many files with this name", folder / f"{stem}{suffix}")
 
 
 def delete_card(path: Path, folder: Path | None = None) -> None:
@@ -166,12 +253,20 @@ def _kind_suffix(raw: bytes) -> str:
     return {"png": ".png", "charx": ".charx"}.get(card_format(raw) or "", ".json")
 
 
-def _store(raw: bytes, card: Card, suffix: str, folder: Path | None) -> Path:
+def _store(raw: bytes, card: Card, suffix: str, folder: Path | None, *, fresh_chats: bool) -> Path:
     folder = Path(folder) if folder is not None else profile().cards_dir
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        dest = unique_path(folder, safe_filename(card.name), suffix)
+        dest = new_card_path(folder, card.name, suffix, fresh_chats=fresh_chats)
         write_atomic(dest, raw)
     except OSError as e:
         raise CardError(f"cannot write: {e.strerror or type(e).__name__}", folder) from None
     return dest
+
+
+def is_bundled(path: Path) -> bool:
+    """True for a card file shipped with rpchat (read-only: saving it makes the user's own copy)."""
+    try:
+        return Path(path).resolve().is_relative_to(bundled_dir("cards").resolve())
+    except OSError:
+        return False

@@ -1,4 +1,10 @@
-"""Where chats live: ``chats_dir/<character>/<Character - 2024-05-01@12h30m00s>.jsonl``, as in SillyTavern.
+"""Where chats live: ``chats_dir/<card file stem>/<Character - 2024-05-01@12h30m00s>.jsonl``.
+
+As in SillyTavern, a card's chats are keyed by its file, not by the name inside it: a card renamed in
+the editor keeps its chats (its file and chat folder are renamed together, see `move_chats`), and a
+duplicate is a new file that starts with none. A folder named after the character (chats from older
+rpchat versions, or imported without a card) belongs to the cards of that name while no card file
+claims it.
 
 Names come from cards, which come from strangers, so every name is made safe before it
 touches the file system: no separators, no ``..``, no control or bidi characters.
@@ -6,16 +12,19 @@ touches the file system: no separators, no ``..``, no control or bidi characters
 
 from __future__ import annotations
 
+import os
 import re
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from rpchat.chat.model import Chat
-from rpchat.chat.store import ChatStore, load_chat
+from rpchat.chat.store import MAX_CHAT_BYTES, ChatStore, folder_lock, salvage_chat
 from rpchat.errors import ChatError
 from rpchat.paths import profile
+from rpchat.userfile import read_capped
 
 _MAX_NAME = 100
 _PREVIEW = 200
@@ -33,6 +42,8 @@ class ChatEntry:
     last_date: str
     preview: str
     error: str | None = None
+    # Lines that cannot be read; opening the chat keeps the rest and sets the original aside.
+    bad_lines: int = 0
 
 
 def safe_name(name: str) -> str:
@@ -52,9 +63,35 @@ def safe_name(name: str) -> str:
 
 
 def character_folder(character_name: str, root: Path | None = None) -> Path:
-    """The folder holding one character's chats."""
+    """The folder named after a character: where chats without a card of their own are filed."""
     base = root if root is not None else profile().chats_dir
     return base / safe_name(character_name)
+
+
+def chats_folder(card_path: Path, root: Path | None = None) -> Path:
+    """The folder holding one card's own chats, named after the card's file as SillyTavern does."""
+    return character_folder(Path(card_path).stem, root)
+
+
+def chat_folders(card_path: Path, name: str, root: Path | None = None) -> list[Path]:
+    """Every folder whose chats belong to the card: its own, then the one named after the character
+    (``name``, its display name) while no card file claims that folder as its own."""
+    own = chats_folder(card_path, root)
+    named = character_folder(name, root)
+    folders = [own]
+    if named.name != own.name and named.is_dir() and not _same_dir(named, own):
+        from rpchat.cards.library import card_files
+
+        if named.name not in {safe_name(p.stem) for p in card_files()}:
+            folders.append(named)
+    return folders
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)  # a case-insensitive file system
+    except OSError:
+        return False
 
 
 def unique_path(path: Path) -> Path:
@@ -73,11 +110,11 @@ def new_chat_path(character_name: str, folder: Path | None = None) -> Path:
     return unique_path(folder / f"{safe_name(character_name)} - {stamp}.jsonl")
 
 
-def _chat_files(character_name: str) -> list[Path]:
-    folder = character_folder(character_name)
-    if not folder.is_dir():
-        return []
-    files = [p for p in folder.glob("*.jsonl") if p.is_file() and not _ASIDE.search(p.name)]
+def _chat_files(folders: Iterable[Path]) -> list[Path]:
+    files = []
+    for folder in folders:
+        if folder.is_dir():
+            files += [p for p in folder.glob("*.jsonl") if p.is_file() and not _ASIDE.search(p.name)]
 
     def key(p: Path) -> tuple[int, str]:
         try:
@@ -88,29 +125,75 @@ def _chat_files(character_name: str) -> list[Path]:
     return sorted(files, key=key, reverse=True)
 
 
-def list_chats(character_name: str) -> list[ChatEntry]:
-    """The character's chats, most recently changed first; unreadable files carry ``error``."""
+def list_chats(card_path: Path, name: str | None = None) -> list[ChatEntry]:
+    """The card's chats, most recently changed first; ``name`` is its display name (read from the card
+    when not given). Unreadable files carry ``error``, files with bad lines ``bad_lines``."""
     entries = []
-    for path in _chat_files(character_name):
+    for path in _chat_files(chat_folders(card_path, _name(card_path, name))):
         try:
-            chat = load_chat(path)
+            found = salvage_chat(read_capped(path, MAX_CHAT_BYTES, ChatError, "chat file"), path)
         except ChatError as exc:
             entries.append(ChatEntry(path, 0, "", "", error=exc.problem))
             continue
+        chat = found.chat
         last = chat.turns[-1] if chat.turns else None
         preview = " ".join(last.text.split()) if last else ""
         if len(preview) > _PREVIEW:
             preview = preview[: _PREVIEW - 1] + "…"
-        entries.append(
-            ChatEntry(path, len(chat.turns), last.send_date if last else chat.create_date, preview)
-        )
+        entries.append(ChatEntry(path, len(chat.turns), last.send_date if last else chat.create_date, preview,
+                                 bad_lines=len(found.dropped) + found.header_rebuilt))
     return entries
 
 
-def latest_chat(character_name: str) -> Path | None:
-    """The character's most recently changed chat file, or None when there is none."""
-    files = _chat_files(character_name)
+def latest_chat(card_path: Path, name: str | None = None) -> Path | None:
+    """The card's most recently changed chat file, or None when there is none."""
+    files = _chat_files(chat_folders(card_path, _name(card_path, name)))
     return files[0] if files else None
+
+
+def _name(card_path: Path, name: str | None) -> str:
+    if name is not None:
+        return name
+    from rpchat.cards import load_card
+    from rpchat.errors import CardError
+
+    try:
+        return load_card(Path(card_path)).display_name
+    except CardError:
+        return Path(card_path).stem
+
+
+def move_chats(old_card: Path, new_card: Path, name: str, root: Path | None = None) -> dict[Path, Path]:
+    """Move every chat of the card at ``old_card`` (display name ``name``) into ``new_card``'s folder.
+
+    Each file is renamed, never copied, so at every moment it is in exactly one folder and a crash
+    loses nothing. Returns where each moved chat file went.
+    """
+    from rpchat.chat.recent import follow_moves
+
+    dest = chats_folder(new_card, root)
+    moved: dict[Path, Path] = {}
+    for folder in chat_folders(old_card, name, root):
+        if folder == dest or not folder.is_dir():
+            continue
+        with folder_lock(folder):
+            if not dest.exists():
+                os.rename(folder, dest)  # the whole folder in one step
+                moved.update({folder / p.name: dest / p.name for p in dest.iterdir() if p.suffix == ".jsonl"})
+                continue
+            dest.mkdir(parents=True, exist_ok=True)
+            for path in sorted(folder.iterdir()):
+                if path.name.startswith(".") or not path.is_file():
+                    continue  # temp files of a dead writer; subfolders are not rpchat's
+                target = unique_path(dest / path.name)
+                os.rename(path, target)
+                moved[path] = target
+        try:
+            folder.rmdir()
+        except OSError:
+            pass  # something of the user's is left in it
+    follow_moves(moved, new_card)
+    return moved
 
 
 def save_branch(chat: Chat, upto: int, parent_path: Path) -> tuple[Chat, ChatStore]:

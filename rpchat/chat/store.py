@@ -154,8 +154,60 @@ def _turn(obj: Any, chat: Chat) -> Turn:
     )
 
 
+@dataclass(frozen=True)
+class DroppedLine:
+    """A line of a chat file that could not be read: its number (from 1) and why."""
+
+    number: int
+    reason: str
+
+
 def parse_chat(data: bytes, source: str | Path) -> Chat:
-    """Parse the bytes of a chat file; ChatError names ``source`` and the first problem."""
+    """Parse the bytes of a chat file; ChatError names ``source`` and the first problem.
+
+    Only a torn last line (a crash mid-append) is forgiven: it is left out and ``chat.warnings`` says so.
+    """
+    found = _parse(data, source, salvage=False)
+    found.chat.warnings = [f"line {d.number} was torn (cut off mid-write) and was left out" for d in found.dropped]
+    return found.chat
+
+
+@dataclass
+class Salvaged:
+    """A chat read from a damaged file: what could be kept, and what could not."""
+
+    chat: Chat
+    dropped: list[DroppedLine]
+    header_rebuilt: bool = False  # the header line was missing or unreadable
+
+    @property
+    def damaged(self) -> bool:
+        return bool(self.dropped) or self.header_rebuilt
+
+    def describe(self, limit: int = 8) -> str:
+        """``line 3 (not valid JSON) could not be read and was left out``, on one line."""
+        parts = []
+        if self.dropped:
+            shown = [f"line {d.number} ({d.reason.removeprefix('is ')})" for d in self.dropped[:limit]]
+            if len(self.dropped) > limit:
+                shown.append(f"and {len(self.dropped) - limit} more")
+            was = "was" if len(self.dropped) == 1 else "were"
+            parts.append(f"{', '.join(shown)} could not be read and {was} left out")
+        if self.header_rebuilt:
+            parts.append("the header line was lost and was rebuilt from the messages")
+        return "; ".join(parts)
+
+
+def salvage_chat(data: bytes, source: str | Path) -> Salvaged:
+    """Parse a chat file keeping every line that reads, and list the lines left out.
+
+    ChatError only when nothing can be kept: the file is empty, too large, or has no readable line.
+    A missing or unreadable header is rebuilt from the messages (names only; its settings are lost).
+    """
+    return _parse(data, source, salvage=True)
+
+
+def _parse(data: bytes, source: str | Path, *, salvage: bool) -> Salvaged:
     if len(data) > MAX_CHAT_BYTES:
         raise ChatError(f"file is larger than {MAX_CHAT_BYTES // (1024 * 1024)} MiB", source)
     if data.startswith(b"\xef\xbb\xbf"):
@@ -165,38 +217,60 @@ def parse_chat(data: bytes, source: str | Path) -> Chat:
     lines = [(n, line) for n, line in lines if line.strip()]
     if not lines:
         raise ChatError("empty file, no header line", source)
-    warnings: list[str] = []
+    dropped: list[DroppedLine] = []
+
+    def bad(n: int, reason: str, torn: bool = False) -> None:
+        # Strict reading forgives only a torn last line: a crash mid-append tears nothing else.
+        if not salvage and not torn:
+            raise ChatError(f"line {n} {reason}", source)
+        dropped.append(DroppedLine(n, "cut off mid-write" if torn and not salvage else reason))
+
     objs: list[tuple[int, Any]] = []
     for i, (n, raw) in enumerate(lines):
+        torn = i == len(lines) - 1 and i > 0
         if len(raw) > MAX_LINE_BYTES:
-            raise ChatError(f"line {n} is longer than {MAX_LINE_BYTES // (1024 * 1024)} MiB", source)
+            bad(n, f"is longer than {MAX_LINE_BYTES // (1024 * 1024)} MiB")
+            continue
         try:
             objs.append((n, _parse_line(raw)))
         except UnicodeDecodeError as exc:
             # A line torn inside a multi-byte character fails to decode only at its very end.
-            torn_char = exc.reason == "unexpected end of data" and i == len(lines) - 1 and i > 0
-            if not torn_char:
-                raise ChatError(f"line {n} is not UTF-8 text", source) from None
-            warnings.append(f"line {n} was torn (cut off mid-write) and was left out")
-            break
+            bad(n, "is not UTF-8 text", torn and exc.reason == "unexpected end of data")
         except (ValueError, RecursionError) as exc:
-            if i == len(lines) - 1 and i > 0:
-                # A crash mid-append tears only the last line; what came before is intact.
-                warnings.append(f"line {n} was torn (cut off mid-write) and was left out")
-                break
-            reason = "nested too deeply" if isinstance(exc, RecursionError) else "not valid JSON"
-            raise ChatError(f"line {n} is {reason}", source) from None
+            bad(n, "is nested too deeply" if isinstance(exc, RecursionError) else "is not valid JSON", torn)
+    if not objs:
+        raise ChatError(f"no line could be read (line {dropped[0].number} {dropped[0].reason})", source)
+    first, rest = objs[0], objs[1:]
+    rebuilt = False
     try:
-        chat = _header(objs[0][1])
+        chat = _header(first[1])
     except (ValueError, TypeError) as exc:
-        raise ChatError(f"line {objs[0][0]}: {exc}", source) from None
-    for n, obj in objs[1:]:
+        if not salvage:
+            raise ChatError(f"line {first[0]}: {exc}", source) from None
+        if isinstance(first[1], dict) and "mes" in first[1]:
+            rest = objs  # no header at all: the first line is a message
+        else:
+            dropped.append(DroppedLine(first[0], "is not a readable header"))
+        chat, rebuilt = _rebuilt_header([obj for _, obj in rest], source), True
+    for n, obj in rest:
         try:
             chat.turns.append(_turn(obj, chat))
         except (ValueError, TypeError) as exc:
-            raise ChatError(f"line {n}: {exc}", source) from None
-    chat.warnings = warnings
-    return chat
+            bad(n, f"is not a message: {exc}")
+    dropped.sort(key=lambda d: d.number)
+    return Salvaged(chat, dropped, rebuilt)
+
+
+def _rebuilt_header(objs: list[Any], source: str | Path) -> Chat:
+    """A header for a chat whose own is lost: the names its messages carry."""
+
+    def name(is_user: bool) -> str:
+        for obj in objs:
+            if isinstance(obj, dict) and obj.get("is_user") is is_user and isinstance(obj.get("name"), str):
+                return str(obj["name"])
+        return ""
+
+    return Chat(user_name=name(True) or "User", character_name=name(False) or Path(source).parent.name)
 
 
 def load_chat(path: Path) -> Chat:
@@ -266,7 +340,7 @@ def save_chat(chat: Chat, path: Path) -> None:
     path = Path(path)
     data = dump_chat(chat)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _folder_lock(path.parent):
+    with folder_lock(path.parent):
         _write(data, path)
 
 
@@ -330,7 +404,7 @@ def _fingerprint(path: Path, data: bytes | None = None) -> _Fingerprint | None:
 
 
 @contextmanager
-def _folder_lock(folder: Path) -> Iterator[None]:
+def folder_lock(folder: Path) -> Iterator[None]:
     """An advisory lock on the chat's folder, so rpchat processes check-and-write in turn."""
     try:
         import fcntl
@@ -361,26 +435,37 @@ class ChatStore:
         self._conflict_path: Path | None = None
 
     def open(self) -> Chat:
-        """Load the file. A corrupt file is moved aside (never overwritten) and ChatError raised.
+        """Load the file, keeping every line that reads.
 
-        A torn last line is recovered: the original is copied aside first and ``chat.warnings``
-        says what happened.
+        Lines that do not read are left out: the original is kept beside the chat as
+        ``NAME.corrupt-TIME.jsonl``, the chat file is rewritten with what was kept, and ``chat.warnings``
+        holds one notice naming the file and the lines. A file with nothing readable is moved aside
+        whole (never overwritten) and ChatError raised.
         """
         if self.path.parent.is_dir():
             # Under the lock: a temp file is only stale when no rpchat writer holds the folder.
-            with _folder_lock(self.path.parent):
+            with folder_lock(self.path.parent):
                 clean_stale_temps(self.path.parent)
         data = _read(self.path)  # a missing or unreadable file is reported, not moved
         try:
-            chat = parse_chat(data, self.path)
+            found = salvage_chat(data, self.path)
         except ChatError as exc:
             kept = keep_aside(self.path, "corrupt", move=True)
             raise ChatError(f"{exc.problem}; the file was kept aside as {kept.name}", self.path) from None
-        if chat.warnings:
-            kept = keep_aside(self.path, "corrupt", move=False)
-            chat.warnings.append(f"the original file was kept as {kept.name}")
+        if found.damaged:
+            data = self._repair(found, data)
         self._seen = _fingerprint(self.path, data)
-        return chat
+        return found.chat
+
+    def _repair(self, found: Salvaged, original: bytes) -> bytes:
+        # The original goes aside first (durably), so a crash before the rewrite loses nothing.
+        repaired = dump_chat(found.chat)
+        with folder_lock(self.path.parent):
+            kept = aside_path(self.path, "corrupt")
+            _write(original, kept)
+            _write(repaired, self.path)
+        found.chat.warnings = [f"{self.path.name}: {found.describe()}; the original is kept as {kept.name}"]
+        return repaired
 
     def reload(self) -> Chat:
         """Load the file again, accepting whatever is on disk now as the new baseline."""
@@ -400,7 +485,7 @@ class ChatStore:
         """Write the chat atomically. If the file changed since it was opened, save this version
         as a conflict copy and raise ChatConflictError, unless ``force``."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with _folder_lock(self.path.parent):
+        with folder_lock(self.path.parent):
             if not force and self.changed_on_disk():
                 target = self._conflict_path
                 if target is None or not target.exists():

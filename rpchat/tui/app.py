@@ -216,6 +216,7 @@ class RpchatApp(App[None]):
             self.notify(str(e), severity="error", markup=False)
             return
         self.push_screen(ChatScreen(session))
+        self.remember_chat(session)
 
     # --- other screens ------------------------------------------------------------------------------------
     def action_show_help(self) -> None:
@@ -329,12 +330,41 @@ class RpchatApp(App[None]):
             self.notify(str(e), severity="error", markup=False)
             return
 
+        if getattr(origin, "generating", False):
+            # A rename moves the chat file that the reply is being written to.
+            self.notify("Wait for the reply to finish.", severity="warning")
+            return
+
         def done(saved: SavedCard | None) -> None:
+            if saved is not None and saved.renamed_from is not None:
+                self._follow_rename(saved.renamed_from, saved.path)
             refresh = getattr(origin, "card_changed", None)
             if saved is not None and callable(refresh):
                 refresh(saved)
 
         self.push_screen(CardEditor(card, card_path), done)
+
+    def _follow_rename(self, old: Path, new: Path) -> None:
+        # The renamed card's chats moved to its new folder: open chats go on saving there.
+        from rpchat.chat.library import chats_folder
+        from rpchat.tui.chat import ChatScreen
+
+        for screen in self.screen_stack:
+            session = screen.session if isinstance(screen, ChatScreen) else None
+            if session is None or session.card_path != old:
+                continue
+            session.card_path = new
+            moved = chats_folder(new) / session.store.path.name
+            if not session.store.path.exists() and moved.is_file():
+                session.store.path = moved
+            self.remember_chat(session)
+
+    def remember_chat(self, session: RoleplaySession) -> None:
+        """Remember the chat on screen as the one Ctrl+O resumes, after a restart too."""
+        from rpchat.chat.recent import remember_chat
+
+        if session.card_path is not None:
+            remember_chat(session.card_path, session.path, self.paths)
 
     def open_prompt_inspector(self, chat: Any) -> None:
         """Show the exact prompt the next reply would get."""
@@ -359,6 +389,9 @@ class RpchatApp(App[None]):
         from rpchat.tui.chat import ChatScreen
 
         waiting: list[Worker[Any]] = []
+        chats = [screen for screen in self.screen_stack if isinstance(screen, ChatScreen)]
+        if chats:
+            self.remember_chat(chats[-1].session)  # a branch made in the chat is the chat now
         for screen in self.screen_stack:
             if isinstance(screen, ChatScreen) and screen.generating:
                 screen.stop_for_quit()

@@ -24,11 +24,10 @@ from textual.screen import Screen
 from textual.widgets import Button, Footer, Input, Label, OptionList, Static, TabbedContent, TabPane, TextArea
 from textual.widgets.option_list import Option
 
-from rpchat.cards.cardfile import read_capped, save_card
-from rpchat.cards.library import safe_filename, unique_path
+from rpchat.cards.cardfile import read_capped
+from rpchat.cards.library import is_bundled, save_edited_card
 from rpchat.cards.model import Card
 from rpchat.errors import RpchatError
-from rpchat.paths import bundled_dir, profile
 from rpchat.text import strip_controls
 from rpchat.tui.avatar import AvatarView
 from rpchat.tui.dialogs import ConfirmDialog, PathPrompt
@@ -56,10 +55,12 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif")
 
 @dataclass(frozen=True)
 class SavedCard:
-    """A card the editor wrote, and the file it went to."""
+    """A card the editor wrote, and the file it went to (a renamed card's new file; its chats moved along)."""
 
     card: Card
     path: Path
+    # The file the card was opened from, when the save renamed it.
+    renamed_from: Path | None = None
 
 
 def _wid(field: str) -> str:
@@ -184,7 +185,7 @@ class CardEditor(Screen["SavedCard | None"]):
     def compose(self) -> ComposeResult:
         card = self.card
         title = f"Edit card: {card.name}" + (f"  ({self.path.name}, {card.spec})" if self.path else "  (new)")
-        if self.path is not None and _inside(self.path, bundled_dir("cards")):
+        if self.path is not None and is_bundled(self.path):
             title += "  - a bundled card: Save makes your own copy"
         yield Static(strip_controls(title), id="editor-title", markup=False)
         with TabbedContent(id="tabs"):
@@ -282,14 +283,6 @@ class CardEditor(Screen["SavedCard | None"]):
             return original
         return value
 
-    def target_path(self, card: Card) -> Path:
-        """Where Save writes: the card's own file, or a PNG in the user's cards folder."""
-        folder = profile().cards_dir
-        path = self.path
-        if path is not None and not _inside(path, bundled_dir("cards")):
-            return path
-        return unique_path(folder, safe_filename(card.name), ".png")
-
     # --- actions -----------------------------------------------------------------------------------------
     def action_save(self) -> None:
         """Check the form, write the card and close; problems are listed and nothing is written."""
@@ -301,15 +294,16 @@ class CardEditor(Screen["SavedCard | None"]):
         target = None
         if not problems:
             try:
-                target = self.target_path(card)
-                save_card(card, target)
+                # A renamed card's file is renamed too, and its chats move with it.
+                target = save_edited_card(card, self.card, self.path)
             except RpchatError as e:
                 problems.append(str(e))
         self.query_one("#problems", Static).update(strip_controls("\n".join(problems)))
         if problems or target is None:
             self.notify(strip_controls(problems[0]), title="Card not saved", severity="error")
             return
-        self.dismiss(SavedCard(card, target))
+        renamed = self.path is not None and target != self.path and not is_bundled(self.path)
+        self.dismiss(SavedCard(card, target, renamed_from=self.path if renamed else None))
 
     @on(Button.Pressed, "#save")
     def _save_pressed(self) -> None:
@@ -344,9 +338,3 @@ class CardEditor(Screen["SavedCard | None"]):
 
         self.app.push_screen(PathPrompt("Picture for this card", suffixes=IMAGE_SUFFIXES), picked)
 
-
-def _inside(path: Path, folder: Path) -> bool:
-    try:
-        return path.resolve().is_relative_to(folder.resolve())
-    except OSError:
-        return False

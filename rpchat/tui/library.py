@@ -19,6 +19,7 @@ from textual.widgets import Footer, Input, OptionList, ProgressBar, Static
 from textual.widgets.option_list import Option
 
 from rpchat.cards import CardEntry, delete_card, duplicate_card, import_card, list_cards, load_card
+from rpchat.cards.library import card_files
 from rpchat.chat.library import ChatEntry
 from rpchat.errors import RpchatError
 from rpchat.tui.avatar import AvatarView
@@ -67,10 +68,11 @@ class ChatsDialog(ModalScreen["tuple[str, Path | None] | None"]):
         Binding("n", "new", "New chat", id="chats.new"),
     ]
 
-    def __init__(self, name: str, chats: list[ChatEntry]) -> None:
+    def __init__(self, name: str, chats: list[ChatEntry], last: Path | None = None) -> None:
         super().__init__()
         self._character = name
         self._chats = chats
+        self._last = last  # the chat used last, where the cursor starts when it is in the list
 
     def compose(self) -> ComposeResult:
         options = [Option(Text("+ Start a new chat", style="bold"), id="new")]
@@ -80,9 +82,14 @@ class ChatsDialog(ModalScreen["tuple[str, Path | None] | None"]):
                 label.append(f"  {clean(entry.error)}", style="red")
             else:
                 label.append(f"  {entry.turns} turns  {clean(entry.last_date[:16])}", style="dim")
+                if entry.bad_lines:
+                    s = "s" if entry.bad_lines != 1 else ""
+                    label.append(f"  {entry.bad_lines} unreadable line{s}: opening keeps the rest",
+                                 style="yellow")
                 if entry.preview:
                     label.append("\n  " + clean(entry.preview[:120]), style="italic")
-            options.append(Option(label, id=f"chat-{i}", disabled=bool(entry.error)))
+            # An unreadable chat stays selectable: opening it says why, and sets the file aside.
+            options.append(Option(label, id=f"chat-{i}"))
         with Vertical():
             yield Static(f"Chats with {clean(self._character)}  (Enter opens, b branches, n new, Esc closes)",
                          id="chats-title", markup=False)
@@ -91,7 +98,9 @@ class ChatsDialog(ModalScreen["tuple[str, Path | None] | None"]):
 
     def on_mount(self) -> None:
         chats = self.query_one(OptionList)
-        chats.highlighted = 1 if self._chats and not self._chats[0].error else 0
+        # Start on a chat, never on "Start a new chat": the one used last, else the newest.
+        paths = [entry.path for entry in self._chats]
+        chats.highlighted = (paths.index(self._last) + 1 if self._last in paths else 1) if paths else 0
         chats.focus()
 
     def _selected(self) -> Path | None:
@@ -146,6 +155,7 @@ class LibraryScreen(Screen[None]):
         super().__init__()
         self.entries: list[CardEntry] = []
         self.shown: list[CardEntry] = []
+        self._files: list[tuple[Path, int]] = []
 
     @property
     def rp_app(self) -> RpchatApp:
@@ -174,12 +184,36 @@ class LibraryScreen(Screen[None]):
         self.watch(self.app, "load_progress", lambda _: self.update_status())
 
     def on_screen_resume(self) -> None:
-        # Chats may have been added while the chat screen was open.
-        self._show_detail()
+        # Chats may have been added, and the card edited or renamed, while the chat screen was open.
+        from rpchat.chat.recent import recorded_chat
+
+        if self._files == self._card_files():
+            self._show_detail()  # no card changed: only the chat count may have
+            return
+        current = self.current
+        select = current.path if current is not None and current.path.exists() else None
+        if select is None and current is not None:
+            last = recorded_chat(self.rp_app.paths)  # a card renamed from its chat: follow it
+            select = last.card if last is not None else None
+            if select is not None:
+                self.query_one("#filter", Input).value = ""  # the new name may not match the filter
+        self.reload(select=select)
+
+    @staticmethod
+    def _card_files() -> list[tuple[Path, int]]:
+        """The card files and their change times: reading every card again is only worth it on a change."""
+        found = []
+        for path in card_files():
+            try:
+                found.append((path, path.stat().st_mtime_ns))
+            except OSError:
+                found.append((path, 0))
+        return found
 
     # --- list ----------------------------------------------------------------------------------------
     def reload(self, select: Path | None = None) -> None:
         """Read the card folders again and show the list (keeping the filter)."""
+        self._files = self._card_files()
         try:
             self.entries = list_cards()
         except RpchatError as e:
@@ -189,6 +223,8 @@ class LibraryScreen(Screen[None]):
 
     def _apply_filter(self, select: Path | None = None) -> None:
         query = self.query_one("#filter", Input).value
+        if select is None and self.current is not None:
+            select = self.current.path  # the cursor stays on its card while that card is shown
         self.shown = [e for e in self.entries if entry_matches(e, query)]
         cards = self.query_one("#cards", OptionList)
         cards.clear_options()
@@ -247,12 +283,13 @@ class LibraryScreen(Screen[None]):
         from rpchat.chat.library import list_chats
 
         try:
-            count = len(list_chats(entry.name))
-        except RpchatError:
+            count = len(list_chats(entry.path, entry.name))
+        except (RpchatError, OSError):
             count = 0
         resume, new = self.rp_app.key_for("resume_chat"), self.rp_app.key_for("new_chat")
         if count:
-            return f"{count} chat{'s' if count != 1 else ''}: Enter lists them, {resume} resumes the last, {new} starts new"
+            return (f"{count} chat{'s' if count != 1 else ''}: Enter lists them, {new} starts new, "
+                    f"{resume} resumes your last chat")
         return f"No chats yet: Enter or {new} starts one"
 
     def update_status(self) -> None:
@@ -302,8 +339,8 @@ class LibraryScreen(Screen[None]):
         if entry is None:
             return
         try:
-            chats = list_chats(entry.name)
-        except RpchatError as e:
+            chats = list_chats(entry.path, entry.name)
+        except (RpchatError, OSError) as e:
             self.notify(str(e), severity="error", markup=False)
             return
         if not chats:
@@ -319,7 +356,10 @@ class LibraryScreen(Screen[None]):
             else:
                 self.rp_app.open_chat(entry.path, path)
 
-        self.app.push_screen(ChatsDialog(entry.name, chats), chosen)
+        from rpchat.chat.recent import recorded_chat
+
+        last = recorded_chat(self.rp_app.paths)
+        self.app.push_screen(ChatsDialog(entry.name, chats, last.chat if last else None), chosen)
 
     def _branch(self, entry: CardEntry, path: Path) -> None:
         from rpchat.tui.app import open_session_for
@@ -334,14 +374,25 @@ class LibraryScreen(Screen[None]):
             self.notify(str(e), severity="error", markup=False)
             return
         self.app.push_screen(ChatScreen(session))
+        self.rp_app.remember_chat(session)
         self.notify(f"Branched into {session.path.name}", markup=False)
 
     def action_resume_chat(self) -> None:
+        """Open the chat used last (remembered across restarts); without one, the card's newest chat."""
         from rpchat.chat.library import latest_chat
+        from rpchat.chat.recent import last_chat, recorded_chat
 
+        last = last_chat(self.rp_app.paths)
+        if last is not None:
+            self.rp_app.open_chat(last.card, last.chat)
+            return
+        gone = recorded_chat(self.rp_app.paths)
+        if gone is not None:
+            self.notify(f"Your last chat {gone.chat.name} is gone; resuming this card's newest chat.",
+                        severity="warning", markup=False)
         entry = self._usable()
         if entry is not None:
-            self.rp_app.open_chat(entry.path, latest_chat(entry.name))
+            self.rp_app.open_chat(entry.path, latest_chat(entry.path, entry.name))
 
     def action_new_chat(self) -> None:
         entry = self._usable()
