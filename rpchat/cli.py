@@ -326,8 +326,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     if args.chat_command == "import":
         chat = load_chat(args.src)  # a broken file is refused before anything is looked up or written
-        name, card_note = _library_card(args.card, chat.character_name, args.src)
-        dest = import_st_chat(args.src, profile().chats_dir, character=name)
+        from rpchat.chat.library import chats_folder
+
+        name, card_path, card_note = _library_card(args.card, chat.character_name, args.src)
+        dest = import_st_chat(args.src, profile().chats_dir, character=name, folder=chats_folder(card_path))
         print(_printable(f"{card_note}imported to {dest}; to open it: rpchat, pick {name} in the library, "
                          "Enter, then the chat"), file=sys.stderr)
         return 0
@@ -337,8 +339,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
-def _library_card(wanted: str | None, character: str, src: Path) -> tuple[str, str]:
-    """The name of the library card an imported chat belongs to, and a note when its file was imported too.
+def _library_card(wanted: str | None, character: str, src: Path) -> tuple[str, Path, str]:
+    """The library card an imported chat belongs to (name and file), and a note when its file was imported too.
 
     Chats are listed under their card, so a chat whose card is not in the library would be invisible.
     """
@@ -346,10 +348,10 @@ def _library_card(wanted: str | None, character: str, src: Path) -> tuple[str, s
     from rpchat.cards.library import import_card, list_cards
     from rpchat.errors import ChatError
 
-    names = [e.name for e in list_cards() if e.error is None]
+    cards = [(e.name, e.path) for e in list_cards() if e.error is None]
 
-    def in_library(name: str) -> str | None:
-        return next((n for n in names if n.casefold() == name.strip().casefold()), None)
+    def in_library(name: str) -> tuple[str, Path] | None:
+        return next((c for c in cards if c[0].casefold() == name.strip().casefold()), None)
 
     if wanted is None:
         found = in_library(character) if character.strip() else None
@@ -357,19 +359,18 @@ def _library_card(wanted: str | None, character: str, src: Path) -> tuple[str, s
             who = f"its character {character.strip()!r}" if character.strip() else "it (no character_name)"
             raise ChatError(f"no card in the library matches {who}; name its card with --card NAME or "
                             "--card FILE (a card file is imported into the library too)", src)
-        return found, ""
+        return (*found, "")
     card_file = Path(wanted).expanduser()
     if card_file.is_file():
         card_name = load_card(card_file).display_name
         found = in_library(card_name)
         if found is not None:
-            return found, ""
-        import_card(card_file)
-        return card_name, f"card {card_name} added to the library; "
+            return (*found, "")
+        return card_name, import_card(card_file), f"card {card_name} added to the library; "
     found = in_library(wanted)
     if found is None:
         raise ChatError(f"--card {wanted!r} is neither a card file nor a card in the library", src)
-    return found, ""
+    return (*found, "")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

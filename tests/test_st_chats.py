@@ -19,7 +19,8 @@ import pytest
 from session_support import make_card, write_world
 
 from rpchat.cards import load_card
-from rpchat.chat.library import list_chats
+from rpchat.cards.library import list_cards
+from rpchat.chat.library import ChatEntry, list_chats
 from rpchat.chat.store import export_st_chat, load_chat
 from rpchat.config import Config, save_config
 from rpchat.errors import ChatError
@@ -224,6 +225,12 @@ def test_prompt_of_the_st_chat_uses_kael_and_leaves_hidden_text_out(home: Path) 
 
 
 # --- `rpchat chat import` files a chat where the library shows it ------------------------------------------------
+def card_chats(name: str) -> list[ChatEntry]:
+    """The chats the library lists under its card called ``name``."""
+    (card,) = [c for c in list_cards() if c.name == name]
+    return list_chats(card.path, card.name)
+
+
 def test_chat_import_without_its_card_in_the_library_refuses_and_says_how(home: Path) -> None:
     res = run(["chat", "import", str(KAEL_CHAT)], home)
     assert res.returncode == 2
@@ -237,14 +244,14 @@ def test_chat_import_with_a_card_file_adds_the_card_and_files_the_chat_under_it(
     res = run(["chat", "import", str(KAEL_CHAT), "--card", str(SERAPHINA)], home)
     assert res.returncode == 0, res.stderr
     assert "card Seraphina added to the library" in res.stderr and "pick Seraphina" in res.stderr
-    entries = list_chats("Seraphina")
+    entries = card_chats("Seraphina")
     assert len(entries) == 1 and str(entries[0].path) in res.stderr
     assert [p.suffix for p in profile().cards_dir.iterdir()] == [".png"]
     # A second import finds the card in the library by name now, and adds no second card.
     res = run(["chat", "import", str(KAEL_CHAT)], home)
     assert res.returncode == 0, res.stderr
     assert "added" not in res.stderr
-    assert len(list_chats("Seraphina")) == 2 and len(list(profile().cards_dir.iterdir())) == 1
+    assert len(card_chats("Seraphina")) == 2 and len(list(profile().cards_dir.iterdir())) == 1
 
 
 def test_chat_import_under_another_library_card_by_name(home: Path) -> None:
@@ -252,7 +259,7 @@ def test_chat_import_under_another_library_card_by_name(home: Path) -> None:
     make_card(profile().cards_dir, "Marisol")
     res = run(["chat", "import", str(KAEL_CHAT), "--card", "marisol"], home)
     assert res.returncode == 0, res.stderr
-    (entry,) = list_chats("Marisol")
+    (entry,) = card_chats("Marisol")
     chat = load_chat(entry.path)
     assert chat.character_name == "Marisol"
     assert [t.name for t in chat.turns] == ["Marisol", "Kael", "Marisol", "System", "Kael"]

@@ -506,11 +506,12 @@ class ChatStore:
 # --- SillyTavern import and export ---------------------------------------------------------------
 
 
-def import_st_chat(src: Path, dest_dir: Path, character: str | None = None) -> Path:
+def import_st_chat(src: Path, dest_dir: Path, character: str | None = None, folder: Path | None = None) -> Path:
     """Validate a SillyTavern chat and copy it into ``dest_dir/<character>/``; returns the new path.
 
     ``character`` (a card's name) files the chat under that card; the chat's character turns then carry
     that name too, so the file says who speaks. By default the chat's own character_name decides.
+    ``folder``, when given, is the exact folder (a library card's own, `chats_folder`).
     """
     from rpchat.chat.library import safe_name, unique_path
 
@@ -522,8 +523,9 @@ def import_st_chat(src: Path, dest_dir: Path, character: str | None = None) -> P
         for turn in chat.turns:
             if not turn.is_user and not turn.narrator and turn.name == old:
                 turn.name = character
-    folder = Path(dest_dir) / safe_name(chat.character_name or src.parent.name)
-    target = unique_path(folder / f"{safe_name(src.stem)}.jsonl")
+    if folder is None:
+        folder = Path(dest_dir) / safe_name(chat.character_name or src.parent.name)
+    target = unique_path(Path(folder) / f"{safe_name(src.stem)}.jsonl")
     ChatStore(target).save(chat)
     return target
 
