@@ -347,6 +347,11 @@ def cmd_presets(_: argparse.Namespace) -> int:
 
 
 def cmd_tui(_: argparse.Namespace) -> int:
+    # Without a terminal the app would draw escape codes into a pipe forever; scripts want the headless commands.
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        print("rpchat: error: the app needs a terminal (stdin and stdout); for scripts use "
+              "`rpchat prompt` or `rpchat reply` (see `rpchat --help`)", file=sys.stderr)
+        return 2
     from rpchat.tui.app import run_app
 
     return run_app()

@@ -177,3 +177,25 @@ def test_reply_with_a_length_the_format_lacks_fails_before_sending(tmp_path: Pat
                "--length", "enormous", "--model", str(tiny_model), "--max-new", "4"], tmp_path)
     assert_one_line_error(res, "enormous", "limamono")
     assert "hello" not in chat.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("no_tty", ["stdin", "stdout", "both"])
+def test_app_without_a_terminal_exits_2_and_points_to_the_headless_commands(tmp_path: Path, no_tty: str) -> None:
+    import pty
+
+    # The other stream is a real terminal (a pty), so each side is checked on its own.
+    main_fd, tty_fd = pty.openpty()
+    try:
+        stdin = subprocess.DEVNULL if no_tty in ("stdin", "both") else tty_fd
+        stdout = subprocess.PIPE if no_tty in ("stdout", "both") else tty_fd
+        env = {**os.environ, "RPCHAT_HOME": str(tmp_path)}
+        res = subprocess.run([sys.executable, "-m", "rpchat"], stdin=stdin, stdout=stdout, stderr=subprocess.PIPE,
+                             env=env, timeout=60, check=False)
+    finally:
+        os.close(main_fd)
+        os.close(tty_fd)
+    assert res.returncode == 2
+    lines = res.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rpchat: error: "), res.stderr
+    assert "terminal" in lines[0] and "rpchat prompt" in lines[0] and "rpchat reply" in lines[0]
+    assert not res.stdout  # no escape codes written into the pipe

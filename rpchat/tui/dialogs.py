@@ -68,6 +68,9 @@ class ConfirmDialog(ModalScreen[bool]):
         Binding("escape", "answer(False)", "Cancel", id="dialog.cancel"),
         Binding("y", "answer(True)", "Yes", show=False, id="dialog.yes"),
         Binding("n", "answer(False)", "No", show=False, id="dialog.no"),
+        # As in most dialogs, the arrows move between the buttons (Tab still does too).
+        Binding("left", "move_button(-1)", "Button to the left", show=False, id="dialog.left"),
+        Binding("right", "move_button(1)", "Button to the right", show=False, id="dialog.right"),
     ]
 
     def __init__(self, message: str, *, title: str = "Confirm", yes: str = "Yes", no: str = "No",
@@ -93,6 +96,12 @@ class ConfirmDialog(ModalScreen[bool]):
 
     def action_answer(self, yes: bool) -> None:
         self.dismiss(yes)
+
+    def action_move_button(self, step: int) -> None:
+        """Focus the button left (-1) or right (+1) of the focused one, stopping at the ends."""
+        buttons = list(self.query(Button))
+        current = buttons.index(self.focused) if self.focused in buttons else 0
+        buttons[max(0, min(len(buttons) - 1, current + step))].focus()
 
 
 _T = TypeVar("_T")
