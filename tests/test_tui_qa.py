@@ -83,6 +83,34 @@ def test_edit_box_opens_with_the_cursor_at_the_end(home: Path) -> None:
     asyncio.run(go())
 
 
+def test_edit_box_footer_says_enter_saves_and_esc_cancels(home: Path) -> None:
+    async def go() -> None:
+        app = RpchatApp(load_model=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            screen = await open_chat_from_library(pilot, app, NAME)
+            screen.session.send("Hello")
+            screen.show_chat()
+            screen.input.focus()
+            assert app.screen.active_bindings["escape"].binding.description == "Stop"
+            await pilot.press("up")
+            await pilot.pause()
+            box = screen.query_one(EditBox)
+            # The footer names what Enter and Esc do here (not the message cursor's "Edit turn").
+            shown = {key: b.binding.description for key, b in app.screen.active_bindings.items() if b.binding.show}
+            assert shown["enter"] == "Save edit" and shown["escape"] == "Cancel edit", shown
+            assert "Edit turn" not in shown.values()
+            assert "Enter saves" in str(box.border_subtitle) and "Esc cancels" in str(box.border_subtitle)
+            await pilot.press("x", "escape")  # cancels: nothing saved
+            await pilot.pause()
+            assert not screen.query(EditBox) and saved_turns()[-1] == "Hello"
+            assert app.screen.active_bindings["escape"].binding.description == "Stop"
+            await pilot.press("up", "y", "enter")  # saves
+            await pilot.pause()
+            assert not screen.query(EditBox) and saved_turns()[-1] == "Helloy"
+
+    asyncio.run(go())
+
+
 def test_cut_marker_for_one_turn_reads_well() -> None:
     assert "1 older turn above is out of the prompt" in str(CutMarker(1).render())
     assert "3 older turns above are out of the prompt" in str(CutMarker(3).render())
