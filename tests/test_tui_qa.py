@@ -321,3 +321,38 @@ def test_palette_finds_the_prompt_inspector_by_name(home: Path) -> None:
             assert found and "Prompt inspector" in found[0]
 
     asyncio.run(go())
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+def test_toasts_never_cover_the_input_or_the_status_line(home: Path, size: tuple[int, int]) -> None:
+    from textual.widgets._toast import Toast, ToastHolder, ToastRack
+
+    async def go() -> None:
+        app = RpchatApp(load_model=False)
+        async with app.run_test(size=size, notifications=True) as pilot:
+            screen = await open_chat_from_library(pilot, app, NAME)
+            screen.input.text = "a long draft\n" * 12  # the input at its tallest
+            for i in range(4):
+                app.notify(f"Notice {i}: a message that wraps over two lines in a narrow terminal")
+            await pilot.pause(0.3)
+            toasts = (Toast, ToastHolder, ToastRack)
+            shown = set()
+            for y in range(size[1]):
+                for x in range(size[0]):
+                    widget, _ = screen.get_widget_at(x, y)
+                    if isinstance(widget, toasts):
+                        shown.add(y)
+            assert shown, "no toast is visible"
+            for region in (screen.input.region, screen.query_one("#status").region):
+                assert region.height
+                covered = {y for y in shown if region.y <= y < region.bottom}
+                for y in covered:
+                    for x in range(region.x, region.right):
+                        widget, _ = screen.get_widget_at(x, y)
+                        assert not isinstance(widget, toasts), (x, y, region)
+            # The newest notice is the one in sight.
+            newest = [t for t in screen.get_child_by_type(ToastRack).query(Toast) if "Notice 3" in str(t.render())]
+            assert newest and newest[0].region.height
+            x, y = newest[0].region.center
+            assert screen.get_widget_at(x, y)[0] is newest[0]
+    asyncio.run(go())
