@@ -26,6 +26,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _length(value: str) -> str | None:
     # Which lengths exist is the prompt format's to say (limamono stops at "huge"); the builder checks.
+    # "auto" (no modifier) is the word the app shows; "none" is still understood.
     return None if value in ("none", "auto", "") else value
 
 
@@ -40,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--persona", help="persona description (default: the persona's own)")
     pr.add_argument("--scenario", help="scenario that overrides the card's")
     pr.add_argument("--chat", type=Path, help="a SillyTavern .jsonl chat to continue")
-    pr.add_argument("--length", type=_length, default=None, help="length modifier, or none")
+    pr.add_argument("--length", type=_length, default=None,
+                    help="length modifier (e.g. short, medium), or auto: no modifier, the model decides")
     pr.add_argument("--format", default=None, help="prompt format name (see `rpchat formats`)")
     pr.add_argument("--no-lore", action="store_true", help="ignore the card's embedded lorebook")
     pr.add_argument("--world", type=Path, help="a lorebook / SillyTavern world-info JSON to activate")
@@ -52,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("card", type=Path)
     rp.add_argument("--chat", type=Path, required=True, help="chat file (.jsonl), created if missing")
     rp.add_argument("--say", required=True, help="your message")
-    rp.add_argument("--length", type=_length, default=..., help="length modifier (default: the chat's)")
+    rp.add_argument("--length", type=_length, default=...,
+                    help="length modifier, or auto: the model decides (default: the chat's)")
     src = rp.add_mutually_exclusive_group()
     src.add_argument("--model", type=Path, help="local GGUF model")
     src.add_argument("--engine", metavar="URL", help="remote server URL (llama-server, OpenAI, KoboldCpp)")

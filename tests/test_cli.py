@@ -199,3 +199,20 @@ def test_app_without_a_terminal_exits_2_and_points_to_the_headless_commands(tmp_
     assert len(lines) == 1 and lines[0].startswith("rpchat: error: "), res.stderr
     assert "terminal" in lines[0] and "rpchat prompt" in lines[0] and "rpchat reply" in lines[0]
     assert not res.stdout  # no escape codes written into the pipe
+
+
+def test_the_no_length_choice_is_called_auto_everywhere(tmp_path: Path) -> None:
+    # The app shows "auto" (sidebar, status line, settings); the CLI help and the README say the same.
+    for command in ("prompt", "reply"):
+        res = run([command, "--help"], tmp_path)
+        assert res.returncode == 0
+        options = " ".join(res.stdout.split("options:")[1].split())
+        length_help = options.split("--length LENGTH")[1].split(" --")[0]
+        assert "auto" in length_help and "none" not in length_help, length_help
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    row = next(line for line in readme.splitlines() if line.startswith("| Ctrl+L"))
+    assert "auto" in row and "none" not in row
+    # "auto" works where a length is given (and so does the older "none").
+    for word in ("auto", "none"):
+        res = run(["prompt", str(SERAPHINA), "--length", word], tmp_path)
+        assert res.returncode == 0 and res.stdout.endswith("### Response:\nSeraphina:"), res.stderr

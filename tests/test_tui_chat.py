@@ -469,7 +469,7 @@ def test_status_line_keeps_the_state_and_the_stop_key_at_any_width(home: Path, s
             drawn = status.render_line(0).text.strip()
             # What is drawn fits: nothing cut off at the end, the state and the stop key are there.
             assert "\u2026" not in drawn[-2:], drawn
-            assert drawn.endswith("esc stops") or drawn.endswith("esc stops)"), drawn
+            assert drawn.endswith(("esc stops", "esc stops)")), drawn
             assert "len medium" in drawn or "length medium" in drawn, drawn
             assert "/8,192" in drawn, drawn
             if size[0] >= 140:

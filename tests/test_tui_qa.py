@@ -180,6 +180,34 @@ def test_help_table_keeps_actions_and_ids_readable_in_the_dialog_width() -> None
 
 
 
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+def test_help_shows_every_heading_whole(home: Path, size: tuple[int, int]) -> None:
+    from textual.containers import VerticalScroll
+    from textual.widgets import Static
+
+    from rpchat.tui.bindings import KEYS
+    from rpchat.tui.help import SCOPE_TITLES, HelpScreen
+
+    async def go() -> None:
+        app = RpchatApp(load_model=False)
+        async with app.run_test(size=size) as pilot:
+            await pilot.pause()
+            await pilot.press("f1")
+            await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
+            await pilot.pause()
+            body = app.screen.query_one(VerticalScroll).query_one(Static)
+            lines = [body.render_line(y).text.strip() for y in range(body.virtual_size.height)]
+            for title in [*SCOPE_TITLES.values(), "Editing a turn"]:
+                assert title in lines, (title, lines)
+            assert any(line.startswith("Export this chat") for line in lines)
+            ids = " ".join(line.split()[-1] for line in lines if line)
+            assert all(spec.id in ids.split() for spec in KEYS), ids  # no id cut short either
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: not isinstance(app.screen, HelpScreen))
+
+    asyncio.run(go())
+
+
 def test_palette_lists_quit_once(home: Path) -> None:
     from rpchat.tui.commands import RpchatCommands
 
@@ -355,4 +383,27 @@ def test_toasts_never_cover_the_input_or_the_status_line(home: Path, size: tuple
             assert newest and newest[0].region.height
             x, y = newest[0].region.center
             assert screen.get_widget_at(x, y)[0] is newest[0]
+    asyncio.run(go())
+
+
+def test_settings_call_the_no_length_choice_auto_like_the_chat(home: Path) -> None:
+    from textual.widgets import Select
+
+    from rpchat.tui.settings import SettingsScreen
+
+    async def go() -> None:
+        app = RpchatApp(load_model=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            screen = await open_chat_from_library(pilot, app, NAME)
+            screen.session.set_length(None)
+            screen.update_sidebar()
+            assert "[auto]" in str(screen.query_one("#length").render())
+            await pilot.press("f2")
+            await wait_for(pilot, lambda: isinstance(app.screen, SettingsScreen))
+            await pilot.pause()
+            length = app.screen.query_one("#default-length", Select)
+            length.value = ""
+            await pilot.pause()
+            assert "auto (the model decides)" in str(length.query_one("SelectCurrent Static#label").render())
+
     asyncio.run(go())

@@ -421,13 +421,16 @@ class ChatStore:
 # --- SillyTavern import and export ---------------------------------------------------------------
 
 
-def import_st_chat(src: Path, dest_dir: Path) -> Path:
-    """Validate a SillyTavern chat and copy it into ``dest_dir/<character>/``; returns the new path."""
+def import_st_chat(src: Path, dest_dir: Path, *, character: str | None = None) -> Path:
+    """Validate a SillyTavern chat and copy it into ``dest_dir/<character>/``; returns the new path.
+
+    ``character`` (the card the user picked) names the folder; by default the chat's own character does.
+    """
     from rpchat.chat.library import safe_name, unique_path
 
     src = Path(src)
     chat = load_chat(src)
-    folder = Path(dest_dir) / safe_name(chat.character_name or src.parent.name)
+    folder = Path(dest_dir) / safe_name(character or chat.character_name or src.parent.name)
     target = unique_path(folder / f"{safe_name(src.stem)}.jsonl")
     ChatStore(target).save(chat)
     return target

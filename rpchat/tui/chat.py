@@ -629,6 +629,18 @@ class ChatScreen(Screen[None]):
         self.app.push_screen(TextPrompt("Detach world info", worlds[-1],
                                         message="Attached: " + ", ".join(worlds)), chosen)
 
+    def action_export_chat(self) -> None:
+        """Write this chat as a SillyTavern .jsonl file (what `rpchat chat export` does)."""
+        from pathlib import Path
+
+        from rpchat.chat.store import export_st_chat
+        from rpchat.tui.dialogs import save_to_path
+
+        chat = self.session.chat
+        save_to_path(self, "Export this chat as SillyTavern .jsonl", lambda dest: export_st_chat(chat, dest),
+                     value=str(Path.cwd() / self.session.path.name), suffixes=(".jsonl",),
+                     message="Without rpchat's own settings, as SillyTavern reads it.")
+
     def action_toggle_card_lorebook(self) -> None:
         """Use or ignore the card's embedded lorebook in this chat."""
         on = not self.session.use_card_lorebook
