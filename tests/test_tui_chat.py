@@ -473,7 +473,7 @@ def test_status_line_keeps_the_state_and_the_stop_key_at_any_width(home: Path, s
             assert "len medium" in drawn or "length medium" in drawn, drawn
             assert "/8,192" in drawn, drawn
             if size[0] >= 140:
-                assert "Mistral-7B" in drawn and "preset deterministic" in drawn, drawn
+                assert "Mistral-7B" in drawn and "length medium" in drawn, drawn
             await pilot.press("escape")
             await wait_for(pilot, lambda: not screen.generating)
 

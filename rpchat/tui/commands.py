@@ -30,9 +30,9 @@ EXTRAS: tuple[tuple[str, str, str, str], ...] = (
 )
 
 
-def palette_only() -> list[tuple[str, str]]:
-    """(title, help) of the commands offered in the palette without a key of their own."""
-    return [(title, help_text) for _scope, title, _action, help_text in EXTRAS]
+def palette_only() -> list[tuple[str, str, str]]:
+    """(scope, title, help) of the commands offered in the palette without a key of their own."""
+    return [(scope, title, help_text) for scope, title, _action, help_text in EXTRAS]
 
 
 def screen_scopes(screen: Any) -> tuple[str, ...]:

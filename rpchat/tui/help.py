@@ -39,12 +39,15 @@ EDIT_KEYS = (
 def _section(title: str, rows: list[tuple[str, str, str]], *, header: bool) -> Group:
     """A heading on a line of its own (never squeezed into a column), then its keys."""
     table = Table(show_header=header, header_style="bold", expand=True, box=None, padding=(0, 2))
-    # Ratios, not content, size the columns, so every section's columns line up.
+    # Ratios, not content, size the columns, so every section's columns line up; a section without
+    # ids gives their room to the actions.
+    with_ids = any(binding_id for _key, _what, binding_id in rows)
     table.add_column("Key", ratio=3)
-    table.add_column("Action", ratio=4)
-    table.add_column("Id", style="dim", ratio=3, no_wrap=True, overflow="ellipsis")
+    table.add_column("Action", ratio=4 if with_ids else 7)
+    if with_ids:
+        table.add_column("Id", style="dim", ratio=3, no_wrap=True, overflow="ellipsis")
     for key, what, binding_id in rows:
-        table.add_row(Text(key), Text(what), Text(binding_id))
+        table.add_row(Text(key), Text(what), *([Text(binding_id)] if with_ids else []))
     return Group(Text(title, style="bold underline"), table, Text(""))
 
 
@@ -57,7 +60,7 @@ def help_table(keymap: dict[str, str]) -> Group:
             rows += [(key, what, "") for key, what in INPUT_KEYS]
         sections.append(_section(title, rows, header=not sections))
     sections.append(_section("Editing a turn", [(key, what, "") for key, what in EDIT_KEYS], header=False))
-    palette = [(title, help_text, "") for title, help_text in palette_only()]
+    palette = [(title, f"{SCOPE_TITLES.get(scope, scope)}: {help_text}", "") for scope, title, help_text in palette_only()]
     sections.append(_section("Only in the command palette (ctrl+p, then type the name)", palette, header=False))
     return Group(*sections)
 
