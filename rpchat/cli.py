@@ -30,6 +30,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _length(value: str) -> str | None:
     # Which lengths exist is the prompt format's to say (limamono stops at "huge"); the builder checks.
+    # "auto" (no modifier) is the word the app shows; "none" is still understood.
     return None if value in ("none", "auto", "") else value
 
 
@@ -44,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--persona", help="persona description (default: the persona's own)")
     pr.add_argument("--scenario", help="scenario that overrides the card's (default: the chat's)")
     pr.add_argument("--chat", type=Path, help="a chat (.jsonl) to continue; it is only read")
-    pr.add_argument("--length", type=_length, default=..., help="length modifier, or none (default: the chat's)")
+    pr.add_argument("--length", type=_length, default=...,
+                    help="length modifier (e.g. short, medium), or auto: no modifier, the model decides "
+                    "(default: the chat's)")
     pr.add_argument("--format", default=None, help="prompt format name (see `rpchat formats`)")
     pr.add_argument("--no-lore", action="store_true", help="ignore the card's embedded lorebook")
     pr.add_argument("--world", type=Path, help="also activate this lorebook / SillyTavern world-info JSON")
@@ -56,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("card", type=Path)
     rp.add_argument("--chat", type=Path, required=True, help="chat file (.jsonl), created if missing")
     rp.add_argument("--say", required=True, help="your message")
-    rp.add_argument("--length", type=_length, default=..., help="length modifier (default: the chat's)")
+    rp.add_argument("--length", type=_length, default=...,
+                    help="length modifier, or auto: the model decides (default: the chat's)")
     src = rp.add_mutually_exclusive_group()
     src.add_argument("--model", type=Path, help="local GGUF model")
     src.add_argument("--engine", metavar="URL", help="remote server URL (llama-server, OpenAI, KoboldCpp)")
@@ -530,6 +534,11 @@ def _report_import(what: str, name: str, path: Path, notes: Sequence[str], flag:
 
 
 def cmd_tui(_: argparse.Namespace) -> int:
+    # Without a terminal the app would draw escape codes into a pipe forever; scripts want the headless commands.
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        print("rpchat: error: the app needs a terminal (stdin and stdout); for scripts use "
+              "`rpchat prompt` or `rpchat reply` (see `rpchat --help`)", file=sys.stderr)
+        return 2
     from rpchat.tui.app import run_app
 
     return run_app()

@@ -193,3 +193,42 @@ def test_reply_to_a_chat_with_a_bad_line_keeps_the_rest_and_says_which(tmp_path:
     assert "c.jsonl" in warning and "line 3 " in warning and len(kept) == 1 and kept[0].name in warning
     texts = [json.loads(line).get("mes") for line in chat.read_text(encoding="utf-8").splitlines()[1:]]
     assert texts[1:2] == ["first"] and texts[3] == "second"
+
+
+@pytest.mark.parametrize("no_tty", ["stdin", "stdout", "both"])
+def test_app_without_a_terminal_exits_2_and_points_to_the_headless_commands(tmp_path: Path, no_tty: str) -> None:
+    import pty
+
+    # The other stream is a real terminal (a pty), so each side is checked on its own.
+    main_fd, tty_fd = pty.openpty()
+    try:
+        stdin = subprocess.DEVNULL if no_tty in ("stdin", "both") else tty_fd
+        stdout = subprocess.PIPE if no_tty in ("stdout", "both") else tty_fd
+        env = {**os.environ, "RPCHAT_HOME": str(tmp_path)}
+        res = subprocess.run([sys.executable, "-m", "rpchat"], stdin=stdin, stdout=stdout, stderr=subprocess.PIPE,
+                             env=env, timeout=60, check=False)
+    finally:
+        os.close(main_fd)
+        os.close(tty_fd)
+    assert res.returncode == 2
+    lines = res.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rpchat: error: "), res.stderr
+    assert "terminal" in lines[0] and "rpchat prompt" in lines[0] and "rpchat reply" in lines[0]
+    assert not res.stdout  # no escape codes written into the pipe
+
+
+def test_the_no_length_choice_is_called_auto_everywhere(tmp_path: Path) -> None:
+    # The app shows "auto" (sidebar, status line, settings); the CLI help and the README say the same.
+    for command in ("prompt", "reply"):
+        res = run([command, "--help"], tmp_path)
+        assert res.returncode == 0
+        options = " ".join(res.stdout.split("options:")[1].split())
+        length_help = options.split("--length LENGTH")[1].split(" --")[0]
+        assert "auto" in length_help and "none" not in length_help, length_help
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    row = next(line for line in readme.splitlines() if line.startswith("| Ctrl+L"))
+    assert "auto" in row and "none" not in row
+    # "auto" works where a length is given (and so does the older "none").
+    for word in ("auto", "none"):
+        res = run(["prompt", str(SERAPHINA), "--length", word], tmp_path)
+        assert res.returncode == 0 and res.stdout.endswith("### Response:\nSeraphina:"), res.stderr

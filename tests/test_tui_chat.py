@@ -15,6 +15,7 @@ from session_support import make_card, open_chat_from_library, tiny_config, wait
 from rpchat.chat.library import list_chats
 from rpchat.chat.model import Chat
 from rpchat.chat.store import ChatStore, load_chat
+from rpchat.engine.base import EngineInfo
 from rpchat.paths import profile
 from rpchat.tui.app import RpchatApp
 from rpchat.tui.bench import PacedEngine
@@ -440,5 +441,40 @@ def test_clicking_a_turn_puts_the_message_cursor_on_it(home: Path) -> None:
             assert greeting.has_class("-cursor")
             await pilot.press("c")
             assert app.clipboard == chat_file().turns[0].text
+
+    run(go())
+
+
+class LongNamedEngine(PacedEngine):
+    """A paced engine named like a real fine-tune served remotely: the longest status line there is."""
+
+    @property
+    def info(self) -> EngineInfo:
+        return EngineInfo(model_name="Mistral-7B-Instruct-v0.2-LimaRP-ZLoss-DARE-TIES.Q4_K_M",
+                          backend="remote (llama.cpp server)", n_ctx=self.n_ctx)
+
+
+@pytest.mark.parametrize("size", [(140, 40), (120, 40), (100, 30), (80, 24)])
+def test_status_line_keeps_the_state_and_the_stop_key_at_any_width(home: Path, size: tuple[int, int]) -> None:
+    async def go() -> None:
+        app = RpchatApp(engine_factory=lambda _cfg: LongNamedEngine(rate=40.0, words=2000))
+        async with app.run_test(size=size) as pilot:
+            screen = await ready_chat(pilot, app)
+            await wait_for(pilot, lambda: "ctx ?" not in screen.status_text())
+            status = screen.query_one("#status")
+            screen.input.text = "Hello"
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: screen.generating == "reply" and screen.transcript.streaming is not None)
+            await pilot.pause()
+            drawn = status.render_line(0).text.strip()
+            # What is drawn fits: nothing cut off at the end, the state and the stop key are there.
+            assert "\u2026" not in drawn[-2:], drawn
+            assert drawn.endswith(("esc stops", "esc stops)")), drawn
+            assert "len medium" in drawn or "length medium" in drawn, drawn
+            assert "/8,192" in drawn, drawn
+            if size[0] >= 140:
+                assert "Mistral-7B" in drawn and "length medium" in drawn, drawn
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: not screen.generating)
 
     run(go())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import threading
 from pathlib import Path
@@ -377,3 +378,127 @@ def test_ctrl_o_resumes_the_chat_used_last_across_restarts(home: Path) -> None:
     run(second_run(newest, notice=f"Your last chat {used.name} is gone"))
     (profile().data_dir / "last-chat.json").write_bytes(b"\x00{not json")
     run(second_run(newest))
+
+
+# --- what the CLI does with chats and cards, from the TUI (palette + path dialogs) ---------------------
+async def from_palette(pilot, app: RpchatApp, query: str) -> None:  # type: ignore[no-untyped-def]
+    from textual.command import CommandPalette
+
+    await pilot.press("ctrl+p")
+    await wait_for(pilot, lambda: isinstance(app.screen, CommandPalette))
+    await pilot.press(*query)
+    await pilot.pause(0.5)
+    await pilot.press("enter")
+    await wait_for(pilot, lambda: not isinstance(app.screen, CommandPalette))
+
+
+async def answer_path(pilot, app: RpchatApp, path: Path) -> None:  # type: ignore[no-untyped-def]
+    await wait_for(pilot, lambda: isinstance(app.screen, PathPrompt))
+    app.screen.query_one("Input").value = str(path)  # type: ignore[attr-defined]
+    await pilot.press("enter")
+    await pilot.pause()
+
+
+def st_chat(path: Path) -> Path:
+    """A chat as SillyTavern writes it, for another character name than the card's."""
+    lines = [
+        {"user_name": "Kael", "character_name": "Seraphina", "create_date": "2024-01-01@10h00m00s",
+         "chat_metadata": {"integrity": "abc"}},
+        {"name": "Seraphina", "is_user": False, "mes": "Hello.", "swipes": ["Hi.", "Hello."], "swipe_id": 1,
+         "send_date": "2024-01-01@10h00m00s", "extra": {}},
+        {"name": "Kael", "is_user": True, "mes": "Where am I?", "send_date": "2024-01-01@10h01m00s", "extra": {}},
+    ]
+    path.write_text("\n".join(json.dumps(x) for x in lines), encoding="utf-8")
+    return path
+
+
+def test_chat_import_export_and_card_export_are_in_the_library(home: Path) -> None:
+    from rpchat.cards import load_card
+
+    src = st_chat(home / "from-sillytavern.jsonl")
+    out, card_out = home / "exported.jsonl", home / "zephyrine.json"
+
+    async def go() -> None:
+        app = RpchatApp(load_model=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            screen = await library(pilot, app)
+            await pilot.press(*"Zephyrine")
+            assert screen.current is not None and screen.current.name == "Zephyrine"
+
+            # Import: the chat joins the picked card's chats, whatever character it names.
+            await from_palette(pilot, app, "import a chat")
+            await answer_path(pilot, app, src)
+            await wait_for(pilot, lambda: isinstance(app.screen, LibraryScreen))
+            chats = list_chats(screen.current.path, "Zephyrine")
+            assert [c.path.name for c in chats] == ["from-sillytavern.jsonl"]
+            assert "1 chat" in str(screen.query_one("#card-chats").render())
+
+            # Export a chat: pick it (Enter), then where to write it.
+            await from_palette(pilot, app, "export a chat")
+            await wait_for(pilot, lambda: isinstance(app.screen, ChatsDialog))
+            await pilot.press("enter")
+            await answer_path(pilot, app, out)
+            await wait_for(pilot, lambda: out.exists())
+            exported = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
+            assert exported[1]["swipes"] == ["Hi.", "Hello."] and exported[2]["mes"] == "Where am I?"
+            assert "rpchat" not in json.dumps(exported)
+
+            # Exporting onto an existing file asks first; "no" keeps it.
+            out.write_text("keep me", encoding="utf-8")
+            await pilot.press("enter")  # the chats list (Enter) has "x exports" too
+            await wait_for(pilot, lambda: isinstance(app.screen, ChatsDialog))
+            await pilot.press("x")
+            await answer_path(pilot, app, out)
+            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmDialog))
+            await pilot.press("n")
+            await wait_for(pilot, lambda: isinstance(app.screen, LibraryScreen))
+            assert out.read_text(encoding="utf-8") == "keep me"
+
+            # Export the card, converted by the extension.
+            await from_palette(pilot, app, "export this card")
+            await answer_path(pilot, app, card_out)
+            await wait_for(pilot, lambda: card_out.exists())
+            assert load_card(card_out).name == "Zephyrine"
+
+    run(go())
+
+
+def test_a_chat_exports_from_its_own_screen(home: Path) -> None:
+    from rpchat.chat.store import load_chat
+
+    out = home / "this-chat.jsonl"
+
+    async def go() -> None:
+        app = RpchatApp(load_model=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await library(pilot, app)
+            await pilot.press(*"Zephyrine", "enter")
+            await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen))
+            await from_palette(pilot, app, "export this chat")
+            await answer_path(pilot, app, out)
+            await wait_for(pilot, lambda: out.exists())
+            assert load_chat(out).turns[0].text.startswith("*throws a blanket")
+            assert "rpchat" not in out.read_text(encoding="utf-8")
+
+    run(go())
+
+
+def test_a_bad_export_path_is_refused_in_the_dialog(home: Path) -> None:
+    async def go() -> None:
+        app = RpchatApp(load_model=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await library(pilot, app)
+            await pilot.press(*"Zephyrine")
+            await from_palette(pilot, app, "export this card")
+            await answer_path(pilot, app, home / "card.txt")
+            assert isinstance(app.screen, PathPrompt)  # still open, saying why
+            assert "expected .png, .json, .charx" in str(app.screen.query_one("#error").render())
+            # A path that cannot be written (its "folder" is a file): one clear notice, the app goes on.
+            blocker = home / "a-file"
+            blocker.write_text("", encoding="utf-8")
+            await answer_path(pilot, app, blocker / "card.png")
+            await wait_for(pilot, lambda: isinstance(app.screen, LibraryScreen))
+            await wait_for(pilot, lambda: any("a-file" in n.message for n in app._notifications))
+            assert [n.severity for n in app._notifications if "a-file" in n.message] == ["error"]
+
+    run(go())

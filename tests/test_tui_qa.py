@@ -83,6 +83,34 @@ def test_edit_box_opens_with_the_cursor_at_the_end(home: Path) -> None:
     asyncio.run(go())
 
 
+def test_edit_box_footer_says_enter_saves_and_esc_cancels(home: Path) -> None:
+    async def go() -> None:
+        app = RpchatApp(load_model=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            screen = await open_chat_from_library(pilot, app, NAME)
+            screen.session.send("Hello")
+            screen.show_chat()
+            screen.input.focus()
+            assert app.screen.active_bindings["escape"].binding.description == "Stop"
+            await pilot.press("up")
+            await pilot.pause()
+            box = screen.query_one(EditBox)
+            # The footer names what Enter and Esc do here (not the message cursor's "Edit turn").
+            shown = {key: b.binding.description for key, b in app.screen.active_bindings.items() if b.binding.show}
+            assert shown["enter"] == "Save edit" and shown["escape"] == "Cancel edit", shown
+            assert "Edit turn" not in shown.values()
+            assert "Enter saves" in str(box.border_subtitle) and "Esc cancels" in str(box.border_subtitle)
+            await pilot.press("x", "escape")  # cancels: nothing saved
+            await pilot.pause()
+            assert not screen.query(EditBox) and saved_turns()[-1] == "Hello"
+            assert app.screen.active_bindings["escape"].binding.description == "Stop"
+            await pilot.press("up", "y", "enter")  # saves
+            await pilot.pause()
+            assert not screen.query(EditBox) and saved_turns()[-1] == "Helloy"
+
+    asyncio.run(go())
+
+
 def test_cut_marker_for_one_turn_reads_well() -> None:
     assert "1 older turn above is out of the prompt" in str(CutMarker(1).render())
     assert "3 older turns above are out of the prompt" in str(CutMarker(3).render())
@@ -150,6 +178,34 @@ def test_help_table_keeps_actions_and_ids_readable_in_the_dialog_width() -> None
     text = console.export_text()
     assert "Duplicate card" in text and "duplicate_card" in text and "Resume last chat" in text
 
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+def test_help_shows_every_heading_whole(home: Path, size: tuple[int, int]) -> None:
+    from textual.containers import VerticalScroll
+    from textual.widgets import Static
+
+    from rpchat.tui.bindings import KEYS
+    from rpchat.tui.help import SCOPE_TITLES, HelpScreen
+
+    async def go() -> None:
+        app = RpchatApp(load_model=False)
+        async with app.run_test(size=size) as pilot:
+            await pilot.pause()
+            await pilot.press("f1")
+            await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
+            await pilot.pause()
+            body = app.screen.query_one(VerticalScroll).query_one(Static)
+            lines = [body.render_line(y).text.strip() for y in range(body.virtual_size.height)]
+            for title in [*SCOPE_TITLES.values(), "Editing a turn"]:
+                assert title in lines, (title, lines)
+            assert any(line.startswith("Export this chat") for line in lines)
+            ids = " ".join(line.split()[-1] for line in lines if line)
+            assert all(spec.id in ids.split() for spec in KEYS), ids  # no id cut short either
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: not isinstance(app.screen, HelpScreen))
+
+    asyncio.run(go())
 
 
 def test_palette_lists_quit_once(home: Path) -> None:
@@ -291,5 +347,63 @@ def test_palette_finds_the_prompt_inspector_by_name(home: Path) -> None:
             screen = await open_chat_from_library(pilot, app, NAME)
             found = [str(h.text) async for h in RpchatCommands(screen).search("inspector")]
             assert found and "Prompt inspector" in found[0]
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+def test_toasts_never_cover_the_input_or_the_status_line(home: Path, size: tuple[int, int]) -> None:
+    from textual.widgets._toast import Toast, ToastHolder, ToastRack
+
+    async def go() -> None:
+        app = RpchatApp(load_model=False)
+        async with app.run_test(size=size, notifications=True) as pilot:
+            screen = await open_chat_from_library(pilot, app, NAME)
+            screen.input.text = "a long draft\n" * 12  # the input at its tallest
+            for i in range(4):
+                app.notify(f"Notice {i}: a message that wraps over two lines in a narrow terminal")
+            await pilot.pause(0.3)
+            toasts = (Toast, ToastHolder, ToastRack)
+            shown = set()
+            for y in range(size[1]):
+                for x in range(size[0]):
+                    widget, _ = screen.get_widget_at(x, y)
+                    if isinstance(widget, toasts):
+                        shown.add(y)
+            assert shown, "no toast is visible"
+            for region in (screen.input.region, screen.query_one("#status").region):
+                assert region.height
+                covered = {y for y in shown if region.y <= y < region.bottom}
+                for y in covered:
+                    for x in range(region.x, region.right):
+                        widget, _ = screen.get_widget_at(x, y)
+                        assert not isinstance(widget, toasts), (x, y, region)
+            # The newest notice is the one in sight.
+            newest = [t for t in screen.get_child_by_type(ToastRack).query(Toast) if "Notice 3" in str(t.render())]
+            assert newest and newest[0].region.height
+            x, y = newest[0].region.center
+            assert screen.get_widget_at(x, y)[0] is newest[0]
+    asyncio.run(go())
+
+
+def test_settings_call_the_no_length_choice_auto_like_the_chat(home: Path) -> None:
+    from textual.widgets import Select
+
+    from rpchat.tui.settings import SettingsScreen
+
+    async def go() -> None:
+        app = RpchatApp(load_model=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            screen = await open_chat_from_library(pilot, app, NAME)
+            screen.session.set_length(None)
+            screen.update_sidebar()
+            assert "[auto]" in str(screen.query_one("#length").render())
+            await pilot.press("f2")
+            await wait_for(pilot, lambda: isinstance(app.screen, SettingsScreen))
+            await pilot.pause()
+            length = app.screen.query_one("#default-length", Select)
+            length.value = ""
+            await pilot.pause()
+            assert "auto (the model decides)" in str(length.query_one("SelectCurrent Static#label").render())
 
     asyncio.run(go())

@@ -95,6 +95,21 @@ def test_confirm_dialog_for_danger_focuses_no_so_enter_is_safe() -> None:
     assert app.results == [False]
 
 
+@pytest.mark.parametrize(("keys", "expected"), [
+    (["right", "enter"], True),  # from "No" (focused: danger) to "Delete", on its right
+    (["right", "right", "enter"], True),  # stops at the last button, no wrap-around
+    (["right", "left", "enter"], False),
+    (["left", "enter"], False),
+    (["tab", "enter"], True),  # Tab still moves too
+])
+def test_confirm_dialog_left_right_move_between_the_buttons(keys: list[str], expected: bool) -> None:
+    async def script(app: Host, pilot: Any) -> None:
+        await pilot.press(*keys)
+
+    app = drive(lambda: ConfirmDialog("Delete?", yes="Delete", danger=True), script)
+    assert app.results == [expected]
+
+
 def test_text_prompt_refuses_empty_then_returns_text() -> None:
     async def script(app: Host, pilot: Any) -> None:
         await pilot.press("enter")

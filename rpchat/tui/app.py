@@ -44,6 +44,11 @@ class RpchatApp(App[None]):
     COMMANDS = App.COMMANDS | {RpchatCommands}
     CSS = """
     Screen { background: $background; }
+    /* Toasts never cover where the user types: in a chat they stack up from above the input at its
+       tallest (footer 1 + status 1 + ChatInput max-height 10), newest lowest; in the library they sit
+       above the model bar. */
+    ChatScreen ToastRack { margin-bottom: 12; }
+    LibraryScreen ToastRack { margin-bottom: 2; }
     """
 
     engine_state: reactive[str] = reactive("idle")  # idle, loading, ready, failed, missing

@@ -10,10 +10,9 @@ import gc
 import threading
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from rich.text import Text
 from textual import events, on, work
 from textual.app import ComposeResult
-from textual.binding import BindingType
+from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import Screen
@@ -26,6 +25,7 @@ from rpchat.tui.avatar import AvatarView
 from rpchat.tui.bindings import bindings_for
 from rpchat.tui.messages import PromptMeasured, ReplyFailed, ReplyFinished, TokensArrived
 from rpchat.tui.prose import clean
+from rpchat.tui.statusline import StatusLine, StatusPart
 from rpchat.tui.transcript import Transcript, TurnView
 
 if TYPE_CHECKING:
@@ -96,11 +96,27 @@ class ChatInput(TextArea):
 
 
 class EditBox(ChatInput):
-    """Edits one turn in place: Enter saves, Esc cancels."""
+    """Edits one turn in place: Enter saves, Esc cancels (both shown in the footer and on the box)."""
 
     DEFAULT_CSS = """
-    EditBox { border: round $accent; margin-bottom: 1; }
+    EditBox { border: round $accent; margin-bottom: 1; border-subtitle-color: $accent; }
     """
+    # Shown in the footer instead of the message cursor's "Edit turn" (Enter) and the screen's "Stop" (Esc).
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("enter", "save", "Save edit"),
+        Binding("escape", "cancel", "Cancel edit"),
+    ]
+
+    class Cancelled(Message):
+        """Esc in the edit box: close it, keeping the turn as it was."""
+
+        def __init__(self, box: EditBox) -> None:
+            super().__init__()
+            self.box = box
+
+        @property
+        def control(self) -> EditBox:
+            return self.box
 
     def __init__(self, index: int, text: str) -> None:
         # Control characters are shown inert (raw ones would reach the terminal); saving the text
@@ -109,10 +125,23 @@ class EditBox(ChatInput):
         self.shown = clean(text)
         super().__init__(self.shown, placeholder="Enter saves, Esc cancels")
         self.index = index
+        self.compact = False  # the border carries the title and the keys: this box is unlike the others
+        self.border_title = f"Editing turn #{index + 1}"
+        self.border_subtitle = "Enter saves \u00b7 Esc cancels \u00b7 Shift+Enter new line"
 
     def edited_text(self, text: str) -> str:
         """What to store for the box now reading ``text``."""
         return self.original if text == self.shown else text.strip()
+
+    def check_consume_key(self, key: str, character: str | None = None) -> bool:
+        # Enter is the box's own (save): the message cursor's Enter ("Edit turn") does not apply here.
+        return key == "enter" or super().check_consume_key(key, character)
+
+    def action_save(self) -> None:
+        self.post_message(self.Submitted(self, self.text))
+
+    def action_cancel(self) -> None:
+        self.post_message(self.Cancelled(self))
 
     async def _on_key(self, event: events.Key) -> None:
         if event.key in ("up", "left", "right"):
@@ -175,7 +204,7 @@ class ChatScreen(Screen[None]):
             with Vertical(id="main"):
                 yield Transcript(id="transcript")
                 yield ChatInput(placeholder="Write... (Enter sends, Shift+Enter or Ctrl+J: newline)", id="input")
-                yield Static("", id="status", markup=False)
+                yield StatusLine(id="status")
         yield Footer()
 
     def _card_line(self) -> str:
@@ -252,35 +281,52 @@ class ChatScreen(Screen[None]):
         return self.rp_app.key_for(binding_id)
 
     def update_status(self) -> None:
-        """model | backend | ctx used/n_ctx | tok/s | preset, or the loading state."""
+        """model | backend | ctx used/n_ctx | tok/s | preset | length (and the reply being written), fitted
+        to the width: the least important parts are shortened or dropped first."""
         app = self.rp_app
-        parts: list[str] = []
+        parts: list[StatusPart] = []
         info = app.engine_info
         if app.engine_state == "ready" and info is not None:
-            parts += [info.model_name, info.backend]
+            name = clean(info.model_name)
+            parts.append(StatusPart.of(name, name[:15] + "\u2026" if len(name) > 16 else "", rank=40))
+            backend = clean(info.backend)
+            parts.append(StatusPart.of(backend, backend.split(" (")[0] if " (" in backend else "", rank=10))
             n_ctx = self._n_ctx or info.n_ctx
             used = f"{self._n_tokens:,}" if self._n_tokens is not None else "?"
-            over = self._n_tokens is not None and self._n_tokens >= n_ctx
-            # Even after cutting old turns the card and last turns do not fit: say so before a send fails.
-            parts.append(f"ctx {used}/{n_ctx:,}" + (" (too long: raise n_ctx in Settings)" if over else ""))
+            ctx = f"{used}/{n_ctx:,}"
+            if self._n_tokens is not None and self._n_tokens >= n_ctx:
+                # Even after cutting old turns the card and last turns do not fit: say so before a send fails.
+                parts.append(StatusPart.of(f"ctx {ctx} (too long: raise n_ctx in Settings)", f"ctx {ctx} too long",
+                                           rank=85, keep=True))
+            else:
+                parts.append(StatusPart.of(f"ctx {ctx}", ctx, rank=50))
         elif app.engine_state == "loading":
-            parts.append(f"loading model {int(app.load_progress * 100)}%")
+            parts.append(StatusPart.of(f"loading model {int(app.load_progress * 100)}%",
+                                       f"loading {int(app.load_progress * 100)}%", rank=90, keep=True))
         else:
-            parts.append(app.engine_problem or "no model")
+            problem = clean(app.engine_problem or "no model")
+            parts.append(StatusPart.of(problem, problem[:29] + "\u2026" if len(problem) > 30 else "",
+                                       rank=90, keep=True))
         result = self.session.last_result
         if result is not None and result.tok_per_s:
-            parts.append(f"{result.tok_per_s:.1f} tok/s")
+            parts.append(StatusPart.of(f"{result.tok_per_s:.1f} tok/s", rank=30))
         choices = self.session.choices
         if choices is not None:
-            # Where each came from: "format limamono, from the model".
-            parts += [choices.format.describe("format"), choices.preset.describe("preset")]
+            # Where each came from: "format limamono, from the model"; short: "limamono (model)".
+            for pick, what, rank in ((choices.format, "format", 25), (choices.preset, "preset", 20)):
+                value = clean(pick.value or "auto")
+                parts.append(StatusPart.of(clean(pick.describe(what)), f"{what} {value}", rank=rank))
         else:
-            parts.append(f"preset {self.session.preset_name or '-'}")
-        parts.append(f"length {self.session.length or 'auto'}")
+            # The preset rarely changes mid-chat (and the sidebar shows it): it goes before the model's name.
+            parts.append(StatusPart.of(f"preset {clean(self.session.preset_name or '-')}", rank=20))
+        length = self.session.length or "auto"
+        parts.append(StatusPart.of(f"length {length}", f"len {length}", rank=60))
         if self.generating:
-            parts.append(f"{self.generating}... ({self._key('stop')} stops)")
-        self._status = clean(" | ".join(parts))
-        self.query_one("#status", Static).update(Text(self._status, no_wrap=True, overflow="ellipsis"))
+            stop = self._key("stop")
+            parts.append(StatusPart.of(f"{self.generating}... ({stop} stops)", f"{stop} stops", rank=100, keep=True))
+        status = self.query_one("#status", StatusLine)
+        status.show(parts)
+        self._status = status.full_text
 
     def _engine_changed(self, state: str) -> None:
         if state == "ready":
@@ -425,6 +471,10 @@ class ChatScreen(Screen[None]):
         self.update_status()
 
     # --- actions (keys and command palette) ------------------------------------------------------------
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # While a turn is edited (never during a reply), Esc is the edit box's "Cancel edit", not "Stop".
+        return not (action == "stop" and self._editing is not None and not self.generating)
+
     def action_stop(self) -> None:
         """Esc: stop generating; else close the edit box; else return to the input."""
         if self.generating:
@@ -591,6 +641,18 @@ class ChatScreen(Screen[None]):
         self.app.push_screen(TextPrompt("Detach world info", worlds[-1],
                                         message="Attached: " + ", ".join(worlds)), chosen)
 
+    def action_export_chat(self) -> None:
+        """Write this chat as a SillyTavern .jsonl file (what `rpchat chat export` does)."""
+        from pathlib import Path
+
+        from rpchat.chat.store import export_st_chat
+        from rpchat.tui.dialogs import save_to_path
+
+        chat = self.session.chat
+        save_to_path(self, "Export this chat as SillyTavern .jsonl", lambda dest: export_st_chat(chat, dest),
+                     value=str(Path.cwd() / self.session.path.name), suffixes=(".jsonl",),
+                     message="Without rpchat's own settings, as SillyTavern reads it.")
+
     def action_toggle_card_lorebook(self) -> None:
         """Use or ignore the card's embedded lorebook in this chat."""
         on = not self.session.use_card_lorebook
@@ -696,6 +758,7 @@ class ChatScreen(Screen[None]):
         self.transcript.mount(box, after=view)
         view.display = False
         self._editing = box
+        self.refresh_bindings()
         box.focus()
         # As in SillyTavern, editing starts at the end of the text (usually to add to it).
         box.move_cursor(box.document.end)
@@ -709,7 +772,14 @@ class ChatScreen(Screen[None]):
         if view is not None:
             view.display = True
         box.remove()
+        self.refresh_bindings()
         self.input.focus()
+
+    @on(EditBox.Cancelled)
+    def _edit_cancelled(self, event: EditBox.Cancelled) -> None:
+        event.stop()
+        if event.box is self._editing:
+            self._close_editor()
 
     @on(ChatInput.Submitted)
     def _edit_submitted(self, event: ChatInput.Submitted) -> None:
@@ -732,5 +802,5 @@ class ChatScreen(Screen[None]):
         return list(self.query(TurnView))
 
     def status_text(self) -> str:
-        """The status line as plain text."""
+        """The status line as plain text, every part in full (what is drawn may be shortened to fit)."""
         return self._status

@@ -19,12 +19,24 @@ EXTRAS: tuple[tuple[str, str, str, str], ...] = (
     ("chat", "Attach world info…", "attach_world", "Attach a lorebook / SillyTavern world-info JSON to this chat"),
     ("chat", "Detach world info", "detach_world", "Detach a world-info file from this chat"),
     ("chat", "Toggle card lorebook", "toggle_card_lorebook", "Use or ignore the card's own lorebook in this chat"),
+    ("chat", "Export this chat…", "export_chat", "Write this chat as a SillyTavern .jsonl file (rpchat chat export)"),
+    ("library", "Import a chat for this card…", "import_chat",
+     "Copy a SillyTavern .jsonl chat into this card's chats (rpchat chat import)"),
+    ("library", "Export a chat of this card…", "export_chat",
+     "Write one of this card's chats as a SillyTavern .jsonl file (rpchat chat export)"),
+    ("library", "Export this card…", "export_card",
+     "Save the card as .png, .json or .charx, converting as needed (rpchat card convert)"),
     ("app", "Reload the model", "app.reload_model", "Load the configured model again"),
     ("app", "Import SillyTavern preset…", "app.import_st_preset",
      "A SillyTavern textgen preset (.json) becomes a sampler preset (pick it in Settings)"),
     ("app", "Import SillyTavern instruct/context template…", "app.import_st_format",
      "SillyTavern instruct and context templates (.json) become a prompt format (pick it in Settings)"),
 )
+
+
+def palette_only() -> list[tuple[str, str, str]]:
+    """(scope, title, help) of the commands offered in the palette without a key of their own."""
+    return [(scope, title, help_text) for scope, title, _action, help_text in EXTRAS]
 
 
 def screen_scopes(screen: Any) -> tuple[str, ...]:

@@ -6,17 +6,18 @@ Push one with ``app.push_screen(ConfirmDialog("Delete Marisol?"), callback)`` or
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
-from textual.screen import ModalScreen
+from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, Input, Static
 
+from rpchat.errors import RpchatError
 from rpchat.text import strip_controls
 
 DIALOG_CSS = """
@@ -68,6 +69,9 @@ class ConfirmDialog(ModalScreen[bool]):
         Binding("escape", "answer(False)", "Cancel", id="dialog.cancel"),
         Binding("y", "answer(True)", "Yes", show=False, id="dialog.yes"),
         Binding("n", "answer(False)", "No", show=False, id="dialog.no"),
+        # As in most dialogs, the arrows move between the buttons (Tab still does too).
+        Binding("left", "move_button(-1)", "Button to the left", show=False, id="dialog.left"),
+        Binding("right", "move_button(1)", "Button to the right", show=False, id="dialog.right"),
     ]
 
     def __init__(self, message: str, *, title: str = "Confirm", yes: str = "Yes", no: str = "No",
@@ -94,6 +98,12 @@ class ConfirmDialog(ModalScreen[bool]):
     def action_answer(self, yes: bool) -> None:
         self.dismiss(yes)
 
+    def action_move_button(self, step: int) -> None:
+        """Focus the button left (-1) or right (+1) of the focused one, stopping at the ends."""
+        buttons = list(self.query(Button))
+        current = buttons.index(self.focused) if self.focused in buttons else 0
+        buttons[max(0, min(len(buttons) - 1, current + step))].focus()
+
 
 _T = TypeVar("_T")
 
@@ -103,6 +113,7 @@ class LinePrompt(ModalScreen[_T | None], Generic[_T]):
 
     DEFAULT_CSS = DIALOG_CSS.format(name="LinePrompt")
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel", id="dialog.cancel")]
+    SELECT_ON_FOCUS: ClassVar[bool] = True  # typing replaces the suggested value
 
     def __init__(self, title: str, value: str = "", *, placeholder: str = "", allow_empty: bool = False,
                  message: str = "") -> None:
@@ -115,7 +126,8 @@ class LinePrompt(ModalScreen[_T | None], Generic[_T]):
             yield _plain(self._title).add_class("dialog-title")
             if self._message:
                 yield _plain(self._message).add_class("dialog-message")
-            yield Input(strip_controls(self._value), placeholder=self._placeholder, id="value")
+            yield Input(strip_controls(self._value), placeholder=self._placeholder, id="value",
+                        select_on_focus=self.SELECT_ON_FOCUS)
             yield Static("", id="error", classes="dialog-error", markup=False)
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Cancel", id="cancel")
@@ -176,6 +188,7 @@ class PathPrompt(LinePrompt[Path]):
     """
 
     DEFAULT_CSS = DIALOG_CSS.format(name="PathPrompt")
+    SELECT_ON_FOCUS = False  # a suggested path is edited (its name, its extension), not retyped
 
     def __init__(self, title: str, value: str = "", *, must_exist: bool = True,
                  suffixes: Sequence[str] = (), directory: bool = False, message: str = "") -> None:
@@ -228,3 +241,31 @@ class ErrorDialog(ModalScreen[None]):
     @on(Button.Pressed)
     def action_close(self) -> None:
         self.dismiss(None)
+
+
+def save_to_path(screen: Screen[Any], title: str, write: Callable[[Path], object], *, value: str = "",
+                 suffixes: Sequence[str] = (), message: str = "") -> None:
+    """Ask where to save (asking again before replacing a file), then ``write(path)``; a failure is a notice.
+
+    The export actions of the library and the chat use it, with the same core calls as the CLI.
+    """
+    app = screen.app
+
+    def write_and_tell(path: Path) -> None:
+        try:
+            write(path)
+        except (RpchatError, OSError) as e:
+            app.notify(str(e), severity="error", markup=False)
+            return
+        app.notify(f"Wrote {path}", markup=False)
+
+    def chosen(path: Path | None) -> None:
+        if path is None:
+            return
+        if not path.exists():
+            write_and_tell(path)
+            return
+        app.push_screen(ConfirmDialog(f"{path} exists. Replace it?", title=title, yes="Replace", danger=True),
+                        lambda yes: write_and_tell(path) if yes else None)
+
+    app.push_screen(PathPrompt(title, value, must_exist=False, suffixes=suffixes, message=message), chosen)

@@ -24,7 +24,7 @@ from rpchat.chat.library import ChatEntry
 from rpchat.errors import RpchatError
 from rpchat.tui.avatar import AvatarView
 from rpchat.tui.bindings import bindings_for
-from rpchat.tui.dialogs import ConfirmDialog, PathPrompt
+from rpchat.tui.dialogs import ConfirmDialog, PathPrompt, save_to_path
 from rpchat.tui.prose import clean
 
 if TYPE_CHECKING:
@@ -66,13 +66,15 @@ class ChatsDialog(ModalScreen["tuple[str, Path | None] | None"]):
         Binding("escape", "cancel", "Close", id="chats.close"),
         Binding("b", "branch", "Branch selected", id="chats.branch"),
         Binding("n", "new", "New chat", id="chats.new"),
+        Binding("x", "export", "Export selected", id="chats.export"),
     ]
 
-    def __init__(self, name: str, chats: list[ChatEntry], last: Path | None = None) -> None:
+    def __init__(self, name: str, chats: list[ChatEntry], last: Path | None = None, *, export: bool = False) -> None:
         super().__init__()
         self._character = name
         self._chats = chats
         self._last = last  # the chat used last, where the cursor starts when it is in the list
+        self._export = export  # opened to pick a chat to export: Enter exports
 
     def compose(self) -> ComposeResult:
         options = [Option(Text("+ Start a new chat", style="bold"), id="new")]
@@ -91,8 +93,8 @@ class ChatsDialog(ModalScreen["tuple[str, Path | None] | None"]):
             # An unreadable chat stays selectable: opening it says why, and sets the file aside.
             options.append(Option(label, id=f"chat-{i}"))
         with Vertical():
-            yield Static(f"Chats with {clean(self._character)}  (Enter opens, b branches, n new, Esc closes)",
-                         id="chats-title", markup=False)
+            keys = "Enter exports" if self._export else "Enter opens, b branches, x exports, n new"
+            yield Static(f"Chats with {clean(self._character)}  ({keys}, Esc closes)", id="chats-title", markup=False)
             yield OptionList(*options, id="chats")
         yield Footer()
 
@@ -114,7 +116,17 @@ class ChatsDialog(ModalScreen["tuple[str, Path | None] | None"]):
     def _chosen(self, event: OptionList.OptionSelected) -> None:
         event.stop()
         path = self._selected()
+        if self._export:
+            self.action_export()
+            return
         self.dismiss(("open", path) if path is not None else ("new", None))
+
+    def action_export(self) -> None:
+        path = self._selected()
+        if path is None:
+            self.notify("Pick a chat to export.", severity="warning")
+            return
+        self.dismiss(("export", path))
 
     def action_branch(self) -> None:
         path = self._selected()
@@ -353,6 +365,8 @@ class LibraryScreen(Screen[None]):
             what, path = choice
             if what == "branch" and path is not None:
                 self._branch(entry, path)
+            elif what == "export" and path is not None:
+                self._export_chat(path)
             else:
                 self.rp_app.open_chat(entry.path, path)
 
@@ -463,3 +477,75 @@ class LibraryScreen(Screen[None]):
                           title="Delete card", yes="Delete", danger=True),
             confirmed,
         )
+
+    # --- import / export (what `rpchat chat import|export` and `rpchat card convert` do) ---------------
+    def action_import_chat(self) -> None:
+        """Copy a SillyTavern chat into the selected card's chats."""
+        from rpchat.chat.library import chats_folder
+        from rpchat.chat.store import import_st_chat
+        from rpchat.paths import profile
+
+        entry = self._usable()
+        if entry is None:
+            return
+
+        def chosen(path: Path | None) -> None:
+            if path is None:
+                return
+            try:
+                dest = import_st_chat(path, profile().chats_dir, character=entry.name,
+                                      folder=chats_folder(entry.path))
+            except RpchatError as e:
+                self.notify(str(e), severity="error", markup=False)
+                return
+            self._show_detail()
+            self.notify(f"Imported {dest.name} into the chats of {entry.name} (Enter lists them)", markup=False)
+
+        self.app.push_screen(PathPrompt(f"Import a chat for {clean(entry.name)}", suffixes=(".jsonl",),
+                                        message="A SillyTavern chat (.jsonl); a copy joins this card's chats."),
+                             chosen)
+
+    def action_export_chat(self) -> None:
+        """Pick one of the selected card's chats and write it as a SillyTavern chat."""
+        from rpchat.chat.library import list_chats
+
+        entry = self._usable()
+        if entry is None:
+            return
+        try:
+            chats = list_chats(entry.path, entry.name)
+        except RpchatError as e:
+            self.notify(str(e), severity="error", markup=False)
+            return
+        if not chats:
+            self.notify(f"No chats with {entry.name} yet.", severity="warning", markup=False)
+            return
+
+        def chosen(choice: tuple[str, Path | None] | None) -> None:
+            if choice is not None and choice[1] is not None:
+                self._export_chat(choice[1])
+
+        self.app.push_screen(ChatsDialog(entry.name, chats, export=True), chosen)
+
+    def _export_chat(self, path: Path) -> None:
+        from rpchat.chat.store import export_st_chat, load_chat
+
+        save_to_path(self, "Export the chat as SillyTavern .jsonl", lambda dest: export_st_chat(load_chat(path), dest),
+                     value=str(Path.cwd() / path.name), suffixes=(".jsonl",),
+                     message=f"{path.name}, without rpchat's own settings, as SillyTavern reads it.")
+
+    def action_export_card(self) -> None:
+        """Save the selected card as .png, .json or .charx (converting as needed)."""
+        from rpchat.cards import save_card
+
+        entry = self._usable()
+        if entry is None:
+            return
+        source = entry.path
+
+        def write(dest: Path) -> None:
+            save_card(load_card(source), dest)
+
+        save_to_path(self, f"Export {clean(entry.name)}", write, value=str(Path.cwd() / source.name),
+                     suffixes=CARD_SUFFIXES,
+                     message="The extension picks the format: .png (with the avatar), .json or .charx.")

@@ -297,7 +297,7 @@ class SettingsScreen(Screen["Config | None"]):
         current = self._config.default_length
         if current and current not in lengths:
             lengths.append(current)
-        return [(_text("none (the model decides)"), "")] + [(_text(n), n) for n in lengths]
+        return [(_text("auto (the model decides)"), "")] + [(_text(n), n) for n in lengths]
 
     @on(Select.Changed, "#format")
     def _format_changed(self, event: Select.Changed) -> None:
