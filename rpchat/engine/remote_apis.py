@@ -32,7 +32,7 @@ def request_body(
     api: ServerApi, prompt: Sequence[Segment], sampling: Sampling, stop: Sequence[str], n_ctx: int
 ) -> dict[str, Any]:
     """The streaming request ``api`` sends, with every "-1 = whole context" window spelled as ``n_ctx``."""
-    spelled = {name: n_ctx for name in WHOLE_CONTEXT_WINDOWS if getattr(sampling, name) < 0}
+    spelled: dict[str, Any] = {name: n_ctx for name in WHOLE_CONTEXT_WINDOWS if getattr(sampling, name) < 0}
     return api.body(prompt, dataclasses.replace(sampling, **spelled), stop, n_ctx)
 
 
