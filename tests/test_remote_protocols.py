@@ -197,6 +197,10 @@ def llama_schema_error(body: dict[str, Any]) -> str | None:
         value = body.get(name)
         if value is not None and not low <= value <= high:
             return f"Field '{name}': Value must be between {low} <= value <= {high}, but got {value}"
+    if body.get("dry_sequence_breakers") == []:
+        return (
+            "Field 'dry_sequence_breakers': Error: dry_sequence_breakers must be a non-empty array of strings"
+        )
     return None
 
 
@@ -309,6 +313,15 @@ def test_whole_context_windows_are_spelled_as_the_context_size(
     body = fake.bodies(path)[0]
     assert [body[f] for f in fields] == [engine.n_ctx, engine.n_ctx]
     assert engine.unsupported(sampling) == []
+
+
+def test_empty_dry_sequence_breakers_are_left_to_the_server(fake: Fake) -> None:
+    llama_routes(fake)
+    gen = connect(fake).stream(
+        [Segment("x", "template")], Sampling(dry_multiplier=0.8, dry_sequence_breakers=())
+    )
+    assert list(gen) == ["Hel", "lo", " there"]
+    assert "dry_sequence_breakers" not in fake.bodies("/completion")[0]
 
 
 def test_random_seed_and_default_order_when_unset(fake: Fake) -> None:

@@ -137,7 +137,10 @@ class LlamaServerApi(ServerApi):
     ) -> dict[str, Any]:
         s = sampling
         body: dict[str, Any] = {name: getattr(s, name) for name in sorted(_LLAMA_FIELDS)}
-        body["dry_sequence_breakers"] = list(s.dry_sequence_breakers)
+        if s.dry_sequence_breakers:
+            body["dry_sequence_breakers"] = list(s.dry_sequence_breakers)
+        else:  # llama-server refuses an empty list (HTTP 400); left out, its own breakers apply
+            del body["dry_sequence_breakers"]
         body.update(
             prompt=self.prompt(prompt),
             stream=True,
