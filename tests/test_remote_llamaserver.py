@@ -67,10 +67,10 @@ def figures(stderr: str) -> tuple[int, int, int, str]:
     return int(match[1]), int(match[2]), int(match[3]), match[4]
 
 
-def server_tokens(server: LlamaServer, text: str, *, special: bool) -> list[int]:
-    """How the server itself tokenizes ``text`` (BOS included, as for a prompt)."""
-    answer = httpx.post(server.url + "/tokenize", json={"content": text, "add_special": True,
-                                                        "parse_special": special}, timeout=30)  # fmt: skip
+def server_tokens(server: LlamaServer, text: str, *, special: bool, bos: bool = True) -> list[int]:
+    """How the server itself tokenizes ``text`` (with BOS first, as for a prompt, unless ``bos`` is False)."""
+    body = {"content": text, "add_special": bos, "parse_special": special}
+    answer = httpx.post(server.url + "/tokenize", json=body, timeout=30)
     answer.raise_for_status()
     return list(answer.json()["tokens"])
 
@@ -111,8 +111,8 @@ def test_reply_streams_piece_by_piece(engine: RemoteEngine) -> None:
     pieces = list(gen)
     r = gen.result
     assert len(pieces) > 1 and r.text == "".join(pieces)
-    assert r.error is None and r.tokens_generated == len(pieces) or r.finish_reason == "eos"
-    assert r.prompt_tokens > 0
+    assert r.error is None and r.finish_reason in ("length", "eos", "stop")
+    assert r.tokens_generated >= len(pieces) and r.prompt_tokens > 0
 
 
 def test_cancel_mid_stream_keeps_the_partial_reply_and_stops_the_server(
@@ -165,19 +165,19 @@ def test_control_tokens_in_the_template_are_parsed_and_users_are_not(
     prompt = [Segment(head, "template"), Segment(user, "user"), Segment(tail, "template")]
     gen = engine.stream(prompt, Sampling(temperature=0.0, max_tokens=2))
     list(gen)
-    expected = (
-        len(server_tokens(server, head, special=True))  # BOS and the parsed control tokens
-        + len(server_tokens(server, user, special=False))
-        - 1
-        + len(server_tokens(server, tail, special=True))
-        - 1
-    )
-    assert gen.result.prompt_tokens == expected
+    # BOS, the template's control tokens parsed, the user's `<end_of_turn>` as plain text.
+    expected = [
+        *server_tokens(server, head, special=True),
+        *server_tokens(server, user, special=False, bos=False),
+        *server_tokens(server, tail, special=True, bos=False),
+    ]
+    assert len(expected) != len(server_tokens(server, head + user + tail, special=True))
+    assert gen.result.prompt_tokens == len(expected)
 
 
 @pytest.mark.parametrize("preset", sorted(SHIPPED_DIR.glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_shipped_preset_is_accepted_by_the_server(engine: RemoteEngine, preset: Path) -> None:
-    sampling = dataclasses.replace(preset_from_file(preset).sampling, max_tokens=3, seed=1)
+    sampling = dataclasses.replace(preset_from_file(preset).sampling, max_tokens=3)
     gen = engine.stream([Segment("### Instruction:\nSay hi.\n\n### Response:\n", "template")], sampling)
     list(gen)  # an HTTP 400 raises EngineError here
     assert gen.result.error is None
@@ -199,7 +199,11 @@ def test_server_killed_mid_reply_keeps_the_partial_reply(
                "--preset", "deterministic"]  # fmt: skip
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         assert proc.stdout is not None
-        streamed = proc.stdout.read1(65536)  # the first piece of the reply is on screen
+        streamed = b""
+        while not streamed.strip():  # the reply has begun on screen
+            piece = proc.stdout.read1(65536)
+            assert piece, "the reply ended before the server could be killed"
+            streamed += piece
         srv.kill()
         rest, err = proc.communicate(timeout=120)
     finally:
@@ -207,9 +211,12 @@ def test_server_killed_mid_reply_keeps_the_partial_reply(
     shown = (streamed + rest).decode()
     lines = err.decode().strip().splitlines()
     assert proc.returncode == 2
-    assert lines == [
-        f"rpchat: error: {srv.url}: the server closed the connection mid-reply (partial reply saved, marked unfinished)"
-    ]
+    assert len(lines) == 1, lines
+    assert re.fullmatch(
+        rf"rpchat: error: {re.escape(srv.url)}: the (server closed the connection|connection was lost) mid-reply "
+        r"\(partial reply saved, marked unfinished\)",
+        lines[0],
+    )
     turns = ChatStore(chat).open().turns
     assert [(t.is_user, t.text) for t in turns[: len(before)]] == before
     assert (
