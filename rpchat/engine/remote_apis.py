@@ -22,9 +22,9 @@ _LLAMA_FIELDS = frozenset({
     "mirostat_tau", "mirostat_eta", "dynatemp_range", "dynatemp_exponent",
 })  # fmt: skip
 
-# `Sampling` windows where -1 means "the whole context", as on llama.cpp's command line. No wire API
-# takes that spelling: llama-server's request schema refuses it (hard limit 0 <= value, 0 turns the
-# sampler off) and KoboldCpp's ranges count tokens. `request_body` spells them as the context size.
+# `Sampling` windows where -1 means "the whole context", as on llama.cpp's command line. Servers want a
+# token count: llama-server's request schema refuses -1 with HTTP 400 (hard limit 0 <= value, where 0
+# turns the sampler off). `request_body` spells them as the context size for every API.
 WHOLE_CONTEXT_WINDOWS = ("repeat_last_n", "dry_penalty_last_n")
 
 
