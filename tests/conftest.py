@@ -1,4 +1,4 @@
-"""Shared fixtures: the tiny random-weight GGUF and the real Gemma 3 270M demo model."""
+"""Shared fixtures: the tiny random-weight GGUF, the real Gemma 3 270M demo model and a real llama-server."""
 
 from __future__ import annotations
 
@@ -30,3 +30,16 @@ def demo_model() -> Path:
     assembler.assemble(partial, overwrite=True)
     partial.replace(target)
     return target
+
+
+@pytest.fixture(scope="session")
+def llama_server_binary() -> Path:
+    """The real llama-server of the installed llama-cpp-python's llama.cpp, built once (see llamaserver.py)."""
+    import llamaserver
+
+    try:
+        return llamaserver.llama_server_binary()
+    except llamaserver.BuildUnavailable as exc:  # never on CI: there it is BuildFailed
+        pytest.skip(f"no llama-server: {exc}")
+    except llamaserver.BuildFailed as exc:
+        pytest.fail(f"building llama-server failed: {exc}")

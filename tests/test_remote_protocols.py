@@ -10,11 +10,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from rpchat.engine.base import Sampling
+from rpchat.engine.presets import SHIPPED_DIR, preset_from_file
 from rpchat.engine.remote import RemoteEngine
 from rpchat.errors import EngineError
 from rpchat.prompt.segments import Segment
@@ -39,6 +41,9 @@ class Stream:
     events: Iterator[bytes]
     chunked: bool = True  # llama-server and uvicorn use chunked encoding; KoboldCpp closes the socket
     die: bool = False  # drop the connection without ending the body
+
+
+SHIPPED_PRESETS = sorted(SHIPPED_DIR.glob("*.yaml"))
 
 
 Route = Callable[[Request], "Json | Stream"]
@@ -173,6 +178,32 @@ def llama_final(**extra: Any) -> bytes:
     return sse(final)
 
 
+# The hard limits of llama-server's request schema (tools/server/server-schema.cpp): a value outside
+# them is an HTTP 400, not clamped.
+INT32_MAX = 2**31 - 1
+LLAMA_HARD_LIMITS = {
+    "n_predict": (-1, INT32_MAX),
+    "n_keep": (-1, INT32_MAX),
+    "repeat_last_n": (0, INT32_MAX),
+    "dry_allowed_length": (0, INT32_MAX),
+    "dry_penalty_last_n": (0, INT32_MAX),
+    "min_keep": (0, INT32_MAX),
+}
+
+
+def llama_schema_error(body: dict[str, Any]) -> str | None:
+    """What the real llama-server answers (HTTP 400) to a body its schema refuses, else None."""
+    for name, (low, high) in LLAMA_HARD_LIMITS.items():
+        value = body.get(name)
+        if value is not None and not low <= value <= high:
+            return f"Field '{name}': Value must be between {low} <= value <= {high}, but got {value}"
+    if body.get("dry_sequence_breakers") == []:
+        return (
+            "Field 'dry_sequence_breakers': Error: dry_sequence_breakers must be a non-empty array of strings"
+        )
+    return None
+
+
 def llama_routes(fake: Fake, *, params: dict[str, Any] | None = None) -> None:
     props_params = {"n_predict": -1, "samplers": LLAMA_SAMPLERS} if params is None else params
     props = {
@@ -187,7 +218,10 @@ def llama_routes(fake: Fake, *, params: dict[str, Any] | None = None) -> None:
             {"tokens": toy_tokenize(b["content"], b.get("parse_special", True), b.get("add_special", False))}
         )
 
-    def completion(req: Request) -> Stream:
+    def completion(req: Request) -> Json | Stream:
+        refused = llama_schema_error(req.body)
+        if refused:
+            return Json({"error": {"code": 400, "message": refused, "type": "invalid_request_error"}}, 400)
         return Stream(iter([sse({"content": "Hel", "stop": False}), sse({"content": "lo"}), sse({"content": " there"}),
                             llama_final()]))  # fmt: skip
 
@@ -233,7 +267,7 @@ def test_llama_server_gets_every_sampler_and_streams_with_stats(fake: Fake) -> N
     assert body["temperature"] == 0.7 and body["top_k"] == 0 and body["min_p"] == 0.05
     assert body["typical_p"] == 0.95 and body["repeat_penalty"] == 1.11 and body["repeat_last_n"] == 2048
     assert body["frequency_penalty"] == 0.2 and body["presence_penalty"] == 0.1
-    assert body["dry_multiplier"] == 0.8 and body["dry_penalty_last_n"] == -1
+    assert body["dry_multiplier"] == 0.8 and body["dry_penalty_last_n"] == 1024  # -1: the whole context
     assert body["dry_sequence_breakers"] == ["\n", ":", '"', "*"]
     assert body["xtc_probability"] == 0.5 and body["xtc_threshold"] == 0.1
     # temperature moves to the front, after the penalties, in the server's own order
@@ -251,6 +285,43 @@ def test_llama_server_gets_every_sampler_and_streams_with_stats(fake: Fake) -> N
         3,
     )
     assert r.ttft_s > 0
+
+
+@pytest.mark.parametrize("preset", SHIPPED_PRESETS, ids=lambda p: p.stem)
+def test_every_shipped_preset_passes_llama_server_limits(fake: Fake, preset: Path) -> None:
+    llama_routes(fake)
+    gen = connect(fake).stream([Segment("x", "template")], preset_from_file(preset).sampling)
+    assert list(gen) == ["Hel", "lo", " there"]
+    body = fake.bodies("/completion")[0]
+    assert body["repeat_last_n"] >= 0 and body["dry_penalty_last_n"] >= 0
+
+
+@pytest.mark.parametrize(
+    ("routes", "path", "fields"),
+    [
+        ("llama", "/completion", ("repeat_last_n", "dry_penalty_last_n")),
+        ("kobold", "/api/extra/generate/stream", ("rep_pen_range", "dry_penalty_last_n")),
+    ],
+)
+def test_whole_context_windows_are_spelled_as_the_context_size(
+    fake: Fake, routes: str, path: str, fields: tuple[str, ...]
+) -> None:
+    (llama_routes if routes == "llama" else kobold_routes)(fake)
+    engine = connect(fake)
+    sampling = Sampling(repeat_penalty=1.1, repeat_last_n=-1, dry_multiplier=0.8, dry_penalty_last_n=-1)
+    list(engine.stream([Segment("x", "template")], sampling))
+    body = fake.bodies(path)[0]
+    assert [body[f] for f in fields] == [engine.n_ctx, engine.n_ctx]
+    assert engine.unsupported(sampling) == []
+
+
+def test_empty_dry_sequence_breakers_are_left_to_the_server(fake: Fake) -> None:
+    llama_routes(fake)
+    gen = connect(fake).stream(
+        [Segment("x", "template")], Sampling(dry_multiplier=0.8, dry_sequence_breakers=())
+    )
+    assert list(gen) == ["Hel", "lo", " there"]
+    assert "dry_sequence_breakers" not in fake.bodies("/completion")[0]
 
 
 def test_random_seed_and_default_order_when_unset(fake: Fake) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from llamaserver import free_port
 from tinymodel import token_id, write_tiny_model
 
 from rpchat.engine.base import Sampling
@@ -34,12 +34,6 @@ CYCLE = ["▁Hello", "▁world", "▁and", "▁you", "."]
 N_CTX = 2048
 PROMPT = [Segment("Hello", "user")]
 GREEDY = Sampling(temperature=0.0, max_tokens=8)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Server:

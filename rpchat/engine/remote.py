@@ -24,7 +24,14 @@ from typing import Any
 import httpx
 
 from rpchat.engine.base import EngineInfo, ProgressCallback, Result, Sampling
-from rpchat.engine.remote_apis import API_CLASSES, KoboldApi, LlamaServerApi, OpenAIApi, estimate_tokens
+from rpchat.engine.remote_apis import (
+    API_CLASSES,
+    KoboldApi,
+    LlamaServerApi,
+    OpenAIApi,
+    estimate_tokens,
+    request_body,
+)
 from rpchat.engine.remote_http import Chunk, Connection, ServerApi, describe_failure, status_problem
 from rpchat.engine.textstream import StopFilter
 from rpchat.errors import EngineError
@@ -381,7 +388,7 @@ class RemoteEngine:
         api = self._require()
         assert self._conn is not None
         started = time.perf_counter()  # time to first token includes building the prompt (/tokenize)
-        body = api.body(prompt, sampling, stop, self._n_ctx)
+        body = request_body(api, prompt, sampling, stop, self._n_ctx)
         return RemoteGeneration(self._conn, api, body, stop, cancel, api.unsupported(sampling), started)
 
     def close(self) -> None:

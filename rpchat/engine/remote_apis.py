@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import secrets
 from collections.abc import Sequence
@@ -20,6 +21,19 @@ _LLAMA_FIELDS = frozenset({
     "dry_penalty_last_n", "dry_sequence_breakers", "xtc_probability", "xtc_threshold", "mirostat",
     "mirostat_tau", "mirostat_eta", "dynatemp_range", "dynatemp_exponent",
 })  # fmt: skip
+
+# `Sampling` windows where -1 means "the whole context", as on llama.cpp's command line. Servers want a
+# token count: llama-server's request schema refuses -1 with HTTP 400 (hard limit 0 <= value, where 0
+# turns the sampler off). `request_body` spells them as the context size for every API.
+WHOLE_CONTEXT_WINDOWS = ("repeat_last_n", "dry_penalty_last_n")
+
+
+def request_body(
+    api: ServerApi, prompt: Sequence[Segment], sampling: Sampling, stop: Sequence[str], n_ctx: int
+) -> dict[str, Any]:
+    """The streaming request ``api`` sends, with every "-1 = whole context" window spelled as ``n_ctx``."""
+    spelled: dict[str, Any] = {name: n_ctx for name in WHOLE_CONTEXT_WINDOWS if getattr(sampling, name) < 0}
+    return api.body(prompt, dataclasses.replace(sampling, **spelled), stop, n_ctx)
 
 
 class LlamaServerApi(ServerApi):
@@ -123,7 +137,10 @@ class LlamaServerApi(ServerApi):
     ) -> dict[str, Any]:
         s = sampling
         body: dict[str, Any] = {name: getattr(s, name) for name in sorted(_LLAMA_FIELDS)}
-        body["dry_sequence_breakers"] = list(s.dry_sequence_breakers)
+        if s.dry_sequence_breakers:
+            body["dry_sequence_breakers"] = list(s.dry_sequence_breakers)
+        else:  # llama-server refuses an empty list (HTTP 400); left out, its own breakers apply
+            del body["dry_sequence_breakers"]
         body.update(
             prompt=self.prompt(prompt),
             stream=True,
@@ -350,10 +367,6 @@ class KoboldApi(ServerApi):
         self, prompt: Sequence[Segment], sampling: Sampling, stop: Sequence[str], n_ctx: int
     ) -> dict[str, Any]:
         s = sampling
-
-        def span(n: int) -> int:
-            return n_ctx if n < 0 else n  # llama.cpp's -1 means "the whole context"
-
         # A fresh key per request lets /api/extra/abort stop this generation even on a shared server.
         body: dict[str, Any] = {
             "prompt": join_text(list(prompt)),
@@ -367,7 +380,7 @@ class KoboldApi(ServerApi):
             "typical": s.typical_p,
             "tfs": s.tfs_z,
             "rep_pen": s.repeat_penalty if s.repeat_last_n != 0 else 1.0,
-            "rep_pen_range": span(s.repeat_last_n),
+            "rep_pen_range": s.repeat_last_n,
             "presence_penalty": s.presence_penalty,
             "mirostat": s.mirostat,
             "mirostat_tau": s.mirostat_tau,
@@ -375,7 +388,7 @@ class KoboldApi(ServerApi):
             "dry_multiplier": s.dry_multiplier,
             "dry_base": s.dry_base,
             "dry_allowed_length": s.dry_allowed_length,
-            "dry_penalty_last_n": span(s.dry_penalty_last_n),
+            "dry_penalty_last_n": s.dry_penalty_last_n,
             "dry_sequence_breakers": list(s.dry_sequence_breakers),
             "xtc_threshold": s.xtc_threshold,
             "xtc_probability": s.xtc_probability,
