@@ -105,11 +105,12 @@ def _remote_rows(paths: Any) -> list[tuple[str, str]]:
         eng = load_config(paths).engine
     except RpchatError as e:
         return [("config file", str(e))]
-    rows = [("remote server", shown_url(normalize_url(eng.remote_url)) if eng.remote_url else "not set"),
-            ("API key", api_key_source(eng))]
-    if eng.api_key:
+    source = api_key_source(eng)
+    if source == "in the config file":
         mode = stat.S_IMODE(paths.config_file.stat().st_mode)
-        rows[-1] = ("API key", f"in the config file (mode {mode:o}{'' if mode & 0o077 == 0 else ', readable by others'})")
+        source += f" (mode {mode:o}{', readable by others' if mode & 0o077 else ''})"
+    rows = [("remote server", shown_url(normalize_url(eng.remote_url)) if eng.remote_url else "not set"),
+            ("API key", source)]
     tls = "verified" + (f", extra CAs from {eng.ca_bundle}" if eng.ca_bundle else "")
     rows.append(("TLS", tls if eng.tls_verify else "NOT verified (engine.tls_verify: false)"))
     return rows

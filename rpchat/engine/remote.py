@@ -72,6 +72,7 @@ _END = object()
 _EMPTY = Chunk()
 _MAX_COUNT = 100_000_000  # token counts and context sizes past this are a server's nonsense
 _MAX_BYTES = 256 * 1024 * 1024  # a reply's stream, whatever the token budget
+_MAX_IDLE_LINES = 100_000  # lines in a row that carry nothing (a keep-alive ping every second: a day)
 
 
 def _sane(stats: dict[str, int]) -> dict[str, int]:
@@ -133,12 +134,14 @@ class RemoteGeneration:
                     return
                 event, data = "", list[str]()
                 progress_at = time.monotonic()
+                idle = 0  # lines since the last one that carried anything
                 for line in iter_lines(resp, self._max_bytes):
                     if self._closing.is_set():
                         return
+                    idle += 1
                     if not line:
                         if data and self._emit(event, "\n".join(data)):
-                            progress_at = time.monotonic()
+                            progress_at, idle = time.monotonic(), 0
                         event, data = "", []
                     elif not line.startswith(":"):  # ":" lines are SSE comments (keep-alive pings)
                         name, _, value = line.partition(":")
@@ -150,6 +153,9 @@ class RemoteGeneration:
                     if time.monotonic() - progress_at > conn.no_progress_s:
                         raise conn.fail(f"the server sent nothing new for {conn.no_progress_s:g} s "
                                         "(engine.stream_timeout); stopped waiting")
+                    if idle > _MAX_IDLE_LINES:
+                        raise conn.fail(f"the server sent {_MAX_IDLE_LINES:,} lines with nothing in them; "
+                                        "stopped reading")
                 if data:
                     self._emit(event, "\n".join(data))
                 self._queue.put(_END)
@@ -380,9 +386,11 @@ class RemoteEngine:
                 self._n_ctx = self._fallback_ctx or 4096
                 said = "does not report its context size" if not reported else f"reports a context of {reported:,}"
                 self._notices.append(f"the server {said}; assuming {self._n_ctx}")
-            self._exact_counts = _plausible(api.count("Hello world"), "Hello world") is not None
+            sample = api.count("Hello world")
+            self._exact_counts = _plausible(sample, "Hello world") is not None
             if not self._exact_counts:
-                self._notices.append("the server has no tokenizer endpoint: token counts are estimates")
+                why = "has no tokenizer endpoint" if sample is None else f"counts {sample:,} tokens in 'Hello world'"
+                self._notices.append(f"the server {why}: token counts are estimates")
         except BaseException:
             conn.close()
             raise

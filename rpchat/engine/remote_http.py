@@ -16,6 +16,7 @@ import email.utils
 import ipaddress
 import json
 import os
+import re
 import ssl
 import time
 import zlib
@@ -81,6 +82,7 @@ class Chunk:
 MAX_LINE = 4 * 1024 * 1024  # one SSE line (llama-server's final event with timings is a few KB)
 MAX_ANSWER = 8 * 1024 * 1024  # one JSON answer (/props, /tokenize...)
 RETRY_MAX_S = 5.0  # a 429/503 asking to wait at most this long is retried once
+_BLANKS = re.compile(rb"[\r\n]*")
 _STEP = 64 * 1024  # decompressed bytes per step: a gzip bomb never inflates more than this at once
 
 
@@ -159,7 +161,11 @@ def read_body(response: httpx.Response, limit: int = MAX_ANSWER) -> bytes:
 
 
 def iter_lines(response: httpx.Response, max_bytes: int, max_line: int = MAX_LINE) -> Iterator[str]:
-    """The body's lines as text (invalid UTF-8 replaced), with a cap on one line and on the whole body."""
+    """The body's lines as text (invalid UTF-8 replaced), with a cap on one line and on the whole body.
+
+    A run of blank lines comes as one: in SSE a second blank line means nothing, and a flood of them
+    must not cost a Python step each.
+    """
     line = bytearray()
     total = 0
     for piece in iter_body(response):
@@ -172,8 +178,11 @@ def iter_lines(response: httpx.Response, max_bytes: int, max_line: int = MAX_LIN
             if len(line) > max_line:
                 break
             yield line.removesuffix(b"\r").decode("utf-8", "replace")
+            blanks = _BLANKS.match(piece, end + 1)  # [\r\n]* always matches
+            start = blanks.end() if blanks else end + 1
+            if line and start > end + 1:
+                yield ""
             line.clear()
-            start = end + 1
         else:
             line += piece[start:]
         if len(line) > max_line:
@@ -227,9 +236,10 @@ def describe_failure(exc: Exception) -> str:
     cause: BaseException | None = exc
     while cause is not None:  # httpx wraps httpcore, which wraps the ssl module's error
         if isinstance(cause, ssl.SSLCertVerificationError):
-            why = cause.verify_message or cause.reason or "not trusted"
-            return (f"the server's TLS certificate failed the check ({why}); "
-                    "set engine.ca_bundle to trust a private CA")
+            why = (cause.verify_message or cause.reason or "not trusted").rstrip(".")
+            hint = ("check the server URL" if "mismatch" in why.lower()
+                    else "set engine.ca_bundle to trust a private CA")
+            return f"the server's TLS certificate failed the check ({why}); {hint}"
         if isinstance(cause, ssl.SSLError):
             why = (cause.reason or str(cause)).replace("_", " ").lower()
             return f"the TLS handshake failed ({why}; is the server plain http://?)"
@@ -342,6 +352,7 @@ class Connection:
                                 "the server you think, and it sees your key and chat")
         self.stream_timeout = httpx.Timeout(stream_timeout, connect=timeout)
         self.no_progress_s = stream_timeout
+        self.timeout_s = timeout
         try:
             self.client = httpx.Client(base_url=url, headers=headers, timeout=timeout, verify=_tls(t, self.url),
                                        follow_redirects=False)
@@ -368,8 +379,10 @@ class Connection:
         if timeout is not None:
             kwargs["timeout"] = timeout
         for attempt in (0, 1):
+            answered = False
             try:
                 with self.client.stream(method, path, **kwargs) as resp:
+                    answered = True
                     code = resp.status_code
                     delay = retry_after(resp) if code in (429, 503) else None
                     if attempt == 0 and delay is not None and delay <= RETRY_MAX_S:
@@ -381,6 +394,14 @@ class Connection:
                         raise self.fail(status_problem(resp, path, self._error_body(resp)))
                     yield resp
                     return
+            except httpx.TimeoutException as exc:
+                if answered:
+                    raise self.fail(describe_failure(exc)) from None
+                name, limit = ("engine.stream_timeout", self.no_progress_s) if timeout else ("engine.timeout",
+                                                                                           self.timeout_s)
+                if isinstance(exc, httpx.ConnectTimeout):
+                    name, limit = "engine.timeout", self.timeout_s
+                raise self.fail(f"no answer within {limit:g} s ({name})") from None
             except httpx.HTTPError as exc:
                 raise self.fail(describe_failure(exc)) from None
         raise AssertionError("unreachable")  # pragma: no cover
