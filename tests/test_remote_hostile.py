@@ -151,7 +151,7 @@ CASES = [
     Case("endless-empty", "a stream that never ends (empty events forever)",
          route("POST", "/completion", endless(sse({"content": ""}), 0.01, first=sse({"content": "Hel"}))),
          "the server sent nothing new for 1 s (engine.stream_timeout)", kept="Hel", engine={"stream_timeout": 1.0}),
-    Case("silent-load", "a server that never answers (connecting)", route("GET", "/props", Call.hang),
+    Case("silent-load", "a server that accepts and never answers (loading)", route("GET", "/props", Call.hang),
          "no answer within 0.5 s (engine.timeout)", engine={"timeout": 0.5}),
     Case("silent-reply", "a server that never answers (the reply)", route("POST", "/completion", Call.hang),
          "no answer within 1 s (engine.stream_timeout)", engine={"stream_timeout": 1.0}),
