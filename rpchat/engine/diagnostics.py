@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import ctypes
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rpchat.paths import Paths
 
 _DEV_TYPES = {0: "CPU", 1: "GPU", 2: "iGPU", 3: "accelerator"}
 
@@ -92,7 +95,7 @@ def doctor_report() -> list[tuple[str, str]]:
     return rows
 
 
-def _remote_rows(paths: Any) -> list[tuple[str, str]]:
+def _remote_rows(paths: Paths) -> list[tuple[str, str]]:
     """Where the remote engine's key comes from and how it is protected; never the key itself."""
     import stat
 
@@ -101,8 +104,9 @@ def _remote_rows(paths: Any) -> list[tuple[str, str]]:
     from rpchat.engine.remote_http import shown_url
     from rpchat.errors import RpchatError
 
+    notices: list[str] = []
     try:
-        eng = load_config(paths).engine
+        eng = load_config(paths, notices).engine
     except RpchatError as e:
         return [("config file", str(e))]
     source = api_key_source(eng)
@@ -113,7 +117,7 @@ def _remote_rows(paths: Any) -> list[tuple[str, str]]:
             ("API key", source)]
     tls = "verified" + (f", extra CAs from {eng.ca_bundle}" if eng.ca_bundle else "")
     rows.append(("TLS", tls if eng.tls_verify else "NOT verified (engine.tls_verify: false)"))
-    return rows
+    return rows + [("config file", note) for note in notices]
 
 
 def _repack_row() -> str:
