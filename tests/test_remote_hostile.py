@@ -289,6 +289,15 @@ def test_insane_context_and_counts_are_not_believed(tmp_path: Path) -> None:
     assert r.prompt_tokens == 0 and r.tokens_generated == 1 and r.prompt_tokens_reused == 0
 
 
+def test_a_ca_bundle_that_cannot_be_read_is_one_clear_line(tmp_path: Path) -> None:
+    (tmp_path / "junk.pem").write_text("not a certificate")
+    for bundle, why in ((tmp_path / "missing.pem", "No such file or directory"), (tmp_path / "junk.pem", "")):
+        with pytest.raises(EngineError) as err:
+            RemoteEngine("https://127.0.0.1:9", ca_bundle=str(bundle)).load()
+        assert str(err.value).startswith(f"https://127.0.0.1:9: engine.ca_bundle: cannot use {bundle} ("), err.value
+        assert why in str(err.value)
+
+
 # --- the chat, the CLI and the TUI on the worst cases ----------------------------------------------------
 
 
