@@ -291,7 +291,7 @@ def test_insane_context_and_counts_are_not_believed(tmp_path: Path) -> None:
 
 def test_a_ca_bundle_that_cannot_be_read_is_one_clear_line(tmp_path: Path) -> None:
     (tmp_path / "junk.pem").write_text("not a certificate")
-    for bundle, why in ((tmp_path / "missing.pem", "No such file or directory"), (tmp_path / "junk.pem", "")):
+    for bundle, why in ((tmp_path / "missing.pem", "no such file or directory"), (tmp_path / "junk.pem", "no certificate")):
         with pytest.raises(EngineError) as err:
             RemoteEngine("https://127.0.0.1:9", ca_bundle=str(bundle)).load()
         assert str(err.value).startswith(f"https://127.0.0.1:9: engine.ca_bundle: cannot use {bundle} ("), err.value

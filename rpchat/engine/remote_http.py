@@ -305,7 +305,8 @@ def _tls(transport: Transport, url: str) -> ssl.SSLContext:
         try:
             ctx.load_verify_locations(cafile=bundle)
         except (OSError, ssl.SSLError) as e:
-            why = getattr(e, "strerror", None) or getattr(e, "reason", None) or "not a PEM file of certificates"
+            reason = e.reason if isinstance(e, ssl.SSLError) else e.strerror
+            why = str(reason or "not a PEM file of certificates").replace("_", " ").lower()
             raise EngineError(f"engine.ca_bundle: cannot use {bundle} ({why})", url) from None
     return ctx
 
