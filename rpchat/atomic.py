@@ -7,8 +7,11 @@ import tempfile
 from pathlib import Path
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
     """Write ``data`` to ``path`` through a temp file in the same folder, fsync and rename.
+
+    ``mode`` sets the file's permissions (0o600 for a file holding a secret); None keeps the mode of
+    the file being replaced, or the umask default for a new one.
 
     The temp file's name carries the writer's PID, so temps left by a killed writer are recognised
     (and removed) on the next write to the same file, without touching a live writer's temp.
@@ -18,7 +21,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), _mode_for(path))
+            os.fchmod(f.fileno(), _mode_for(path) if mode is None else mode)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

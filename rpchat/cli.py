@@ -208,12 +208,14 @@ def cmd_reply(args: argparse.Namespace) -> int:
     for world in args.world or ():
         load_lorebook(world)
     paths = profile()
-    config = load_config(paths)
+    config_notices: list[str] = []  # e.g. a readable config holding an API key, made private
+    config = load_config(paths, config_notices)
     engine = make_engine(config, model=args.model, url=args.engine, api=args.api if args.engine else None,
                          n_ctx=args.n_ctx)
     session = open_chat_session(args.card, args.chat, config=config, personas=PersonaBook.load(paths.personas_file),
                                 engine=engine, user=args.user, format_name=args.format, preset=args.preset,
                                 create_missing=True, model=args.model, remote=bool(args.engine))
+    session.notices.extend(config_notices)
     if args.seed is not None:
         session.sampling = dataclasses.replace(session.sampling, seed=args.seed)
     if args.max_new:
@@ -566,8 +568,13 @@ def _log_crash() -> Path | None:
         log_dir = profile().log_dir
         log_dir.mkdir(parents=True, exist_ok=True)
         path = log_dir / "crash.log"
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(traceback.format_exc())
+        from rpchat.secret import redact
+
+        # Private (600): a traceback may quote a server's answer; the API key is masked all the same.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.fchmod(fd, 0o600)
+        with open(fd, "a", encoding="utf-8") as f:
+            f.write(redact(traceback.format_exc()))
             f.write("\n")
         return path
     except Exception:  # noqa: BLE001 - logging the crash must never crash the handler
@@ -592,5 +599,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - the last line of defence: no traceback for users
         where = _log_crash()
         detail = f"; details in {where}" if where else ""
-        print(f"rpchat: error: internal error: {type(e).__name__}: {e}{detail}".splitlines()[0], file=sys.stderr)
+        from rpchat.secret import redact
+
+        line = redact(f"rpchat: error: internal error: {type(e).__name__}: {e}{detail}").splitlines()[0]
+        print(_printable(line), file=sys.stderr)
         return 2

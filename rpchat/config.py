@@ -6,6 +6,8 @@ Each field's comment is its documentation; `rpchat config` and the settings scre
 from __future__ import annotations
 
 import dataclasses
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -32,7 +34,12 @@ class EngineConfig:
     lora: str | None = None  # optional LoRA adapter GGUF applied on the model
     remote_url: str | None = None  # e.g. http://127.0.0.1:8080 for llama-server
     remote_api: str = "auto"  # auto, llama.cpp, openai or koboldcpp
-    api_key: str | None = None  # sent as "Authorization: Bearer <key>" to remote servers
+    api_key: str | None = None  # sent as "Authorization: Bearer <key>"; $RPCHAT_API_KEY wins and is never saved
+    allow_insecure_key: bool = False  # send the key over plain http:// to a host other than this machine
+    tls_verify: bool = True  # check https:// servers' certificates; false is unsafe and shows a warning
+    ca_bundle: str | None = None  # a PEM file of extra CA certificates to trust (a private CA)
+    timeout: float = 30.0  # seconds to connect, and for each request's first byte
+    stream_timeout: float = 600.0  # seconds a reply may go without progress before it is stopped
 
 
 @dataclass
@@ -74,6 +81,9 @@ def _check_type(value: Any, kind: Any, where: str, source: Path) -> Any:
         raise ConfigError(f"{where} must not be empty", source)
     if kind is bool or text.startswith("bool"):
         ok = isinstance(value, bool)
+    elif kind is float or text.startswith("float"):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
     elif "int" in text and "str" not in text:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif "dict" in text:
@@ -91,8 +101,16 @@ def _str_map(value: Any) -> bool:
     return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
 
 
-def load_config(paths: Paths) -> Config:
-    """The saved config, or the defaults when there is none yet."""
+API_KEY_ENV = "RPCHAT_API_KEY"
+PRIVATE_MODE = 0o600
+
+
+def load_config(paths: Paths, notices: list[str] | None = None) -> Config:
+    """The saved config, or the defaults when there is none yet.
+
+    A config holding an API key that other users can read is made private (mode 600); ``notices``
+    gets a line saying so.
+    """
     path = paths.config_file
     if not path.exists():
         return Config()
@@ -100,9 +118,44 @@ def load_config(paths: Paths) -> Config:
     if data is None:
         return Config()
     config: Config = _from_dict(Config, data, path)
+    if config.engine.api_key:
+        _make_private(path, notices)
     return config
 
 
+def _make_private(path: Path, notices: list[str] | None) -> None:
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+        if not mode & 0o077:
+            return
+        os.chmod(path, PRIVATE_MODE)
+        note = f"{path}: it holds an API key and other users could read it (mode {mode:o}); made it private (600)"
+    except OSError as e:
+        note = f"{path}: it holds an API key and other users can read it; cannot change that: {e.strerror}"
+    if notices is not None:
+        notices.append(note)
+
+
+def api_key(engine: EngineConfig) -> str | None:
+    """The key to send: ``$RPCHAT_API_KEY`` when set (it is never written to disk), else ``engine.api_key``."""
+    return os.environ.get(API_KEY_ENV, "").strip() or engine.api_key or None
+
+
+def api_key_source(engine: EngineConfig) -> str:
+    """Where `api_key` comes from, for the user: never the key itself."""
+    if os.environ.get(API_KEY_ENV, "").strip():
+        return f"from ${API_KEY_ENV} (not saved)"
+    return "in the config file" if engine.api_key else "none"
+
+
 def save_config(paths: Paths, config: Config) -> None:
-    """Write the config atomically."""
-    write_atomic(paths.config_file, dump_yaml(dataclasses.asdict(config)))
+    """Write the config atomically; a config holding an API key is private to the user (mode 600).
+
+    The key from ``$RPCHAT_API_KEY`` is never written, even when it was copied into ``config``.
+    """
+    data = dataclasses.asdict(config)
+    env_key = os.environ.get(API_KEY_ENV, "").strip()
+    if env_key and data["engine"]["api_key"] == env_key:
+        data["engine"]["api_key"] = None
+    mode = PRIVATE_MODE if data["engine"]["api_key"] else None
+    write_atomic(paths.config_file, dump_yaml(data), mode=mode)

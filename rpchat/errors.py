@@ -13,9 +13,11 @@ from pathlib import Path
 
 def _one_line(text: str) -> str:
     # Names and problems may quote hostile input (a file name with a newline or ESC): keep one inert line.
+    # A server may echo the API key back in its error text: it never reaches the user.
+    from rpchat.secret import redact
     from rpchat.text import strip_controls
 
-    return " ".join(strip_controls(text.replace("\n", " ").replace("\r", " ")).split())
+    return " ".join(strip_controls(redact(text).replace("\n", " ").replace("\r", " ")).split())
 
 
 class RpchatError(Exception):

@@ -626,13 +626,16 @@ def make_engine(config: Config, *, model: Path | None = None, url: str | None = 
     cfg = config
     eng = cfg.engine
     if url or (eng.kind == "remote" and not model):
+        from rpchat.config import api_key
         from rpchat.engine.remote import RemoteEngine
 
         target = url or eng.remote_url
         if not target:
             raise EngineError("engine.kind is remote but engine.remote_url is empty")
         # Servers that do not report their context size (llama-cpp-python's) get the configured one.
-        return RemoteEngine(target, api or eng.remote_api, eng.api_key, n_ctx=n_ctx or eng.n_ctx)
+        return RemoteEngine(target, api or eng.remote_api, api_key(eng), eng.timeout, n_ctx=n_ctx or eng.n_ctx,
+                            stream_timeout=eng.stream_timeout, tls_verify=eng.tls_verify, ca_bundle=eng.ca_bundle,
+                            allow_insecure_key=eng.allow_insecure_key)
     from rpchat.engine.llama import LocalEngine, LocalSettings
 
     settings = LocalSettings(

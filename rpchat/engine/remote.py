@@ -32,10 +32,19 @@ from rpchat.engine.remote_apis import (
     estimate_tokens,
     request_body,
 )
-from rpchat.engine.remote_http import Chunk, Connection, ServerApi, describe_failure, status_problem
+from rpchat.engine.remote_http import (
+    Chunk,
+    Connection,
+    ServerApi,
+    Transport,
+    describe_failure,
+    iter_lines,
+    shown_url,
+)
 from rpchat.engine.textstream import StopFilter
 from rpchat.errors import EngineError
 from rpchat.prompt.segments import Segment
+from rpchat.secret import SecretFilter
 
 API_NAMES = ("auto", *API_CLASSES)
 _POLL_S = 0.02  # how often a waiting stream looks at the cancel event
@@ -53,6 +62,13 @@ def normalize_url(url: str) -> str:
     return url
 
 
+def _plausible(count: int | None, text: str) -> int | None:
+    # A token is at least one byte (plus a few added BOS/EOS): a count outside that is the server's nonsense.
+    if count is None or not 0 <= count <= len(text.encode("utf-8")) + 8:
+        return None
+    return count
+
+
 @dataclass(frozen=True)
 class _Failure:
     problem: str
@@ -60,6 +76,15 @@ class _Failure:
 
 
 _END = object()
+_EMPTY = Chunk()
+_MAX_COUNT = 100_000_000  # token counts and context sizes past this are a server's nonsense
+_MAX_BYTES = 256 * 1024 * 1024  # a reply's stream, whatever the token budget
+_MAX_IDLE_LINES = 100_000  # lines in a row that carry nothing (a keep-alive ping every second: a day)
+
+
+def _sane(stats: dict[str, int]) -> dict[str, int]:
+    # Figures from the server are shown and used for speeds: a negative or absurd one is dropped.
+    return {k: v for k, v in stats.items() if 0 <= v <= _MAX_COUNT}
 
 
 class RemoteGeneration:
@@ -79,8 +104,14 @@ class RemoteGeneration:
         cancel: threading.Event | None,
         unsupported: list[str],
         started: float | None = None,
+        max_tokens: int = 0,
     ) -> None:
         self.result = Result(unsupported=list(unsupported))
+        # A server that ignores the token budget is cut off: pieces past twice the budget, bytes past a
+        # generous allowance per token (llama-server's events with timings are well under 8 KiB).
+        budget = max_tokens if max_tokens > 0 else 4096
+        self._max_pieces = 2 * budget + 64
+        self._max_bytes = min(_MAX_BYTES, 8 * 1024 * 1024 + budget * 8 * 1024)
         self._conn = conn
         self._api = api
         self._body = body
@@ -98,24 +129,26 @@ class RemoteGeneration:
     # -- reader thread -------------------------------------------------------------------------
     def _read(self) -> None:
         path = self._api.path
+        conn = self._conn
         try:
-            with self._conn.client.stream(
-                "POST", path, json=self._body, timeout=self._conn.stream_timeout
-            ) as resp:
+            with conn.request("POST", path, self._body, timeout=conn.stream_timeout,
+                              wait=self._closing.wait) as resp:
                 if resp.status_code != 200:
-                    resp.read()
-                    self._queue.put(_Failure(status_problem(resp, path), streaming=False))
+                    self._queue.put(_Failure(conn.problem(resp, path), streaming=False))
                     return
                 self._response = resp
                 if self._closing.is_set():  # cancelled while the server was still sending headers
                     return
                 event, data = "", list[str]()
-                for line in resp.iter_lines():
+                progress_at = time.monotonic()
+                idle = 0  # lines since the last one that carried anything
+                for line in iter_lines(resp, self._max_bytes):
                     if self._closing.is_set():
                         return
+                    idle += 1
                     if not line:
-                        if data:
-                            self._emit(event, "\n".join(data))
+                        if data and self._emit(event, "\n".join(data)):
+                            progress_at, idle = time.monotonic(), 0
                         event, data = "", []
                     elif not line.startswith(":"):  # ":" lines are SSE comments (keep-alive pings)
                         name, _, value = line.partition(":")
@@ -124,9 +157,18 @@ class RemoteGeneration:
                             event = value
                         elif name == "data":
                             data.append(value)
+                    if time.monotonic() - progress_at > conn.no_progress_s:
+                        raise conn.fail(f"the server sent nothing new for {conn.no_progress_s:g} s "
+                                        "(engine.stream_timeout); stopped waiting")
+                    if idle > _MAX_IDLE_LINES:
+                        raise conn.fail(f"the server sent {_MAX_IDLE_LINES:,} lines with nothing in them; "
+                                        "stopped reading")
                 if data:
                     self._emit(event, "\n".join(data))
                 self._queue.put(_END)
+        except EngineError as exc:
+            if not self._closing.is_set():
+                self._queue.put(_Failure(exc.problem, streaming=self._response is not None))
         except httpx.HTTPError as exc:
             if not self._closing.is_set():
                 self._queue.put(_Failure(describe_failure(exc), streaming=self._response is not None))
@@ -135,10 +177,12 @@ class RemoteGeneration:
                 problem = f"unexpected {type(exc).__name__}: {exc}"
                 self._queue.put(_Failure(problem, streaming=self._response is not None))
 
-    def _emit(self, event: str, data: str) -> None:
+    def _emit(self, event: str, data: str) -> bool:
+        """Queue the event's chunk; True when it carried anything (text, figures, an end)."""
         chunk = self._api.parse(event, data)
         if chunk is not None:
             self._queue.put(chunk)
+        return chunk is not None and chunk != _EMPTY
 
     # -- consumer ------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[str]:
@@ -156,6 +200,7 @@ class RemoteGeneration:
     def _pump(self) -> Iterator[str]:
         r = self.result
         scan = StopFilter(self._stop)
+        mask = SecretFilter()  # a server echoing the API key into the reply gets it masked
         stats: dict[str, int] = {}
         first_at = last_at = 0.0
         pieces = 0
@@ -183,6 +228,9 @@ class RemoteGeneration:
             if chunk.error is not None:
                 self._fail(f"the server reported an error mid-reply: {chunk.error}")
                 break
+            if chunk.text and pieces >= self._max_pieces:
+                self._fail(f"the server kept sending past the token budget ({pieces:,} pieces); stopped reading")
+                break
             if chunk.text:
                 now = time.perf_counter()
                 if not pieces:
@@ -190,20 +238,25 @@ class RemoteGeneration:
                     r.ttft_s = now - self._started
                 last_at = now
                 pieces += 1
-                out, stopped = scan.feed(chunk.text)
+                out, stopped = scan.feed(mask.feed(chunk.text))
                 if out:
                     r.text += out
                     yield out
                 if stopped:
                     r.finish_reason = "stop"
                     break
-            stats.update(chunk.stats)
+            stats.update(_sane(chunk.stats))
             if chunk.finish is not None:
                 r.finish_reason = chunk.finish
                 finished = True
             if chunk.done:
                 self._complete = finished = True
                 break
+        if not stopped:
+            out, stopped = scan.feed(mask.flush())
+            if out:
+                r.text += out
+                yield out
         if not stopped:
             rest = scan.flush()
             if rest:
@@ -213,7 +266,7 @@ class RemoteGeneration:
             self._complete = True
             late = self._api.after()
             if late is not None:
-                stats.update(late.stats)
+                stats.update(_sane(late.stats))
                 if late.finish is not None and r.finish_reason == "stop":
                     r.finish_reason = late.finish
         r.gen_time_s = last_at - first_at if pieces else 0.0
@@ -261,9 +314,17 @@ class RemoteEngine:
         *,
         stream_timeout: float = 600.0,
         n_ctx: int | None = None,
+        tls_verify: bool = True,
+        ca_bundle: str | None = None,
+        allow_insecure_key: bool = False,
     ) -> None:
-        """``api``: auto, llama.cpp, openai or koboldcpp. ``n_ctx`` is used when the server does not say."""
-        self.url = normalize_url(url)
+        """``api``: auto, llama.cpp, openai or koboldcpp. ``n_ctx`` is used when the server does not say.
+
+        The key goes only to this server: never over plain http:// to another machine unless
+        ``allow_insecure_key``, never along a redirect; TLS is verified unless ``tls_verify`` is False.
+        """
+        self._target = normalize_url(url)
+        self.url = shown_url(self._target)  # what errors and the status line show
         if api not in API_NAMES:
             raise EngineError(
                 f"unknown remote API {api!r} (expected one of: {', '.join(API_NAMES)})", self.url
@@ -272,6 +333,8 @@ class RemoteEngine:
         self._api_key = api_key or None
         self._timeout = timeout
         self._stream_timeout = stream_timeout
+        self._transport = Transport(tls_verify=tls_verify, ca_bundle=ca_bundle,
+                                    allow_insecure_key=allow_insecure_key)
         self._fallback_ctx = n_ctx
         self._conn: Connection | None = None
         self._api: ServerApi | None = None
@@ -315,22 +378,26 @@ class RemoteEngine:
         self.close()
         if progress:
             progress(0.0)
-        conn = Connection(self.url, self._api_key, self._timeout, self._stream_timeout)
+        conn = Connection(self._target, self._api_key, self._timeout, self._stream_timeout, self._transport)
         try:
             cls = self._detect(conn) if self._requested == "auto" else API_CLASSES[self._requested]
             if progress:
                 progress(0.5)
             api = cls(conn)
             api.probe()
-            self._notices = []
-            if api.n_ctx:
-                self._n_ctx = api.n_ctx
+            self._notices = list(conn.notices)
+            reported = api.n_ctx
+            if reported is not None and 0 < reported <= _MAX_COUNT:
+                self._n_ctx = reported
             else:
                 self._n_ctx = self._fallback_ctx or 4096
-                self._notices.append(f"the server does not report its context size; assuming {self._n_ctx}")
-            self._exact_counts = api.count("Hello world") is not None
+                said = "does not report its context size" if not reported else f"reports a context of {reported:,}"
+                self._notices.append(f"the server {said}; assuming {self._n_ctx}")
+            sample = api.count("Hello world")
+            self._exact_counts = _plausible(sample, "Hello world") is not None
             if not self._exact_counts:
-                self._notices.append("the server has no tokenizer endpoint: token counts are estimates")
+                why = "has no tokenizer endpoint" if sample is None else f"counts {sample:,} tokens in 'Hello world'"
+                self._notices.append(f"the server {why}: token counts are estimates")
         except BaseException:
             conn.close()
             raise
@@ -364,7 +431,7 @@ class RemoteEngine:
             if cached is not None:
                 self._counts.move_to_end(text)
                 return cached
-        n = api.count(text) if self._exact_counts else None
+        n = _plausible(api.count(text), text) if self._exact_counts else None
         if n is None:
             n = estimate_tokens(text)
         with self._counts_lock:
@@ -389,7 +456,9 @@ class RemoteEngine:
         assert self._conn is not None
         started = time.perf_counter()  # time to first token includes building the prompt (/tokenize)
         body = request_body(api, prompt, sampling, stop, self._n_ctx)
-        return RemoteGeneration(self._conn, api, body, stop, cancel, api.unsupported(sampling), started)
+        return RemoteGeneration(
+            self._conn, api, body, stop, cancel, api.unsupported(sampling), started, max_tokens=sampling.max_tokens
+        )
 
     def close(self) -> None:
         """Close the connection pool; `load` reconnects."""

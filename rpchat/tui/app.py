@@ -60,7 +60,7 @@ class RpchatApp(App[None]):
         self.paths = paths or profile()
         self._notices: list[str] = []
         try:
-            self.config = load_config(self.paths)
+            self.config = load_config(self.paths, self._notices)
         except RpchatError as e:
             self.config = Config()
             self._notices.append(f"{e}; using the default settings")

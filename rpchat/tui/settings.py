@@ -7,6 +7,7 @@ field is checked before anything is written, and all problems are listed togethe
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -30,7 +31,7 @@ from textual.widgets import (
     TabPane,
 )  # fmt: skip
 
-from rpchat.config import Config, save_config
+from rpchat.config import API_KEY_ENV, Config, save_config
 from rpchat.engine.gguf_info import ModelInfo, scan_models
 from rpchat.engine.presets import SamplerPreset, import_preset, list_presets, load_preset, save_preset
 from rpchat.errors import ConfigError, RpchatError
@@ -189,8 +190,9 @@ class SettingsScreen(Screen["Config | None"]):
                 yield _field("Server API", Select([(a, a) for a in REMOTE_APIS], allow_blank=False,
                                                   value=eng.remote_api if eng.remote_api in REMOTE_APIS else "auto",
                                                   id="remote-api"))
-                yield _field("API key", Input(eng.api_key or "", password=True, placeholder="optional",
-                                              id="api-key"))
+                env_key = os.environ.get(API_KEY_ENV, "").strip()
+                yield _field("API key", Input(eng.api_key or "", password=True, id="api-key", placeholder=(
+                    f"${API_KEY_ENV} is set: it is used and never saved" if env_key else "optional")))
                 yield _field("Context (n_ctx)", Input(str(eng.n_ctx), id="n-ctx"))
                 yield _field("GPU layers", Input(_opt(eng.n_gpu_layers), placeholder="empty: all that fit",
                                                  id="n-gpu-layers"))
