@@ -18,6 +18,7 @@ EXTRAS: tuple[tuple[str, str, str, str], ...] = (
     ("chat", "Edit my last message", "edit_last", "Edit the last thing you said, in place"),
     ("chat", "Attach world info…", "attach_world", "Attach a lorebook / SillyTavern world-info JSON to this chat"),
     ("chat", "Detach world info", "detach_world", "Detach a world-info file from this chat"),
+    ("chat", "Author's note…", "edit_note", "This chat's author's note: text, depth, every N turns, position"),
     ("chat", "Toggle card lorebook", "toggle_card_lorebook", "Use or ignore the card's own lorebook in this chat"),
     ("app", "Reload the model", "app.reload_model", "Load the configured model again"),
     ("app", "Import SillyTavern preset…", "app.import_st_preset",
