@@ -246,3 +246,17 @@ def test_reply_note_flags_set_the_note_in_the_chat_file(tmp_path: Path, tiny_mod
                                  "Marisol:")
     bad = run(home, *common, "--say", "x", "--note-depth", "-3")
     assert bad.returncode == 2 and "note-depth" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_an_insertion_stays_at_its_depth_when_old_turns_are_cut_to_fit() -> None:
+    history = chat(*[f"Message {i} " + "word " * 30 for i in range(20)])
+    lore = world({"content": "Depth lore.", "position": 4, "depth": 3})
+
+    def count(text: str) -> int:
+        return len(text.split())
+    built = build_prompt(V3, ADA, THEO, history, lorebook=parse_lorebook(lore, "t"), counter=count, n_ctx=400,
+                         max_new=50)
+    assert built.dropped and built.n_tokens is not None and built.n_tokens <= 350
+    assert built.n_tokens == count(built.text)
+    blocks = built.text.split("\n\n### ")
+    assert blocks[-5] == "Input:\nDepth lore."  # then three messages and the reply header
