@@ -15,6 +15,7 @@ from rpchat.chat.store import load_chat
 from rpchat.paths import profile
 from rpchat.tui.app import RpchatApp
 from rpchat.tui.chat import ChatScreen
+from rpchat.tui.inspector import prompt_summary
 from rpchat.tui.note_dialog import AuthorsNoteDialog
 
 NAME = "Wenonah"
@@ -71,6 +72,7 @@ def test_note_dialog_saves_the_note_and_the_prompt_carries_it(home: Path) -> Non
             assert screen.session.build().text.endswith(
                 f"### Response:\n{NAME}: Keep {NAME} wary.\n\n### Input:\nUser: Where am I?\n\n"
                 f"### Response: (length = medium)\n{NAME}:")
+            assert "Author's note: depth 1, as assistant." in prompt_summary(screen.session.build())
 
             # The dialog opens on the saved note; Esc changes nothing, an empty text clears it.
             dialog = await open_note(pilot, app)
