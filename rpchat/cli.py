@@ -13,7 +13,7 @@ import re
 import sys
 import threading
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -32,6 +32,15 @@ def _length(value: str) -> str | None:
     # Which lengths exist is the prompt format's to say (limamono stops at "huge"); the builder checks.
     # "auto" (no modifier) is the word the app shows; "none" is still understood.
     return None if value in ("none", "auto", "") else value
+
+
+def _count(high: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        if not value.strip().isdigit() or int(value) > high:
+            raise argparse.ArgumentTypeError(f"expected a whole number from 0 to {high}, not {value!r}")
+        return int(value)
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--world", type=Path, action="append",
                     help="attach a lorebook / SillyTavern world-info JSON to this chat (remembered)")
     rp.add_argument("--no-lore", action="store_true", help="ignore the card's embedded lorebook for this reply")
+    rp.add_argument("--note", metavar="TEXT", help="set this chat's author's note (remembered; \"\" clears it)")
+    rp.add_argument("--note-depth", type=_count(1000), metavar="N",
+                    help="put the author's note N messages from the end of the chat (remembered)")
+    rp.add_argument("--note-interval", type=_count(1_000_000), metavar="N",
+                    help="author's note every N user messages; 1: always, 0: never (remembered)")
 
     cd = sub.add_parser("card", help="inspect or convert character cards")
     cds = cd.add_subparsers(dest="card_command", required=True, parser_class=_Parser)
@@ -228,6 +242,14 @@ def cmd_reply(args: argparse.Namespace) -> int:
             session.set_length(args.length)  # checked against the format before anything is sent
         for world in args.world or ():
             session.attach_world(world)
+        if (args.note, args.note_depth, args.note_interval) != (None, None, None):
+            note = session.chat.note
+            session.set_note(dataclasses.replace(
+                note,
+                text=note.text if args.note is None else args.note,
+                depth=note.depth if args.note_depth is None else args.note_depth,
+                interval=note.interval if args.note_interval is None else args.note_interval,
+            ))
         session.skip_card_lorebook = args.no_lore
         engine.load()
         session.send(args.say)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from rpchat.cards.model import Card
-from rpchat.chat.model import Chat, Turn
+from rpchat.chat.model import AuthorsNote, Chat, Turn
 from rpchat.chat.store import ChatStore
 from rpchat.config import Config
 from rpchat.engine.base import Engine, Result, Sampling
@@ -136,6 +136,19 @@ class RoleplaySession:
         self.chat.scenario = text if text and text.strip() else None
         self.save()
 
+    def set_note(self, note: AuthorsNote) -> None:
+        """Set this chat's author's note (SillyTavern's ``note_*`` metadata); saved, or unchanged on error."""
+        with self.lock:
+            old = {k: v for k, v in self.chat.metadata.items() if k.startswith("note_")}
+            self.chat.note = note
+            try:
+                self.save()
+            except RpchatError:
+                for key in [k for k in self.chat.metadata if k.startswith("note_")]:
+                    del self.chat.metadata[key]
+                self.chat.metadata.update(old)
+                raise
+
     # --- world info --------------------------------------------------------------------------------
     @property
     def worlds(self) -> list[str]:
@@ -247,6 +260,7 @@ class RoleplaySession:
                 max_new=self.max_new if counter is not None else 0,
                 lorebook=[*self._world_books(), *self.extra_lorebooks],
                 card_lorebook=self.use_card_lorebook and not self.skip_card_lorebook,
+                note=self.chat.note,
             )
         self.last_built = built
         return built

@@ -3,10 +3,45 @@
 from __future__ import annotations
 
 import copy
+import math
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
+
+# Who a message inserted into the chat speaks as (SillyTavern's extension_prompt_roles 0, 1, 2).
+ROLES = ("system", "user", "assistant")
+# Where the author's note goes (SillyTavern's extension_prompt_types 0, 1, 2 in ``note_position``).
+NOTE_POSITIONS = ("after_instruction", "in_chat", "before_instruction")
+
+
+@dataclass(frozen=True)
+class AuthorsNote:
+    """A chat's author's note, kept in SillyTavern's ``note_*`` chat metadata keys.
+
+    ``interval`` 1 puts it in every prompt, 0 never, N in the prompts whose chat holds a multiple of
+    N user messages (SillyTavern's rule). ``depth`` and ``role`` apply to the "in_chat" position.
+    """
+
+    text: str = ""
+    depth: int = 4
+    interval: int = 1
+    position: str = "in_chat"  # one of NOTE_POSITIONS
+    role: str = "system"  # one of ROLES
+
+    def fires(self, user_messages: int) -> bool:
+        """Whether the note goes into a prompt whose chat holds ``user_messages`` user messages."""
+        if self.interval == 1:
+            return True
+        if user_messages <= 0 or self.interval <= 0:
+            return False
+        return user_messages % self.interval == 0
+
+
+def _small_int(value: Any, default: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        return default
+    return int(value) if 0 <= value <= high else default
 
 
 def now_stamp() -> str:
@@ -113,6 +148,30 @@ class Chat:
     @length.setter
     def length(self, value: str | None) -> None:
         self.settings["length"] = value
+
+    # --- the author's note, in SillyTavern's own chat_metadata keys --------------------------------
+    @property
+    def note(self) -> AuthorsNote:
+        """This chat's author's note (empty text when none); odd stored values read as the defaults."""
+        meta = self.metadata
+        text = meta.get("note_prompt")
+        return AuthorsNote(
+            text=text if isinstance(text, str) else "",
+            depth=_small_int(meta.get("note_depth"), 4, 1000),
+            interval=_small_int(meta.get("note_interval"), 1, 1_000_000),
+            position=NOTE_POSITIONS[_small_int(meta.get("note_position"), 1, len(NOTE_POSITIONS) - 1)],
+            role=ROLES[_small_int(meta.get("note_role"), 0, len(ROLES) - 1)],
+        )
+
+    @note.setter
+    def note(self, note: AuthorsNote) -> None:
+        self.metadata.update({
+            "note_prompt": note.text,
+            "note_depth": note.depth,
+            "note_interval": note.interval,
+            "note_position": NOTE_POSITIONS.index(note.position),
+            "note_role": ROLES.index(note.role),
+        })
 
     # --- operations ----------------------------------------------------------------------------
     @classmethod

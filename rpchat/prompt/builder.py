@@ -11,12 +11,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from rpchat.cards.model import Card
-from rpchat.chat.model import Turn
+from rpchat.chat.model import AuthorsNote, Turn
 from rpchat.errors import ChatError, ConfigError
 from rpchat.personas import Persona
 from rpchat.prompt.fitting import choose_cut
 from rpchat.prompt.formats import CONTENT_VARS, PromptFormat, Template
-from rpchat.prompt.lorebook import LoreActivation, Lorebook, LoreHit, activate, lorebook_from_card
+from rpchat.prompt.lorebook import (
+    DepthInsert,
+    LoreActivation,
+    Lorebook,
+    LoreHit,
+    activate,
+    lorebook_from_card,
+)
 from rpchat.prompt.macros import clean_text, expand_macros, normalize_newlines
 from rpchat.prompt.segments import Segment, join_text
 
@@ -28,6 +35,10 @@ MAX_SCAN_MESSAGES = 1000  # lorebooks never look further back than this
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _LORE_BEFORE: Template = (("lore_before", True),)
 _LORE_AFTER: Template = (("lore_after", True),)
+_NOTE_BEFORE: Template = (("note_before", True),)
+_NOTE_AFTER: Template = (("note_after", True),)
+# At one depth SillyTavern places the assistant's, then the user's, then the system's message.
+_ROLE_ORDER = {"assistant": 0, "user": 1, "system": 2}
 
 
 @dataclass(frozen=True)
@@ -43,6 +54,7 @@ class BuiltPrompt:
     format_name: str = ""
     mode: str = "reply"
     budget: int | None = None  # n_ctx - max_new, when fitting was asked for
+    note: AuthorsNote | None = None  # the author's note when it is in this prompt
 
     @property
     def text(self) -> str:
@@ -137,6 +149,12 @@ def _instruction(fmt: PromptFormat, values: dict[str, str]) -> list[Segment]:
     if not fmt.uses("lore_after"):
         at = next((i + 1 for i, p in enumerate(paragraphs) if ("description", True) in p), len(paragraphs))
         paragraphs.insert(at, _LORE_AFTER)
+    # An author's note placed at the top opens or closes the instruction (SillyTavern's "before" and
+    # "after" the story string); only when there is one, so formats stay byte-exact without it.
+    if values["note_before"]:
+        paragraphs.insert(0, _NOTE_BEFORE)
+    if values["note_after"]:
+        paragraphs.append(_NOTE_AFTER)
     out = [Segment(fmt.instruction_header, "template"), Segment("\n", "template")] if fmt.instruction_header else []
     kept = [p for p in paragraphs if all(values[name] for name, is_var in p if is_var and name in CONTENT_VARS)]
     for i, p in enumerate(kept):
@@ -158,6 +176,29 @@ def _is_reply(turn: Turn) -> bool:
     return not turn.is_user and not turn.narrator
 
 
+def _note_text(lore: LoreActivation | None, note: AuthorsNote, history: Sequence[Turn], char: str, user: str) -> str:
+    """The author's note with the lore placed around it, or "" when the interval leaves it out."""
+    if not note.fires(sum(1 for t in history if t.is_user)):
+        return ""
+    top, bottom = (lore.an_top, lore.an_bottom) if lore else ((), ())
+    # SillyTavern: entries above, the note, entries below, one per line (no blank line for an empty note).
+    parts = [*top, clean_text(note.text, char, user), *bottom]
+    return "\n".join(p for p in parts if p)
+
+
+def _place(blocks: list[list[Segment]], inserts: list[tuple[int, str, list[Segment]]]) -> list[list[Segment]]:
+    """``blocks`` with each insert put ``depth`` blocks from the end (at the start when deeper)."""
+    at: dict[int, list[tuple[int, list[Segment]]]] = {}
+    for depth, role, block in inserts:
+        at.setdefault(max(0, len(blocks) - depth), []).append((_ROLE_ORDER[role], block))
+    out: list[list[Segment]] = []
+    for i in range(len(blocks) + 1):
+        out += [block for _, block in sorted(at.get(i, []), key=lambda x: x[0])]
+        if i < len(blocks):
+            out.append(blocks[i])
+    return out
+
+
 def _books(
     card: Card, lorebook: Lorebook | Sequence[Lorebook] | None, card_lorebook: bool = True
 ) -> list[Lorebook]:
@@ -177,6 +218,7 @@ def _fit(
     head: list[list[Segment]],
     turn_blocks: list[list[Segment]],
     tail: list[Segment],
+    inserts: list[list[Segment]],
     assemble: Callable[[int], list[Segment]],
     counter: Counter | None,
     budget: int | None,
@@ -199,6 +241,8 @@ def _fit(
     fixed = sum(count(join_text(b)) for b in head) + (len(head) - 1) * count(sep)
     if tail:
         fixed += count(sep + join_text(tail))
+    # Insertions at depth stay whatever is cut.
+    fixed += sum(count(sep + join_text(b)) for b in inserts)
     cut, error = 0, 0
     n_tokens = 0
     for _ in range(3):
@@ -226,6 +270,7 @@ def build_prompt(
     max_new: int = 0,
     lorebook: Lorebook | Sequence[Lorebook] | None = None,
     card_lorebook: bool = True,
+    note: AuthorsNote | None = None,
 ) -> BuiltPrompt:
     """Build the prompt for the next message.
 
@@ -233,7 +278,7 @@ def build_prompt(
     the model extends it; "impersonate" ends with the input header and ``User:``. ``scenario``
     (when not None) replaces the card's. ``card_lorebook=False`` ignores the card's own
     character_book. With ``counter`` and ``n_ctx``, older turns are left out
-    in chunks so the prompt plus ``max_new`` fits.
+    in chunks so the prompt plus ``max_new`` fits. ``note`` is the chat's author's note.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
@@ -267,6 +312,19 @@ def build_prompt(
         lore_budget = int(n_ctx * LORE_BUDGET_RATIO) if n_ctx else None
         lore = activate(books, scan, char=char, user=user, counter=counter, budget=lore_budget)
 
+    # The author's note and lore "at depth" become messages inside the chat; the note at the top
+    # goes into the instruction instead (see README, "Lore and the author's note").
+    note = note or AuthorsNote()
+    note_text = _note_text(lore, note, history, char, user)
+    at_depth = list(lore.at_depth) if lore else []
+    if note_text and note.position == "in_chat":
+        # SillyTavern sorts the note before the entries of the same depth and role, in one message.
+        same = next((i for i, d in enumerate(at_depth) if (d.depth, d.role) == (note.depth, note.role)), None)
+        if same is None:
+            at_depth.insert(0, DepthInsert(note.depth, note.role, note_text))
+        else:
+            at_depth[same] = DepthInsert(note.depth, note.role, f"{note_text}\n{at_depth[same].text}")
+
     card_description = description = clean_text(card.description, char, user)
     personality = clean_text(card.personality, char, user)
     if personality:
@@ -282,6 +340,8 @@ def build_prompt(
         "greeting": greeting,
         "lore_before": "\n".join(lore.before) if lore else "",
         "lore_after": "\n".join(lore.after) if lore else "",
+        "note_before": note_text if note.position == "before_instruction" else "",
+        "note_after": note_text if note.position == "after_instruction" else "",
     }
     instruction = _instruction(fmt, values)
     head: list[list[Segment]] = []
@@ -305,6 +365,16 @@ def build_prompt(
         else:
             block = _header(fmt, fmt.response_header, None) + _message(fmt, char, texts[i])
         turn_blocks.append(block)
+    inserts: list[tuple[int, str, list[Segment]]] = []
+    for d in at_depth:
+        if d.role == "system":
+            block = _header(fmt, fmt.input_header, None) + [Segment(d.text, "user")]
+        elif d.role == "user":
+            block = _header(fmt, fmt.input_header, input_length) + _message(fmt, user, d.text)
+        else:
+            block = _header(fmt, fmt.response_header, None) + _message(fmt, char, d.text)
+        # A continued message is never split: depth 0 goes before it (as in SillyTavern).
+        inserts.append((max(d.depth, 1) if mode == "continue" else d.depth, d.role, block))
     tail: list[Segment] = []
     if mode == "reply":
         tail = _header(fmt, last_header, length) + _message(fmt, char, "", open_end=True)
@@ -318,14 +388,15 @@ def build_prompt(
 
     def assemble(cut: int) -> list[Segment]:
         out: list[Segment] = []
-        for i, block in enumerate([*head, *turn_blocks[cut:], *([tail] if tail else [])]):
+        chat = _place(turn_blocks[cut:], inserts)
+        for i, block in enumerate([*head, *chat, *([tail] if tail else [])]):
             if out:
                 out.append(opening if i == len(head) else sep)
             out += block
         return out
 
     budget = n_ctx - max_new if n_ctx else None
-    cut, n_tokens = _fit(fmt, head, turn_blocks, tail, assemble, counter, budget)
+    cut, n_tokens = _fit(fmt, head, turn_blocks, tail, [b for _, _, b in inserts], assemble, counter, budget)
     segments = _merge(assemble(cut))
     return BuiltPrompt(
         segments=segments,
@@ -337,4 +408,5 @@ def build_prompt(
         format_name=fmt.name,
         mode=mode,
         budget=budget,
+        note=note if note_text else None,
     )

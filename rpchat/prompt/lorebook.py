@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rpchat.cards.model import Card
+from rpchat.chat.model import ROLES
 from rpchat.errors import ConfigError
 from rpchat.prompt.lorekeys import KeyMatcher
 from rpchat.prompt.macros import expand_macros, normalize_newlines
@@ -28,9 +29,12 @@ MAX_ENTRIES = 10_000
 MAX_SCAN_CHARS = 10_000  # the newest chat text a key search looks at, at most (bounds regex time)
 # SillyTavern's selectiveLogic values.
 LOGIC_NAMES = {0: "AND ANY", 1: "NOT ALL", 2: "NOT ANY", 3: "AND ALL"}
-# SillyTavern's numeric positions: 0 is before the character, everything else is placed after it
-# (rpchat has no author's note or in-chat depth insertion: those would break the prompt cache).
-_ST_POSITIONS = {0: "before_char"}
+# SillyTavern's numeric world-info positions (world_info_position in its world-info.js; 7, the
+# outlet, is from newer versions). Example-message positions go after the character (rpchat sends
+# no example dialogues); outlet entries only reach a prompt through an {{outlet::}} macro, so never here.
+ST_POSITIONS = ("before_char", "after_char", "an_top", "an_bottom", "at_depth", "em_top", "em_bottom", "outlet")
+DEFAULT_DEPTH = 4  # SillyTavern's default insertion depth (entries and the author's note)
+MAX_DEPTH = 1000  # SillyTavern's MAX_INJECTION_DEPTH
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,9 @@ class LoreEntry:
     selective_logic: int = 0
     insertion_order: int = 100
     priority: int = 0
-    position: str = "after_char"  # "before_char" or "after_char"
+    position: str = "after_char"  # one of ST_POSITIONS
+    depth: int = DEFAULT_DEPTH  # for "at_depth": messages from the end of the chat
+    role: str = "system"  # for "at_depth": one of ROLES
     case_sensitive: bool | None = None  # None: the book's setting
     whole_words: bool | None = None
     use_regex: bool = False
@@ -87,6 +93,15 @@ class LoreHit:
 
 
 @dataclass(frozen=True)
+class DepthInsert:
+    """Text inserted into the chat ``depth`` messages from its end, spoken as ``role``."""
+
+    depth: int
+    role: str  # one of ROLES
+    text: str
+
+
+@dataclass(frozen=True)
 class LoreActivation:
     """What the lorebooks add to one prompt."""
 
@@ -96,6 +111,9 @@ class LoreActivation:
     over_budget: tuple[LoreHit, ...] = ()  # fired but left out by the token budget
     budget: int | None = None
     tokens: int = 0
+    an_top: tuple[str, ...] = ()  # joined with the author's note, above and below its text
+    an_bottom: tuple[str, ...] = ()
+    at_depth: tuple[DepthInsert, ...] = ()  # one per (depth, role), in order of first appearance
 
 
 # --- reading --------------------------------------------------------------------------------------
@@ -129,6 +147,21 @@ def _bool(value: Any, default: bool | None) -> bool | None:
     return value if isinstance(value, bool) else default
 
 
+def _st_position(value: Any, default: str) -> str:
+    number = _int(value, None)
+    return ST_POSITIONS[number] if number is not None and 0 <= number < len(ST_POSITIONS) else default
+
+
+def _role(value: Any) -> str:
+    number = _int(value, 0)
+    return ROLES[number] if number is not None and 0 <= number < len(ROLES) else "system"
+
+
+def _insert_depth(value: Any) -> int:
+    number = _int(value, DEFAULT_DEPTH)
+    return number if number is not None and 0 <= number <= MAX_DEPTH else DEFAULT_DEPTH
+
+
 def _logic(value: Any) -> int:
     number = _int(value, 0)
     return number if number in LOGIC_NAMES else 0
@@ -159,6 +192,11 @@ def _with_decorators(entry: LoreEntry) -> LoreEntry:
         changes["scan_depth"] = int(deco["scan_depth"])
     if deco.get("position") in ("before_desc", "after_desc"):
         changes["position"] = "before_char" if deco["position"] == "before_desc" else "after_char"
+    if deco.get("depth", "").isdigit() and int(deco["depth"]) <= MAX_DEPTH:
+        changes["position"] = "at_depth"
+        changes["depth"] = int(deco["depth"])
+    if deco.get("role") in ROLES:
+        changes["role"] = deco["role"]
     if "additional_keys" in deco:
         changes["keys"] = entry.keys + _texts(deco["additional_keys"])
     return replace(entry, **changes)
@@ -168,10 +206,9 @@ def _card_entry(raw: dict[str, Any], index: int) -> LoreEntry:
     # V2 character_book / V3 lorebook entry; SillyTavern keeps its own fields in extensions.
     ext_raw = raw.get("extensions")
     ext: dict[str, Any] = ext_raw if isinstance(ext_raw, dict) else {}
-    position = raw.get("position")
-    if position not in ("before_char", "after_char"):
-        st_position = _int(ext.get("position"), 1)
-        position = _ST_POSITIONS.get(st_position or 0, "after_char") if st_position is not None else "after_char"
+    # SillyTavern reads its own extensions.position first, then the spec's before_char/after_char.
+    named = "before_char" if raw.get("position") == "before_char" else "after_char"
+    position = _st_position(ext.get("position"), named)
     entry = LoreEntry(
         uid=str(raw.get("id", index)),
         keys=_texts(raw.get("keys")),
@@ -185,6 +222,8 @@ def _card_entry(raw: dict[str, Any], index: int) -> LoreEntry:
         insertion_order=_int(raw.get("insertion_order"), 100) or 0,
         priority=_int(raw.get("priority"), 0) or 0,
         position=position,
+        depth=_insert_depth(ext.get("depth")),
+        role=_role(ext.get("role")),
         case_sensitive=_bool(raw.get("case_sensitive"), _bool(ext.get("case_sensitive"), None)),
         whole_words=_bool(ext.get("match_whole_words"), None),
         use_regex=_bool(raw.get("use_regex"), False) is True,
@@ -209,7 +248,9 @@ def _world_entry(raw: dict[str, Any], index: int) -> LoreEntry:
         selective=_bool(raw.get("selective"), True) is not False,
         selective_logic=_logic(raw.get("selectiveLogic")),
         insertion_order=_int(raw.get("order"), 100) or 0,
-        position=_ST_POSITIONS.get(_int(raw.get("position"), 0) or 0, "after_char"),
+        position=_st_position(raw.get("position"), "before_char"),
+        depth=_insert_depth(raw.get("depth")),
+        role=_role(raw.get("role")),
         case_sensitive=_bool(raw.get("caseSensitive"), None),
         whole_words=_bool(raw.get("matchWholeWords"), None),
         scan_depth=_depth(raw.get("scanDepth")),
@@ -318,7 +359,7 @@ def activate(
     candidates: list[tuple[int, int, Lorebook, LoreEntry, str]] = []
     for b, book in enumerate(books):
         for e, entry in enumerate(book.entries):
-            if entry.enabled and entry.force is not False:
+            if entry.enabled and entry.force is not False and entry.position != "outlet":
                 candidates.append((b, e, book, entry, expand_macros(entry.content, char, user).strip()))
     limits = [book.token_budget for book in books if book.token_budget and book.token_budget > 0]
     if budget is not None:
@@ -369,7 +410,8 @@ def activate(
             tokens = count(content) if (cap is not None or counter is not None) else None
             # Unnamed entries (common in cards) are shown by their first key.
             label = entry.name or (entry.keys[0] if entry.keys else f"entry {entry.uid}")
-            hit = LoreHit(books[b].name, entry.uid, label, entry.position, reason, step, tokens)
+            where = f"at_depth {entry.depth} {entry.role}" if entry.position == "at_depth" else entry.position
+            hit = LoreHit(books[b].name, entry.uid, label, where, reason, step, tokens)
             if cap is not None and (overflowed or used + (tokens or 0) > cap):
                 overflowed = True
                 over.append(hit)
@@ -388,9 +430,27 @@ def activate(
     # so the prompt text stays stable for the engine's cache.
     order = sorted(fired, key=lambda k: (books[k[0]].entries[k[1]].insertion_order, k[0], k[1]))
     content_of = {(b, e): c for b, e, _, _, c in candidates}
-    before = tuple(content_of[k] for k in order if fired[k].position == "before_char")
-    after = tuple(content_of[k] for k in order if fired[k].position != "before_char")
-    return LoreActivation(before, after, tuple(fired[k] for k in order), tuple(over), cap, used)
+
+    def placed(*positions: str) -> tuple[str, ...]:
+        return tuple(content_of[k] for k in order if fired[k].position in positions)
+
+    # SillyTavern joins the entries of one depth and role into one message.
+    groups: dict[tuple[int, str], list[str]] = {}
+    for k in order:
+        entry = books[k[0]].entries[k[1]]
+        if entry.position == "at_depth":
+            groups.setdefault((entry.depth, entry.role), []).append(content_of[k])
+    return LoreActivation(
+        before=placed("before_char"),
+        after=placed("after_char", "em_top", "em_bottom"),
+        hits=tuple(fired[k] for k in order),
+        over_budget=tuple(over),
+        budget=cap,
+        tokens=used,
+        an_top=placed("an_top"),
+        an_bottom=placed("an_bottom"),
+        at_depth=tuple(DepthInsert(d, r, "\n".join(texts)) for (d, r), texts in groups.items()),
+    )
 
 
 def _match(matcher: KeyMatcher, entry: LoreEntry, book: Lorebook, text: str, char: str, user: str) -> str | None:

@@ -590,6 +590,25 @@ class ChatScreen(Screen[None]):
     def action_inspect_prompt(self) -> None:
         self.rp_app.open_prompt_inspector(self)
 
+    def action_edit_note(self) -> None:
+        """Edit this chat's author's note (palette)."""
+        from rpchat.tui.note_dialog import AuthorsNoteDialog
+
+        session = self.session
+
+        def done(note: Any) -> None:
+            if note is None or session is not self.session:
+                return
+            try:
+                session.set_note(note)
+            except RpchatError as e:
+                self.notify(str(e), severity="error", markup=False)
+                return
+            self.notify("Author's note saved." if note.text.strip() else "Author's note cleared.", markup=False)
+            self.measure()
+
+        self.app.push_screen(AuthorsNoteDialog(session.chat.note), done)
+
     # --- world info (palette only) ---------------------------------------------------------------------
     def action_attach_world(self) -> None:
         """Ask for a lorebook / world-info JSON and attach a copy of it to this chat."""

@@ -18,6 +18,7 @@ EXTRAS: tuple[tuple[str, str, str, str], ...] = (
     ("chat", "Edit my last message", "edit_last", "Edit the last thing you said, in place"),
     ("chat", "Attach world info…", "attach_world", "Attach a lorebook / SillyTavern world-info JSON to this chat"),
     ("chat", "Detach world info", "detach_world", "Detach a world-info file from this chat"),
+    ("chat", "Author's note…", "edit_note", "This chat's author's note: text, depth, every N turns, position"),
     ("chat", "Toggle card lorebook", "toggle_card_lorebook", "Use or ignore the card's own lorebook in this chat"),
     ("chat", "Export this chat…", "export_chat", "Write this chat as a SillyTavern .jsonl file (rpchat chat export)"),
     ("library", "Import a chat for this card…", "import_chat",

@@ -38,6 +38,10 @@ def prompt_summary(built: BuiltPrompt, n_ctx: int | None = None, max_new: int | 
         parts.append(f"Cut: {n} older turn{'s' if n != 1 else ''} left out to fit the context{first}.")
     else:
         parts.append("Cut: none, the whole chat fits.")
+    if built.note is not None:
+        where = f"depth {built.note.depth}, as {built.note.role}" if built.note.position == "in_chat" else \
+            built.note.position.replace("_", " the ")
+        parts.append(f"Author's note: {where}.")
     if built.stop:
         parts.append("Stops at: " + ", ".join(_quote(s) for s in built.stop) + ".")
     return " ".join(parts)
