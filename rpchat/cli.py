@@ -9,14 +9,19 @@ import argparse
 import json
 import os
 import re
+import shutil
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from rpchat.errors import RpchatError
+
+if TYPE_CHECKING:
+    from rpchat.engine.base import PromptProgress
 
 
 class _Parser(argparse.ArgumentParser):
@@ -194,15 +199,23 @@ def cmd_reply(args: argparse.Namespace) -> int:
             # e.g. the AMX verdict: repacking turned off because it crashed on this CPU.
             print(f"rpchat: note: {_printable(engine_notice)}", file=sys.stderr)
 
+        # How far the prompt has been read, on a terminal only: a script reading stderr gets no \r lines.
+        line = _ProgressLine(sys.stderr) if sys.stderr.isatty() else None
+
         def on_piece(piece: str) -> None:
+            if line is not None:
+                line.close()
             out.write(_printable(piece))
             out.flush()
 
         try:
-            result = session.reply(on_piece, cancel)
+            result = session.reply(on_piece, cancel, on_progress=line.report if line is not None else None)
         except KeyboardInterrupt:
             cancel.set()
             raise
+        finally:
+            if line is not None:
+                line.close()
         out.write("\n")
         for notice in session.take_notices():
             print(f"rpchat: warning: {notice}", file=sys.stderr)
@@ -219,6 +232,58 @@ def cmd_reply(args: argparse.Namespace) -> int:
     finally:
         session.close()
     return 0
+
+
+class _ProgressLine:
+    """Prompt-reading progress as one ``\r``-updated line on a terminal, cleared before the reply.
+
+    Reports come from the generating thread; a ticker moves the clock on between them (a server
+    may report once per 2,048 tokens), so the line never looks frozen.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()
+        self._last: tuple[PromptProgress, float] | None = None
+        self._shown = False
+        self._closed = threading.Event()
+        self._ticker: threading.Thread | None = None
+
+    def report(self, progress: PromptProgress) -> None:
+        with self._lock:
+            if self._closed.is_set():
+                return
+            self._last = (progress, time.monotonic())
+            self._draw()
+        if self._ticker is None:
+            self._ticker = threading.Thread(target=self._tick, name="rpchat-progress-line", daemon=True)
+            self._ticker.start()
+
+    def _tick(self) -> None:
+        while not self._closed.wait(0.25):
+            with self._lock:
+                if not self._closed.is_set():
+                    self._draw()
+
+    def _draw(self) -> None:
+        if self._last is None:
+            return
+        progress, since = self._last
+        width = max(20, shutil.get_terminal_size().columns - 1)  # a wrapped line cannot be redrawn
+        text = f"rpchat: {progress.describe(time.monotonic() - since)}"[:width]
+        self._stream.write(f"\r{text}\x1b[K")
+        self._stream.flush()
+        self._shown = True
+
+    def close(self) -> None:
+        """Clear the line (idempotent); nothing is drawn after this."""
+        with self._lock:
+            if self._closed.is_set():
+                return
+            self._closed.set()
+            if self._shown:
+                self._stream.write("\r\x1b[K")
+                self._stream.flush()
 
 
 def _printable(text: str) -> str:

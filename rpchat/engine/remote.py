@@ -18,12 +18,19 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
 
-from rpchat.engine.base import EngineInfo, ProgressCallback, Result, Sampling
+from rpchat.engine.base import (
+    EngineInfo,
+    ProgressCallback,
+    PromptProgress,
+    PromptProgressCallback,
+    Result,
+    Sampling,
+)
 from rpchat.engine.remote_apis import API_CLASSES, KoboldApi, LlamaServerApi, OpenAIApi, estimate_tokens
 from rpchat.engine.remote_http import Chunk, Connection, ServerApi, describe_failure, status_problem
 from rpchat.engine.textstream import StopFilter
@@ -72,8 +79,10 @@ class RemoteGeneration:
         cancel: threading.Event | None,
         unsupported: list[str],
         started: float | None = None,
+        progress: PromptProgressCallback | None = None,
     ) -> None:
         self.result = Result(unsupported=list(unsupported))
+        self._progress = progress
         self._conn = conn
         self._api = api
         self._body = body
@@ -153,6 +162,10 @@ class RemoteGeneration:
         first_at = last_at = 0.0
         pieces = 0
         finished = stopped = False
+        report = self._progress
+        if report is not None:
+            # Until the server says more (llama-server does, others never): reading, for so long.
+            report(PromptProgress(0, 0, time.perf_counter() - self._started))
         while True:
             if self._cancel is not None and self._cancel.is_set():
                 r.finish_reason = "cancelled"
@@ -176,6 +189,8 @@ class RemoteGeneration:
             if chunk.error is not None:
                 self._fail(f"the server reported an error mid-reply: {chunk.error}")
                 break
+            if chunk.progress is not None and report is not None and not pieces:
+                report(replace(chunk.progress, elapsed_s=time.perf_counter() - self._started))
             if chunk.text:
                 now = time.perf_counter()
                 if not pieces:
@@ -376,13 +391,14 @@ class RemoteEngine:
         sampling: Sampling,
         stop: Sequence[str] = (),
         cancel: threading.Event | None = None,
+        progress: PromptProgressCallback | None = None,
     ) -> RemoteGeneration:
         """Send the request and return the reply stream (see `RemoteGeneration` for errors)."""
         api = self._require()
         assert self._conn is not None
         started = time.perf_counter()  # time to first token includes building the prompt (/tokenize)
         body = api.body(prompt, sampling, stop, self._n_ctx)
-        return RemoteGeneration(self._conn, api, body, stop, cancel, api.unsupported(sampling), started)
+        return RemoteGeneration(self._conn, api, body, stop, cancel, api.unsupported(sampling), started, progress)
 
     def close(self) -> None:
         """Close the connection pool; `load` reconnects."""

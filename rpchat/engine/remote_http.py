@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from rpchat.engine.base import FinishReason, Sampling
+from rpchat.engine.base import FinishReason, PromptProgress, Sampling
 from rpchat.errors import EngineError
 from rpchat.prompt.segments import Segment
 
@@ -65,6 +65,7 @@ class Chunk:
     finish: FinishReason | None = None
     stats: dict[str, int] = field(default_factory=dict)  # prompt, evaluated, reused, generated
     error: str | None = None
+    progress: PromptProgress | None = None  # the server's report on reading the prompt
 
 
 def _error_message(response: httpx.Response) -> str:

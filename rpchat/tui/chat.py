@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import threading
+import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from rich.text import Text
@@ -20,15 +21,18 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static, TextArea
 
 from rpchat.chat.model import Turn
+from rpchat.engine.base import PromptProgress, Result, format_seconds, throttle
 from rpchat.errors import RpchatError
 from rpchat.session import RoleplaySession
 from rpchat.tui.avatar import AvatarView
 from rpchat.tui.bindings import bindings_for
-from rpchat.tui.messages import PromptMeasured, ReplyFailed, ReplyFinished, TokensArrived
+from rpchat.tui.messages import PromptMeasured, PromptProgressed, ReplyFailed, ReplyFinished, TokensArrived
 from rpchat.tui.prose import clean
 from rpchat.tui.transcript import Transcript, TurnView
 
 if TYPE_CHECKING:
+    from textual.timer import Timer
+
     from rpchat.tui.app import RpchatApp
 
 
@@ -154,6 +158,9 @@ class ChatScreen(Screen[None]):
         self._n_tokens: int | None = None
         self._n_ctx: int | None = None
         self._status = ""
+        # The last prompt-progress report and when it came; the clock ticks on between reports.
+        self._progress: tuple[PromptProgress, float] | None = None
+        self._progress_timer: Timer | None = None
 
     @property
     def rp_app(self) -> RpchatApp:
@@ -264,15 +271,23 @@ class ChatScreen(Screen[None]):
             # Even after cutting old turns the card and last turns do not fit: say so before a send fails.
             parts.append(f"ctx {used}/{n_ctx:,}" + (" (too long: raise n_ctx in Settings)" if over else ""))
         elif app.engine_state == "loading":
-            parts.append(f"loading model {int(app.load_progress * 100)}%")
+            stage = f" ({app.load_stage})" if app.load_stage else ""
+            parts.append(f"loading model {int(app.load_progress * 100)}%{stage}")
         else:
             parts.append(app.engine_problem or "no model")
         result = self.session.last_result
         if result is not None and result.tok_per_s:
             parts.append(f"{result.tok_per_s:.1f} tok/s")
+        if result is not None and not self.generating:
+            cost = _reply_cost(result)
+            if cost:
+                parts.append(cost)
         parts.append(f"preset {self.session.preset_name or '-'}")
         parts.append(f"length {self.session.length or 'auto'}")
-        if self.generating:
+        if self.generating and self._progress is not None:
+            progress, since = self._progress
+            parts.append(f"{progress.describe(time.monotonic() - since)} ({self._key('stop')} stops)")
+        elif self.generating:
             parts.append(f"{self.generating}... ({self._key('stop')} stops)")
         self._status = clean(" | ".join(parts))
         self.query_one("#status", Static).update(Text(self._status, no_wrap=True, overflow="ellipsis"))
@@ -349,8 +364,11 @@ class ChatScreen(Screen[None]):
         def on_piece(piece: str) -> None:
             self.post_message(TokensArrived(piece, gen_id))
 
+        def on_progress(progress: PromptProgress) -> None:
+            self.post_message(PromptProgressed(progress, gen_id))
+
         try:
-            result = self.session.reply(on_piece, cancel, mode)  # type: ignore[arg-type]
+            result = self.session.reply(on_piece, cancel, mode, throttle(on_progress))  # type: ignore[arg-type]
         except RpchatError as e:
             self.post_message(ReplyFailed(str(e), mode, gen_id))
             return
@@ -359,9 +377,27 @@ class ChatScreen(Screen[None]):
             return
         self.post_message(ReplyFinished(result, mode, gen_id))
 
+    def on_prompt_progressed(self, message: PromptProgressed) -> None:
+        if message.generation != self._gen_id or not self.generating:
+            return
+        self._progress = (message.progress, time.monotonic())
+        if self._progress_timer is None:
+            # Between reports (a server may send one per 2,048 tokens) the clock and time left move on.
+            self._progress_timer = self.set_interval(0.25, self.update_status)
+        self.update_status()
+
+    def _end_progress(self) -> None:
+        self._progress = None
+        if self._progress_timer is not None:
+            self._progress_timer.stop()
+            self._progress_timer = None
+
     def on_tokens_arrived(self, message: TokensArrived) -> None:
         if message.generation != self._gen_id:
             return
+        if self._progress is not None:
+            self._end_progress()
+            self.update_status()
         if self.generating == "impersonate":
             self.input.insert(clean(message.text), self.input.document.end)
         elif self.transcript.streaming is not None:
@@ -371,6 +407,7 @@ class ChatScreen(Screen[None]):
         if message.generation != self._gen_id:
             return
         self.generating = None
+        self._end_progress()
         result = message.result
         self.transcript.end_stream(self.session.chat.turns)
         if message.mode == "impersonate":
@@ -391,6 +428,7 @@ class ChatScreen(Screen[None]):
         if message.generation != self._gen_id:
             return
         self.generating = None
+        self._end_progress()
         self.transcript.end_stream(self.session.chat.turns)
         self.notify(message.problem, severity="error", markup=False)
         self.update_status()
@@ -718,3 +756,12 @@ class ChatScreen(Screen[None]):
     def status_text(self) -> str:
         """The status line as plain text."""
         return self._status
+
+
+def _reply_cost(result: Result) -> str:
+    """What the last reply cost: time to its first token and the prompt tokens read and reused."""
+    read, reused = result.prompt_tokens_evaluated, result.prompt_tokens_reused
+    tokens = f"{read:,} read, {reused:,} reused" if read or reused else ""
+    if result.tokens_generated:
+        return f"1st token {format_seconds(result.ttft_s)}" + (f" ({tokens})" if tokens else "")
+    return f"prompt {tokens}" if tokens else ""
