@@ -17,6 +17,9 @@ from rpchat.engine.textstream import StopFilter, Utf8Pieces
 from rpchat.errors import EngineError
 from rpchat.prompt.segments import Segment
 
+# Inside a long prompt chunk (seconds each at 7B on a CPU), progress is reported this often.
+PROGRESS_INTERVAL_S = 0.2
+
 if TYPE_CHECKING:
     from rpchat.engine.llama import LocalEngine
 
@@ -156,17 +159,16 @@ def _evaluate_prompt(
 
 class _PromptMeter:
     """`PromptProgress` reports for one prompt: at the start, after every chunk, and inside a long
-    chunk at most every ``REPORT_S``, estimated from the share of graph nodes llama.cpp has computed
-    (every layer is the same nodes, so nodes track time closely). Never backwards, never per token."""
-
-    REPORT_S = 0.2
+    chunk at most every `PROGRESS_INTERVAL_S`, estimated from the share of graph nodes llama.cpp
+    has computed (every layer is the same nodes, so nodes track time closely). Never backwards.
+    A callback that raises is ignored: a broken display must not break the reply."""
 
     def __init__(self, report: PromptProgressCallback, total: int, t0: float, graph_nodes: int) -> None:
         self.report, self.total, self.t0, self.graph_nodes = report, total, t0, graph_nodes
         self.done = 0
         self.chunk_start = self.chunk_len = self.chunk_nodes = 0
         self.last = perf_counter()
-        report(PromptProgress(0, total, self.last - t0))
+        self._send(0, self.last)
 
     def begin(self, done: int, n_tokens: int, graphs: int) -> None:
         self.chunk_start, self.chunk_len = done, n_tokens
@@ -177,18 +179,21 @@ class _PromptMeter:
         if not self.chunk_nodes:
             return
         now = perf_counter()
-        if now - self.last < self.REPORT_S:
+        if now - self.last < PROGRESS_INTERVAL_S:
             return
         inside = min(self.chunk_len - 1, self.chunk_len * nodes // self.chunk_nodes)
         if self.chunk_start + inside > self.done:
-            self.done = self.chunk_start + inside
-            self.last = now
-            self.report(PromptProgress(self.done, self.total, now - self.t0))
+            self._send(self.chunk_start + inside, now)
 
     def chunk_done(self, done: int) -> None:
-        self.done = done
-        self.last = perf_counter()
-        self.report(PromptProgress(done, self.total, self.last - self.t0))
+        self._send(done, perf_counter())
+
+    def _send(self, done: int, now: float) -> None:
+        self.done, self.last = done, now
+        try:
+            self.report(PromptProgress(done, self.total, now - self.t0))
+        except Exception:  # noqa: BLE001, S110 - see the class docstring
+            pass
 
 
 def _resync(engine: LocalEngine, llama_cpp: Any, tokens: Sequence[int]) -> None:
