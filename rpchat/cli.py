@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--tokens", type=int, default=128, help="tokens to generate per turn")
     be.add_argument("--no-tui", action="store_true", help="skip the headless TUI measurements")
     be.add_argument("--json", action="store_true", help="print the figures as JSON")
+    be.add_argument("--shape", choices=["7b"], help="measure prompt progress and Esc on a synthetic model of "
+                    "this shape (Mistral-7B: about 4 GB, written once into the cache folder)")
+    be.add_argument("--vocab", type=Path, help="llama.cpp's ggml-vocab-llama-spm.gguf, for writing the "
+                    "synthetic model (default: found beside the llama.cpp sources, or $LLAMA_CPP_DIR/models)")
 
     sub.add_parser("doctor", help="print the llama.cpp build, backends, AMX verdict and paths")
     sub.add_parser("formats", help="list prompt formats")
@@ -364,15 +368,23 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from rpchat.bench import format_bench, run_bench
+    from rpchat.bench import format_bench, format_shape_bench, run_bench, run_shape_bench
 
+    log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if not args.json else None
+    if args.shape:
+        from rpchat.engine.synthetic import ensure_synthetic_model
+
+        model = ensure_synthetic_model(args.shape, args.vocab, log)
+        figures = run_shape_bench(model, args.threads, log=log)
+        print(json.dumps(figures, indent=2) if args.json else format_shape_bench(figures))
+        return 0
     result = run_bench(
         model_path=args.model,
         turns=args.turns,
         n_threads=args.threads,
         gen_tokens=args.tokens,
         tui=not args.no_tui,
-        log=(lambda msg: print(msg, file=sys.stderr, flush=True)) if not args.json else None,
+        log=log,
     )
     if args.json:
         print(json.dumps(result, indent=2))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import pty
 import select
@@ -51,14 +52,14 @@ def stream_events(engine: LocalEngine, segments: list[Segment]) -> tuple[list[ob
     events: list[object] = []
     gen = engine.stream(segments, GREEDY, progress=events.append)
     for piece in gen:
-        events.append(piece)
+        events.append(piece)  # noqa: PERF402 - interleaved with the progress reports
     return events, gen.result
 
 
 def assert_in_order(reports: list[PromptProgress], total: int) -> None:
     assert reports[0].done == 0
     assert all(r.total == total for r in reports)
-    assert all(a.done <= b.done and a.elapsed_s <= b.elapsed_s for a, b in zip(reports, reports[1:]))
+    assert all(a.done <= b.done and a.elapsed_s <= b.elapsed_s for a, b in itertools.pairwise(reports))
     assert reports[-1].done == total
 
 
@@ -121,7 +122,7 @@ def test_ctrl_c_inside_a_long_chunk_stops_it_and_keeps_the_cache_consistent(
     with pytest.raises(KeyboardInterrupt):
         list(gen)
     assert seen[-1].done < seen[-1].total  # stopped inside the only chunk
-    events, result = stream_events(engine, prompt(20))  # the engine still works, from a consistent cache
+    _, result = stream_events(engine, prompt(20))  # the engine still works, from a consistent cache
     assert result.tokens_generated > 0
     assert result.prompt_tokens_reused + result.prompt_tokens_evaluated == result.prompt_tokens
     engine.close()
@@ -155,7 +156,7 @@ def run_reply(tmp_path: Path, model: Path, *, tty: bool) -> tuple[int, str, str]
     args = [sys.executable, "-m", "rpchat", "reply", str(card), "--chat", str(tmp_path / "c.jsonl"),
             "--say", "hello " * 40, "--model", str(model), "--max-new", "4", "--n-ctx", "2048"]
     if not tty:
-        res = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+        res = subprocess.run(args, check=False, env=env, capture_output=True, text=True, timeout=300)
         return res.returncode, res.stdout, res.stderr
     master, slave = pty.openpty()
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL)
@@ -193,7 +194,7 @@ def test_cli_reply_shows_progress_on_a_terminal_and_clears_it(tmp_path: Path, ti
 
 
 def test_cli_reply_without_a_terminal_prints_no_progress_line(tmp_path: Path, tiny_model: Path) -> None:
-    rc, out, err = run_reply(tmp_path, tiny_model, tty=False)
+    rc, _, err = run_reply(tmp_path, tiny_model, tty=False)
     assert rc == 0, err
     assert "\r" not in err and "\x1b" not in err and "rpchat: prompt 0/" not in err
 
@@ -348,7 +349,7 @@ def test_llama_server_prompt_progress_arrives_in_order_and_ends_at_the_total(lla
     events: list[object] = []
     gen = engine.stream(prompt(10), sampling, progress=events.append)
     for piece in gen:
-        events.append(piece)
+        events.append(piece)  # noqa: PERF402 - interleaved with the progress reports
     reports = [e for e in events if isinstance(e, PromptProgress)]
     first_text = next(i for i, e in enumerate(events) if isinstance(e, str))
     assert all(isinstance(e, PromptProgress) for e in events[:first_text])
@@ -365,3 +366,31 @@ def test_llama_server_prompt_progress_arrives_in_order_and_ends_at_the_total(lla
     assert server and server[-1].done == server[-1].total == gen.result.prompt_tokens_evaluated < total
     engine.close()
 
+
+
+def test_a_server_that_reports_nothing_gets_elapsed_time_only(tmp_path: Path) -> None:
+    # KoboldCpp (and OpenAI-compatible servers) say nothing while reading: one "reading, so long"
+    # report when the request goes out; the status line's clock moves on from there.
+    from http.server import ThreadingHTTPServer
+
+    from test_remote_protocols import Fake, _Handler, connect, kobold_routes
+
+    state = Fake()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    server.daemon_threads = True
+    server.fake = state  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        kobold_routes(state)
+        engine = connect(state)
+        events: list[object] = []
+        gen = engine.stream(prompt(2), GREEDY, progress=events.append)
+        for piece in gen:
+            events.append(piece)  # noqa: PERF402 - interleaved with the progress reports
+        assert isinstance(events[0], PromptProgress) and events[0].total == 0 and events[0].done == 0
+        assert all(isinstance(e, str) for e in events[1:]) and len(events) > 1
+        assert events[0].describe(since_s=2.0).startswith("reading prompt, 2.")
+    finally:
+        server.shutdown()
+        server.server_close()
