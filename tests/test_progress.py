@@ -260,6 +260,39 @@ def test_status_line_shows_reading_then_the_reply_cost(tmp_path: Path, tiny_mode
     asyncio.run(go())
 
 
+def test_esc_while_the_prompt_is_read_leaves_the_chat_as_it_was(tmp_path: Path, tiny_model: Path) -> None:
+    from rpchat.chat.library import list_chats
+    from rpchat.chat.store import load_chat
+    from rpchat.tui.app import RpchatApp
+
+    write_profile_config(tiny_config(tiny_model))
+    profile().cards_dir.mkdir(parents=True)
+    make_card(profile().cards_dir, "Zephyrine")
+    engine = PausingEngine(LocalEngine(LocalSettings(tiny_model, n_ctx=1024, n_threads=1, n_batch=16)))
+
+    async def go() -> None:
+        app = RpchatApp(engine_factory=lambda _cfg: engine)  # type: ignore[arg-type,return-value]
+        async with app.run_test(size=(160, 40)) as pilot:
+            screen = await open_chat_from_library(pilot, app, "Zephyrine")
+            await wait_for(pilot, lambda: app.engine_state == "ready")
+            screen.input.text = "Where am I?"
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: "prompt 0/" in screen.status_text())
+            before = [t.text for t in load_chat(list_chats("Zephyrine")[0].path).turns]
+            await pilot.press("escape")
+            engine.release.set()
+            await wait_for(pilot, lambda: not screen.generating)
+            result = screen.session.last_result
+            assert result is not None and result.finish_reason == "cancelled" and not result.text
+            assert result.prompt_tokens_evaluated < result.prompt_tokens - result.prompt_tokens_reused
+            after = [t.text for t in load_chat(list_chats("Zephyrine")[0].path).turns]
+            assert after == before[:-1] and before[-1] == ""  # the empty reply placeholder is gone
+            assert after[-1] == "Where am I?"
+            assert "prompt 0/" not in screen.status_text() and "stops)" not in screen.status_text()
+
+    asyncio.run(go())
+
+
 def test_status_line_says_what_a_loading_model_is_doing(tmp_path: Path, tiny_model: Path) -> None:
     from rpchat.tui.app import RpchatApp
 
