@@ -427,3 +427,33 @@ def test_a_server_that_reports_nothing_gets_elapsed_time_only(tmp_path: Path) ->
     finally:
         server.shutdown()
         server.server_close()
+
+
+# --- the synthetic model behind `rpchat bench --shape 7b` (a small shape here; never the 7B) -----------
+
+SPM_VOCAB = Path("/tmp/sdist/llama_cpp_python-0.3.36/vendor/llama.cpp/models/ggml-vocab-llama-spm.gguf")
+
+
+def test_bench_shape_without_the_vocabulary_is_a_one_line_error(tmp_path: Path) -> None:
+    env = {**os.environ, "RPCHAT_HOME": str(tmp_path / "home"), "LLAMA_CPP_DIR": str(tmp_path / "none")}
+    res = subprocess.run([sys.executable, "-m", "rpchat", "bench", "--shape", "7b", "--vocab",
+                          str(tmp_path / "missing.gguf")], env=env, capture_output=True, text=True, check=False)
+    assert res.returncode == 2
+    assert res.stderr.count("\n") == 1 and "ggml-vocab-llama-spm.gguf" in res.stderr and "--vocab" in res.stderr
+    assert not list((tmp_path / "home").rglob("*.gguf"))  # nothing half-written
+
+
+def test_synthetic_model_of_a_small_shape_loads_and_generates(tmp_path: Path) -> None:
+    if not SPM_VOCAB.is_file():
+        pytest.skip(f"llama.cpp's vocabulary file is not at {SPM_VOCAB}")
+    from rpchat.engine.synthetic import Shape, write_synthetic_model
+
+    shape = Shape("small", 2, 256, 4, 2, 512, 32000, 4096, 10000.0)
+    path = write_synthetic_model(tmp_path / "small.gguf", shape, SPM_VOCAB)
+    engine = local(path, n_ctx=1024)
+    assert engine.info.total_layers == 2
+    assert engine.tokenize("Hello world") == [15043, 3186]  # LLaMA's SentencePiece ids
+    gen = engine.stream(prompt(2), Sampling(temperature=0.8, max_tokens=8, seed=1))
+    list(gen)
+    assert gen.result.tokens_generated >= 1 and gen.result.finish_reason in ("length", "eos")
+    engine.close()
