@@ -318,7 +318,7 @@ def test_status_line_says_what_a_loading_model_is_doing(tmp_path: Path, tiny_mod
         app = RpchatApp(engine_factory=lambda _cfg: engine)
         async with app.run_test(size=(160, 40)) as pilot:
             screen = await open_chat_from_library(pilot, app, "Zephyrine")
-            await wait_for(pilot, lambda: "(warming up" in screen.status_text())
+            await wait_for(pilot, lambda: "(warming up:" in screen.status_text())
             assert "loading model 97%" in screen.status_text()
             release.set()
             await wait_for(pilot, lambda: app.engine_state == "ready")

@@ -159,7 +159,7 @@ def _finish(
 
     engine._abort = _AbortFlag(llama_cpp, ctx)
     if progress is not None:
-        progress(0.97, "warming up (one pass over every weight)")
+        progress(0.97, "warming up: one pass over every weight")
     engine._graph_nodes = _warm_up(llama_cpp, ctx, max(engine._bos, 0), engine._abort)
     n_layer = int(llama_cpp.llama_model_n_layer(model))
     gpu_layers = 0 if not offload else (n_layer if n_gpu < 0 else min(n_gpu, n_layer))

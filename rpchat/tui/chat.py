@@ -259,7 +259,7 @@ class ChatScreen(Screen[None]):
         return self.rp_app.key_for(binding_id)
 
     def update_status(self) -> None:
-        """model | backend | ctx used/n_ctx | tok/s | preset, or the loading state."""
+        """model | backend | ctx used/n_ctx | reading progress, or the last reply's cost | tok/s | preset."""
         app = self.rp_app
         parts: list[str] = []
         info = app.engine_info
@@ -275,20 +275,20 @@ class ChatScreen(Screen[None]):
             parts.append(f"loading model {int(app.load_progress * 100)}%{stage}")
         else:
             parts.append(app.engine_problem or "no model")
+        if self.generating:
+            # What the user waits for comes before the settings, so a narrow line keeps it.
+            waiting = self._progress[0].describe(time.monotonic() - self._progress[1]) if self._progress \
+                else f"{self.generating}..."
+            parts.append(f"{waiting} ({self._key('stop')} stops)")
         result = self.session.last_result
-        if result is not None and result.tok_per_s:
-            parts.append(f"{result.tok_per_s:.1f} tok/s")
         if result is not None and not self.generating:
             cost = _reply_cost(result)
             if cost:
                 parts.append(cost)
+        if result is not None and result.tok_per_s:
+            parts.append(f"{result.tok_per_s:.1f} tok/s")
         parts.append(f"preset {self.session.preset_name or '-'}")
         parts.append(f"length {self.session.length or 'auto'}")
-        if self.generating and self._progress is not None:
-            progress, since = self._progress
-            parts.append(f"{progress.describe(time.monotonic() - since)} ({self._key('stop')} stops)")
-        elif self.generating:
-            parts.append(f"{self.generating}... ({self._key('stop')} stops)")
         self._status = clean(" | ".join(parts))
         self.query_one("#status", Static).update(Text(self._status, no_wrap=True, overflow="ellipsis"))
 
