@@ -292,3 +292,111 @@ def format_bench(result: dict[str, Any]) -> str:
     for key, value in result.get("tui", {}).items():
         lines.append(f"tui        {key} {value}")
     return "\n".join(lines)
+
+
+# --- `rpchat bench --shape 7b`: waiting at real scale ----------------------------------------------
+
+
+def run_shape_bench(
+    model_path: Path,
+    n_threads: int | None = None,
+    *,
+    prompt_tokens: int = 1536,
+    gen_tokens: int = 16,
+    cancels: int = 3,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Prompt reading, progress reports, Esc latency and generation on a big (synthetic) model.
+
+    Esc latency is measured from setting the cancel event while a prompt chunk is being evaluated
+    to the moment the engine hands the thread back; afterwards the cache must still serve the prompt.
+    """
+    import threading
+
+    from rpchat.engine.base import PromptProgress
+
+    say = log or (lambda _msg: None)
+    threads = n_threads or default_threads()
+    out: dict[str, Any] = {"model": str(model_path), "threads": threads, "prompt_tokens": prompt_tokens}
+    t0 = time.perf_counter()
+    stages: list[str] = []
+    engine = LocalEngine(LocalSettings(Path(model_path), n_ctx=prompt_tokens + 512, n_threads=threads))
+    engine.load(lambda _v, stage="": stages.append(stage) if stage else None)
+    out["load_s"] = round(time.perf_counter() - t0, 2)
+    out["load_stages"] = stages
+    out["graph_nodes"] = engine._graph_nodes
+    say(f"loaded in {out['load_s']} s ({'; '.join(stages)})")
+    words = (FILLER * (prompt_tokens // 40 + 1)).split()
+    tokens = engine.tokenize(" ".join(words))[:prompt_tokens]
+    sampling = Sampling(temperature=0.8, min_p=0.05, max_tokens=gen_tokens, seed=1)
+
+    def stream(toks: list[int], cancel: threading.Event | None = None,
+               on: Callable[[PromptProgress], None] | None = None) -> tuple[Result, list[PromptProgress]]:
+        reports: list[PromptProgress] = []
+
+        def report(p: PromptProgress) -> None:
+            reports.append(p)
+            if on is not None:
+                on(p)
+
+        gen = engine.generate_tokens(toks, sampling, cancel=cancel, progress=report)
+        for _ in gen:
+            pass
+        return gen.result, reports
+
+    latencies: list[float] = []
+    for i in range(cancels):
+        engine.reset_cache()
+        cancel = threading.Event()
+        pressed: list[float] = []
+        seen = [0]
+
+        def press(cancel: threading.Event = cancel, pressed: list[float] = pressed) -> None:
+            pressed.append(time.perf_counter())
+            cancel.set()
+
+        def arm(p: PromptProgress, seen: list[int] = seen, target: int = i + 1, press: Any = press,
+                delay: float = 0.05 + 0.07 * i) -> None:
+            # Esc from another thread (as the UI's), a moment after the n-th report: mid-node, mid-chunk.
+            if p.done > 0:
+                seen[0] += 1
+                if seen[0] == target:
+                    threading.Timer(delay, press).start()
+
+        result, reports = stream(tokens, cancel, arm)
+        returned = time.perf_counter()
+        if pressed:
+            latencies.append(returned - pressed[0])
+            say(f"Esc after {reports[-1].done} prompt tokens: stopped in {latencies[-1] * 1000:.0f} ms")
+        kept = result.prompt_tokens_evaluated
+        again, _ = stream(tokens[: kept + 1], None)
+        if again.prompt_tokens_reused != kept:
+            raise RuntimeError(f"after Esc the cache held {again.prompt_tokens_reused}, not {kept} tokens")
+    out["esc_ms"] = [round(x * 1000) for x in latencies]
+
+    engine.reset_cache()
+    result, reports = stream(tokens)
+    out["prompt_s"] = round(result.ttft_s, 2)
+    out["prompt_tok_s"] = round(result.prompt_tokens_evaluated / result.ttft_s, 1) if result.ttft_s else 0.0
+    out["progress_reports"] = len(reports)
+    gaps = [b.elapsed_s - a.elapsed_s for a, b in itertools.pairwise(reports)]
+    out["progress_gap_max_s"] = round(max(gaps), 2) if gaps else 0.0
+    out["progress_last"] = reports[-1].describe() if reports else ""
+    out["gen_tok_s"] = round(result.tok_per_s, 2)
+    say(f"prompt {result.prompt_tokens_evaluated} tokens in {out['prompt_s']} s, {len(reports)} progress reports")
+    engine.close()
+    return out
+
+
+def format_shape_bench(result: dict[str, Any]) -> str:
+    """The `run_shape_bench` figures as plain text."""
+    esc = ", ".join(f"{ms} ms" for ms in result.get("esc_ms", [])) or "-"
+    return "\n".join([
+        f"model      {result['model']}",
+        f"load       {result['load_s']:.1f} s, {result['threads']} threads ({'; '.join(result['load_stages'])})",
+        f"prompt     {result['prompt_tokens']} tokens in {result['prompt_s']:.1f} s ({result['prompt_tok_s']} tok/s)",
+        (f"progress   {result['progress_reports']} reports, longest gap {result['progress_gap_max_s']:.2f} s; "
+         f"last: {result['progress_last']}"),
+        f"esc        {esc} from cancel to the engine returning, mid-chunk",
+        f"generation {result['gen_tok_s']} tok/s",
+    ])

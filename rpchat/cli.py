@@ -10,16 +10,19 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from rpchat.errors import RpchatError
 
 if TYPE_CHECKING:
+    from rpchat.engine.base import PromptProgress
     from rpchat.session import RoleplaySession
 
 
@@ -115,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--tokens", type=int, default=128, help="tokens to generate per turn")
     be.add_argument("--no-tui", action="store_true", help="skip the headless TUI measurements")
     be.add_argument("--json", action="store_true", help="print the figures as JSON")
+    be.add_argument("--shape", choices=["7b"], help="measure prompt progress and Esc on a synthetic model of "
+                    "this shape (Mistral-7B: about 4 GB, written once into the cache folder)")
+    be.add_argument("--vocab", type=Path, help="llama.cpp's ggml-vocab-llama-spm.gguf, for writing the "
+                    "synthetic model (default: found beside the llama.cpp sources, or $LLAMA_CPP_DIR/models)")
 
     mo = sub.add_parser("model", help="find and download GGUF models on the Hugging Face Hub")
     mos = mo.add_subparsers(dest="model_command", required=True, parser_class=_Parser)
@@ -259,15 +266,23 @@ def cmd_reply(args: argparse.Namespace) -> int:
             # e.g. the AMX verdict: repacking turned off because it crashed on this CPU.
             print(f"rpchat: note: {_printable(engine_notice)}", file=sys.stderr)
 
+        # How far the prompt has been read, on a terminal only: a script reading stderr gets no \r lines.
+        line = _ProgressLine(sys.stderr) if sys.stderr.isatty() else None
+
         def on_piece(piece: str) -> None:
+            if line is not None:
+                line.close()
             out.write(_printable(piece))
             out.flush()
 
         try:
-            result = session.reply(on_piece, cancel)
+            result = session.reply(on_piece, cancel, on_progress=line.report if line is not None else None)
         except KeyboardInterrupt:
             cancel.set()
             raise
+        finally:
+            if line is not None:
+                line.close()
         out.write("\n")
         _print_notices(session)
         if result.error:
@@ -283,6 +298,58 @@ def cmd_reply(args: argparse.Namespace) -> int:
     finally:
         session.close()
     return 0
+
+
+class _ProgressLine:
+    """Prompt-reading progress as one ``\r``-updated line on a terminal, cleared before the reply.
+
+    Reports come from the generating thread; a ticker moves the clock on between them (a server
+    may report once per 2,048 tokens), so the line never looks frozen.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()
+        self._last: tuple[PromptProgress, float] | None = None
+        self._shown = False
+        self._closed = threading.Event()
+        self._ticker: threading.Thread | None = None
+
+    def report(self, progress: PromptProgress) -> None:
+        with self._lock:
+            if self._closed.is_set():
+                return
+            self._last = (progress, time.monotonic())
+            self._draw()
+        if self._ticker is None:
+            self._ticker = threading.Thread(target=self._tick, name="rpchat-progress-line", daemon=True)
+            self._ticker.start()
+
+    def _tick(self) -> None:
+        while not self._closed.wait(0.25):
+            with self._lock:
+                if not self._closed.is_set():
+                    self._draw()
+
+    def _draw(self) -> None:
+        if self._last is None:
+            return
+        progress, since = self._last
+        width = max(20, shutil.get_terminal_size().columns - 1)  # a wrapped line cannot be redrawn
+        text = f"rpchat: {progress.describe(time.monotonic() - since)}"[:width]
+        self._stream.write(f"\r{text}\x1b[K")
+        self._stream.flush()
+        self._shown = True
+
+    def close(self) -> None:
+        """Clear the line (idempotent); nothing is drawn after this."""
+        with self._lock:
+            if self._closed.is_set():
+                return
+            self._closed.set()
+            if self._shown:
+                self._stream.write("\r\x1b[K")
+                self._stream.flush()
 
 
 def _printable(text: str) -> str:
@@ -402,15 +469,23 @@ def _library_card(wanted: str | None, character: str, src: Path) -> tuple[str, P
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from rpchat.bench import format_bench, run_bench
+    from rpchat.bench import format_bench, format_shape_bench, run_bench, run_shape_bench
 
+    log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if not args.json else None
+    if args.shape:
+        from rpchat.engine.synthetic import ensure_synthetic_model
+
+        model = ensure_synthetic_model(args.shape, args.vocab, log)
+        figures = run_shape_bench(model, args.threads, log=log)
+        print(json.dumps(figures, indent=2) if args.json else format_shape_bench(figures))
+        return 0
     result = run_bench(
         model_path=args.model,
         turns=args.turns,
         n_threads=args.threads,
         gen_tokens=args.tokens,
         tui=not args.no_tui,
-        log=(lambda msg: print(msg, file=sys.stderr, flush=True)) if not args.json else None,
+        log=log,
     )
     if args.json:
         print(json.dumps(result, indent=2))

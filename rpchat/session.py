@@ -20,7 +20,7 @@ from rpchat.cards.model import Card
 from rpchat.chat.model import AuthorsNote, Chat, Turn
 from rpchat.chat.store import ChatStore
 from rpchat.config import Config
-from rpchat.engine.base import Engine, Result, Sampling
+from rpchat.engine.base import Engine, PromptProgressCallback, Result, Sampling
 from rpchat.errors import ChatError, EngineError, RpchatError
 from rpchat.personas import Persona, PersonaBook
 from rpchat.prompt.builder import BuiltPrompt
@@ -363,12 +363,14 @@ class RoleplaySession:
         on_piece: Callable[[str], None],
         cancel: threading.Event | None = None,
         mode: ReplyMode = "reply",
+        on_progress: PromptProgressCallback | None = None,
     ) -> Result:
         """Generate with the engine, streaming pieces to ``on_piece``, and save the outcome.
 
         "reply" adds a character turn, "regenerate" adds a swipe to the last one, "continue" appends
         to it, "impersonate" drafts the user's next line (returned in ``Result.text``, not saved).
-        A cancelled or failed reply keeps its partial text, marked unfinished.
+        A cancelled or failed reply keeps its partial text, marked unfinished. ``on_progress`` hears
+        how far the engine has read the prompt (see `Engine.stream`).
         """
         engine = self._require_engine()
         if mode in ("regenerate", "continue") and self._last_reply_index() is None:
@@ -393,7 +395,7 @@ class RoleplaySession:
         result: Result
         generation = None
         try:
-            generation = engine.stream(built.segments, sampling, built.stop, cancel)
+            generation = engine.stream(built.segments, sampling, built.stop, cancel, on_progress)
             for piece in generation:
                 pieces.append(piece)
                 on_piece(piece)

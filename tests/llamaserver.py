@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
@@ -192,14 +192,15 @@ def free_port() -> int:
 class LlamaServer:
     """One llama-server process on a free loopback port; `stop` kills it."""
 
-    def __init__(self, binary: Path, model: Path, log: Path, *, n_ctx: int, threads: int = 2) -> None:
+    def __init__(self, binary: Path, model: Path, log: Path, *, n_ctx: int, threads: int = 2,
+                 extra: Sequence[str] = ()) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         self.n_ctx = n_ctx
         # One slot, so the whole context is one conversation's and prompt caching is per conversation.
         cmd = [str(binary), "--model", str(model), "--host", "127.0.0.1", "--port", str(self.port),
-               "--ctx-size", str(n_ctx), "--threads", str(threads), "--parallel", "1", "--no-webui"]  # fmt: skip
+               "--ctx-size", str(n_ctx), "--threads", str(threads), "--parallel", "1", "--no-webui", *extra]  # fmt: skip
         with open(log, "wb") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + START_TIMEOUT_S

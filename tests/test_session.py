@@ -215,7 +215,7 @@ class FailingEngine:
     def count_tokens(self, text: str) -> int:
         return self.inner.count_tokens(text)
 
-    def stream(self, prompt, sampling, stop=(), cancel=None):  # type: ignore[no-untyped-def]
+    def stream(self, prompt, sampling, stop=(), cancel=None, progress=None):  # type: ignore[no-untyped-def]
         inner = self.inner.stream(prompt, sampling, stop, cancel)
 
         class Gen:

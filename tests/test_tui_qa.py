@@ -304,7 +304,7 @@ def test_impersonated_text_with_control_characters_is_inert_in_the_input(home: P
     from rpchat.tui.bench import PacedEngine, PacedGeneration
 
     class HostileEngine(PacedEngine):
-        def stream(self, prompt, sampling, stop=(), cancel=None):  # type: ignore[no-untyped-def]
+        def stream(self, prompt, sampling, stop=(), cancel=None, progress=None):  # type: ignore[no-untyped-def]
             return PacedGeneration(["\x1b[2J", " Theo", " waves \x1b]0;x\x07"], 0.001, cancel)
 
     async def go() -> None:

@@ -11,11 +11,14 @@ from collections.abc import Iterator, Sequence
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from rpchat.engine.base import Result, Sampling
+from rpchat.engine.base import PromptProgress, PromptProgressCallback, Result, Sampling
 from rpchat.engine.kvreuse import plan_reuse
 from rpchat.engine.textstream import StopFilter, Utf8Pieces
 from rpchat.errors import EngineError
 from rpchat.prompt.segments import Segment
+
+# Inside a long prompt chunk (seconds each at 7B on a CPU), progress is reported this often.
+PROGRESS_INTERVAL_S = 0.2
 
 if TYPE_CHECKING:
     from rpchat.engine.llama import LocalEngine
@@ -28,8 +31,10 @@ def run(
     stop: Sequence[str],
     cancel: threading.Event | None,
     result: Result,
+    progress: PromptProgressCallback | None = None,
 ) -> Iterator[str]:
-    """Generate text pieces for ``prompt`` and fill ``result`` as it goes."""
+    """Generate text pieces for ``prompt`` and fill ``result`` as it goes; ``progress`` hears how
+    far the prompt evaluation has got (see `Engine.stream`)."""
     import llama_cpp
 
     t0 = perf_counter()
@@ -57,7 +62,7 @@ def run(
         emitted: list[str] = []
         result.finish_reason = "cancelled"  # until something else is known
         try:
-            if not _evaluate_prompt(engine, llama_cpp, tokens, cancel, result):
+            if not _evaluate_prompt(engine, llama_cpp, tokens, cancel, result, progress, t0):
                 result.ttft_s = perf_counter() - t0
                 return
             from rpchat.engine.llama import _make_sampler
@@ -80,7 +85,13 @@ def run(
 
 
 def _evaluate_prompt(
-    engine: LocalEngine, llama_cpp: Any, tokens: list[int], cancel: threading.Event, result: Result
+    engine: LocalEngine,
+    llama_cpp: Any,
+    tokens: list[int],
+    cancel: threading.Event,
+    result: Result,
+    progress: PromptProgressCallback | None,
+    t0: float,
 ) -> bool:
     """Bring the KV cache to hold ``tokens``; False when cancelled (the cache stays consistent)."""
     ctx = engine._ctx
@@ -104,26 +115,85 @@ def _evaluate_prompt(
 
     decode, get_one = llama_cpp.llama_decode, llama_cpp.llama_batch_get_one
     step = max(1, engine._batch_cap)
+    ubatch = max(1, int(llama_cpp.llama_n_ubatch(ctx)))
     start = len(engine._cache)
-    for i in range(start, len(tokens), step):
-        if cancel.is_set():
-            return False
-        chunk = tokens[i : i + step]
-        arr = (llama_cpp.llama_token * len(chunk))(*chunk)
-        rc = decode(ctx, get_one(arr, len(chunk)))
-        if rc == 0:
-            engine._cache.extend(chunk)
-        else:
-            _resync(engine, llama_cpp, tokens)
-        result.prompt_tokens_evaluated = len(engine._cache) - start
-        if rc == 2:
-            return False
-        if rc != 0:
-            raise EngineError(
-                f"llama.cpp failed to evaluate the prompt (llama_decode returned {rc})",
-                engine.settings.model_path,
-            )
+    abort = engine._abort
+    assert abort is not None  # set by load()
+    meter = _PromptMeter(progress, len(tokens) - start, t0, engine._graph_nodes) if progress else None
+    # Python after every graph node: progress inside a long chunk, and Ctrl+C within one node.
+    abort.count_nodes(ctx, meter.on_node if meter else None)
+    try:
+        for i in range(start, len(tokens), step):
+            if cancel.is_set():
+                return False
+            chunk = tokens[i : i + step]
+            graphs = -(-len(chunk) // ubatch)
+            if meter is not None:
+                meter.begin(i - start, len(chunk), graphs)
+            abort.nodes = 0
+            arr = (llama_cpp.llama_token * len(chunk))(*chunk)
+            rc = decode(ctx, get_one(arr, len(chunk)))
+            if abort.interrupted:
+                _resync(engine, llama_cpp, tokens)
+                raise KeyboardInterrupt
+            if rc == 0:
+                engine._cache.extend(chunk)
+                if abort.nodes:
+                    engine._graph_nodes = abort.nodes // graphs
+            else:
+                _resync(engine, llama_cpp, tokens)
+            result.prompt_tokens_evaluated = len(engine._cache) - start
+            if meter is not None and rc == 0:
+                meter.chunk_done(result.prompt_tokens_evaluated)
+            if rc == 2:
+                return False
+            if rc != 0:
+                raise EngineError(
+                    f"llama.cpp failed to evaluate the prompt (llama_decode returned {rc})",
+                    engine.settings.model_path,
+                )
+    finally:
+        abort.attach(ctx)  # back to the C-only flag for the per-token loop
     return not cancel.is_set()
+
+
+class _PromptMeter:
+    """`PromptProgress` reports for one prompt: at the start, after every chunk, and inside a long
+    chunk at most every `PROGRESS_INTERVAL_S`, estimated from the share of graph nodes llama.cpp
+    has computed (every layer is the same nodes, so nodes track time closely). Never backwards.
+    A callback that raises is ignored: a broken display must not break the reply."""
+
+    def __init__(self, report: PromptProgressCallback, total: int, t0: float, graph_nodes: int) -> None:
+        self.report, self.total, self.t0, self.graph_nodes = report, total, t0, graph_nodes
+        self.done = 0
+        self.chunk_start = self.chunk_len = self.chunk_nodes = 0
+        self.last = perf_counter()
+        self._send(0, self.last)
+
+    def begin(self, done: int, n_tokens: int, graphs: int) -> None:
+        self.chunk_start, self.chunk_len = done, n_tokens
+        self.chunk_nodes = self.graph_nodes * graphs
+
+    def on_node(self, nodes: int) -> None:
+        """Called by llama.cpp (through the abort callback) after each graph node."""
+        if not self.chunk_nodes:
+            return
+        now = perf_counter()
+        if now - self.last < PROGRESS_INTERVAL_S:
+            return
+        inside = min(self.chunk_len - 1, self.chunk_len * nodes // self.chunk_nodes)
+        if self.chunk_start + inside > self.done:
+            self._send(self.chunk_start + inside, now)
+
+    def chunk_done(self, done: int) -> None:
+        self._send(done, perf_counter())
+
+    def _send(self, done: int, now: float) -> None:
+        self.done, self.last = done, now
+        try:
+            self.report(PromptProgress(done, self.total, now - self.t0))
+        except Exception:  # noqa: BLE001, S110 - see the class docstring
+            pass
 
 
 def _resync(engine: LocalEngine, llama_cpp: Any, tokens: Sequence[int]) -> None:

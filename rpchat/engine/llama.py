@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rpchat.engine.base import EngineInfo, ProgressCallback, Result, Sampling
+from rpchat.engine.base import EngineInfo, ProgressCallback, PromptProgressCallback, Result, Sampling
 from rpchat.engine.gguf_info import ModelInfo
 from rpchat.errors import EngineError, ModelError
 from rpchat.paths import profile
@@ -116,27 +116,59 @@ def _c_strlen() -> Any:
 
 class _AbortFlag:
     """A byte llama.cpp polls between graph nodes. libc's ``strlen`` is the callback: it returns
-    non-zero once the flag holds a character, so polling costs nanoseconds and no Python."""
+    non-zero once the flag holds a character, so polling costs nanoseconds and no Python.
+
+    While a prompt is evaluated a Python callback polls the same byte instead (`count_nodes`): it
+    also counts the graph nodes done, for progress inside a long chunk, and turns a Ctrl+C that
+    arrives mid-chunk into an abort. About a microsecond per node is nothing next to a prompt
+    chunk, but would add up per generated token, so generation goes back to ``strlen``.
+    """
 
     def __init__(self, llama_cpp: Any, ctx: Any) -> None:
         self._l = llama_cpp
         self.buf = ctypes.create_string_buffer(2)
         addr = _c_strlen()
         self.callback = llama_cpp.ggml_abort_callback(addr) if addr else None
+        self.nodes = 0
+        self.interrupted = False  # a KeyboardInterrupt arrived inside llama_decode
+        self._on_node: Callable[[int], None] | None = None
+        self._counting = llama_cpp.ggml_abort_callback(self._node_done)
 
     def arm(self, ctx: Any) -> None:
         """A fresh flag per generation: a late watcher of the last one cannot cancel this one."""
         self.buf = ctypes.create_string_buffer(2)
+        self.attach(ctx)
+
+    def attach(self, ctx: Any) -> None:
+        """Poll the flag from C only (the per-token loop)."""
         if self.callback is not None:
             self._l.llama_set_abort_callback(ctx, self.callback, ctypes.cast(self.buf, ctypes.c_void_p))
+
+    def count_nodes(self, ctx: Any, on_node: Callable[[int], None] | None) -> None:
+        """Poll the flag from Python, counting graph nodes in ``nodes`` and calling ``on_node`` after each."""
+        self.nodes = 0
+        self.interrupted = False
+        self._on_node = on_node
+        self._l.llama_set_abort_callback(ctx, self._counting, None)
+
+    def _node_done(self, _data: Any) -> bool:
+        # Runs inside llama_decode: nothing may raise out of here into C.
+        try:
+            self.nodes += 1
+            if self._on_node is not None:
+                self._on_node(self.nodes)
+        except KeyboardInterrupt:
+            self.interrupted = True
+            return True
+        except Exception:  # noqa: BLE001, S110 - a broken progress display must not break the reply
+            pass
+        return bool(self.buf.raw[0])
 
     def clear(self) -> None:
         self.buf.value = b""
 
     def watch(self, cancel: threading.Event, done: threading.Event) -> None:
         """Mirror ``cancel`` into the flag from a helper thread while a generation runs."""
-        if self.callback is None:
-            return
         buf = self.buf
 
         def run() -> None:
@@ -197,6 +229,7 @@ class LocalEngine:
         self._batch_cap = 512
         self._can_shift = False
         self._abort: _AbortFlag | None = None
+        self._graph_nodes = 0  # graph nodes llama.cpp computes per micro-batch (counted at warm-up)
 
     # --- Engine protocol ----------------------------------------------------------------------
 
@@ -292,9 +325,10 @@ class LocalEngine:
         sampling: Sampling,
         stop: Sequence[str] = (),
         cancel: threading.Event | None = None,
+        progress: PromptProgressCallback | None = None,
     ) -> LocalGeneration:
         """Start a reply; nothing runs until the returned object is iterated."""
-        return self._start(list(prompt), sampling, stop, cancel)
+        return self._start(list(prompt), sampling, stop, cancel, progress)
 
     def generate_tokens(
         self,
@@ -302,9 +336,10 @@ class LocalEngine:
         sampling: Sampling,
         stop: Sequence[str] = (),
         cancel: threading.Event | None = None,
+        progress: PromptProgressCallback | None = None,
     ) -> LocalGeneration:
         """Like `stream`, for an already tokenized prompt (the benchmark's plain-loop comparison)."""
-        return self._start(list(tokens), sampling, stop, cancel)
+        return self._start(list(tokens), sampling, stop, cancel, progress)
 
     def _start(
         self,
@@ -312,11 +347,14 @@ class LocalEngine:
         sampling: Sampling,
         stop: Sequence[str],
         cancel: threading.Event | None,
+        progress: PromptProgressCallback | None = None,
     ) -> LocalGeneration:
         self._require_loaded()
         from rpchat.engine import generation
 
-        return LocalGeneration(lambda result: generation.run(self, prompt, sampling, tuple(stop), cancel, result))
+        return LocalGeneration(
+            lambda result: generation.run(self, prompt, sampling, tuple(stop), cancel, result, progress)
+        )
 
     def reset_cache(self) -> None:
         """Forget the KV cache (the next prompt is evaluated in full)."""

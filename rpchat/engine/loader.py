@@ -20,7 +20,7 @@ from rpchat.engine.llama import (
 from rpchat.errors import ModelError
 
 if TYPE_CHECKING:
-    from rpchat.engine.llama import LocalEngine
+    from rpchat.engine.llama import LocalEngine, _AbortFlag
 
 _FLOAT_TYPES = {"F32", "F16", "BF16"}  # repacking (and its AMX kernels) only touches quantized weights
 
@@ -54,12 +54,14 @@ def load(engine: LocalEngine, progress: ProgressCallback | None) -> None:
     mparams = llama_cpp.llama_model_default_params()
     mparams.n_gpu_layers = n_gpu if offload else 0
     mparams.use_extra_bufts = bool(use_extra)
+    if progress is not None:
+        progress(0.0, _reading_stage(meta.size_bytes, meta.block_count, n_gpu if offload else 0))
     callback = None
     if progress is not None:
 
         def on_progress(value: float, _user: Any) -> bool:
             try:
-                progress(float(value))
+                progress(0.9 * float(value))  # the context and the warm-up take the rest
             except Exception:  # noqa: BLE001, S110 - a broken progress display must not abort the load
                 pass
             return True
@@ -99,6 +101,8 @@ def load(engine: LocalEngine, progress: ProgressCallback | None) -> None:
             cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
         cparams.swa_full = True  # sliding-window models keep every cell, so prefix reuse stays exact
         cparams.no_perf = True
+        if progress is not None:
+            progress(0.95, f"creating a {n_ctx:,}-token context")
         ctx = llama_cpp.llama_init_from_model(model, cparams)
         if not ctx:
             raise load_failure(path, f"create a context of {n_ctx} tokens")
@@ -108,7 +112,7 @@ def load(engine: LocalEngine, progress: ProgressCallback | None) -> None:
 
     engine._model, engine._ctx = model, ctx
     try:
-        _finish(engine, llama_cpp, path, meta.name, n_ctx, n_gpu, offload, notice)
+        _finish(engine, llama_cpp, path, meta.name, n_ctx, n_gpu, offload, notice, progress)
     except BaseException:
         engine._free()
         raise
@@ -125,6 +129,7 @@ def _finish(
     n_gpu: int,
     offload: bool,
     notice: str | None,
+    progress: ProgressCallback | None = None,
 ) -> None:
     s = engine.settings
     model, ctx = engine._model, engine._ctx
@@ -150,11 +155,12 @@ def _finish(
     engine._cache = []
     engine._pieces = {}
     engine._special_re, engine._special_ids, engine._special_indexed = None, {}, False
-    _warm_up(llama_cpp, ctx, max(engine._bos, 0))
-
     from rpchat.engine.llama import _AbortFlag
 
     engine._abort = _AbortFlag(llama_cpp, ctx)
+    if progress is not None:
+        progress(0.97, "warming up: one pass over every weight")
+    engine._graph_nodes = _warm_up(llama_cpp, ctx, max(engine._bos, 0), engine._abort)
     n_layer = int(llama_cpp.llama_model_n_layer(model))
     gpu_layers = 0 if not offload else (n_layer if n_gpu < 0 else min(n_gpu, n_layer))
     from rpchat.engine.diagnostics import backend_label
@@ -169,17 +175,31 @@ def _finish(
     )
 
 
-def _warm_up(llama_cpp: Any, ctx: Any, token: int) -> None:
+def _reading_stage(size: int, layers: int | None, n_gpu: int) -> str:
+    """``reading 4.1 GB``, then ``, offloading 20 layers`` (or all of them) when a GPU takes some."""
+    line = f"reading {size / 1e9:.1f} GB" if size >= 1e8 else f"reading {size / 1e6:.0f} MB"
+    if n_gpu < 0 or (layers is not None and n_gpu >= layers):
+        return line + ", offloading all layers"
+    return line + f", offloading {n_gpu} layers" if n_gpu else line
+
+
+def _warm_up(llama_cpp: Any, ctx: Any, token: int, abort: _AbortFlag) -> int:
     """One throwaway decode that touches every weight (as llama.cpp's own tools do at start), so
-    the memory-mapped model is paged in during loading rather than during the first reply."""
+    the memory-mapped model is paged in during loading rather than during the first reply.
+
+    Returns the graph nodes it computed: every later decode computes as many, whatever its size,
+    which is what prompt progress inside a chunk is measured in."""
     llama_cpp.llama_set_warmup(ctx, True)
+    abort.count_nodes(ctx, None)
     try:
         arr = (llama_cpp.llama_token * 1)(token)
         llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(arr, 1))
     finally:
+        abort.attach(ctx)
         llama_cpp.llama_set_warmup(ctx, False)
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
         llama_cpp.llama_synchronize(ctx)
+    return abort.nodes
 
 
 def index_special_tokens(engine: LocalEngine, llama_cpp: Any) -> None:

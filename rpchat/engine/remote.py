@@ -18,12 +18,19 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
 
-from rpchat.engine.base import EngineInfo, ProgressCallback, Result, Sampling
+from rpchat.engine.base import (
+    EngineInfo,
+    ProgressCallback,
+    PromptProgress,
+    PromptProgressCallback,
+    Result,
+    Sampling,
+)
 from rpchat.engine.remote_apis import (
     API_CLASSES,
     KoboldApi,
@@ -105,8 +112,10 @@ class RemoteGeneration:
         unsupported: list[str],
         started: float | None = None,
         max_tokens: int = 0,
+        progress: PromptProgressCallback | None = None,
     ) -> None:
         self.result = Result(unsupported=list(unsupported))
+        self._progress = progress
         # A server that ignores the token budget is cut off: pieces past twice the budget, bytes past a
         # generous allowance per token (llama-server's events with timings are well under 8 KiB).
         budget = max_tokens if max_tokens > 0 else 4096
@@ -205,6 +214,10 @@ class RemoteGeneration:
         first_at = last_at = 0.0
         pieces = 0
         finished = stopped = False
+        report = self._progress
+        if report is not None:
+            # Until the server says more (llama-server does, others never): reading, for so long.
+            report(PromptProgress(0, 0, time.perf_counter() - self._started))
         while True:
             if self._cancel is not None and self._cancel.is_set():
                 r.finish_reason = "cancelled"
@@ -228,6 +241,8 @@ class RemoteGeneration:
             if chunk.error is not None:
                 self._fail(f"the server reported an error mid-reply: {chunk.error}")
                 break
+            if chunk.progress is not None and report is not None and not pieces:
+                report(replace(chunk.progress, elapsed_s=time.perf_counter() - self._started))
             if chunk.text and pieces >= self._max_pieces:
                 self._fail(f"the server kept sending past the token budget ({pieces:,} pieces); stopped reading")
                 break
@@ -450,15 +465,15 @@ class RemoteEngine:
         sampling: Sampling,
         stop: Sequence[str] = (),
         cancel: threading.Event | None = None,
+        progress: PromptProgressCallback | None = None,
     ) -> RemoteGeneration:
         """Send the request and return the reply stream (see `RemoteGeneration` for errors)."""
         api = self._require()
         assert self._conn is not None
         started = time.perf_counter()  # time to first token includes building the prompt (/tokenize)
         body = request_body(api, prompt, sampling, stop, self._n_ctx)
-        return RemoteGeneration(
-            self._conn, api, body, stop, cancel, api.unsupported(sampling), started, max_tokens=sampling.max_tokens
-        )
+        return RemoteGeneration(self._conn, api, body, stop, cancel, api.unsupported(sampling), started,
+                                max_tokens=sampling.max_tokens, progress=progress)
 
     def close(self) -> None:
         """Close the connection pool; `load` reconnects."""

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from rpchat.engine.base import FinishReason, Sampling
+from rpchat.engine.base import FinishReason, PromptProgress, Sampling
 from rpchat.engine.remote_http import Chunk, Connection, ServerApi, as_int, loads
 from rpchat.errors import EngineError
 from rpchat.prompt.segments import Segment, join_text
@@ -145,6 +145,7 @@ class LlamaServerApi(ServerApi):
             prompt=self.prompt(prompt),
             stream=True,
             cache_prompt=True,
+            return_progress=True,  # prompt_progress events while the prompt is read
             n_predict=s.max_tokens,
             stop=list(stop),
             seed=-1 if s.seed is None else s.seed,
@@ -164,7 +165,7 @@ class LlamaServerApi(ServerApi):
         if "error" in obj:
             err = obj["error"]
             return Chunk(error=str(err.get("message", err) if isinstance(err, dict) else err))
-        chunk = Chunk(text=str(obj.get("content") or ""))
+        chunk = Chunk(text=str(obj.get("content") or ""), progress=_prompt_progress(obj.get("prompt_progress")))
         if obj.get("stop") is True:
             chunk.done = True
             kind = obj.get("stop_type")
@@ -186,6 +187,18 @@ class LlamaServerApi(ServerApi):
                 if value is not None:
                     chunk.stats[key] = value
         return chunk
+
+
+def _prompt_progress(value: Any) -> PromptProgress | None:
+    """llama-server's ``prompt_progress`` (total, cache, processed, time_ms), cached tokens left out."""
+    if not isinstance(value, dict):
+        return None
+    total, processed = as_int(value.get("total")), as_int(value.get("processed"))
+    if total is None or processed is None:
+        return None
+    cache = as_int(value.get("cache")) or 0
+    ms = as_int(value.get("time_ms")) or 0
+    return PromptProgress(max(0, processed - cache), max(0, total - cache), ms / 1000)
 
 
 class OpenAIApi(ServerApi):

@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from rpchat.engine.base import FinishReason, Sampling
+from rpchat.engine.base import FinishReason, PromptProgress, Sampling
 from rpchat.errors import EngineError
 from rpchat.prompt.segments import Segment
 from rpchat.secret import redact, remember_secret
@@ -76,6 +76,7 @@ class Chunk:
     finish: FinishReason | None = None
     stats: dict[str, int] = field(default_factory=dict)  # prompt, evaluated, reused, generated
     error: str | None = None
+    progress: PromptProgress | None = None  # the server's report on reading the prompt
 
 
 # Limits that keep a broken or hostile server harmless: memory stays bounded whatever it sends.

@@ -53,6 +53,7 @@ class RpchatApp(App[None]):
 
     engine_state: reactive[str] = reactive("idle")  # idle, loading, ready, failed, missing
     load_progress: reactive[float] = reactive(0.0)
+    load_stage = ""  # what the engine is doing while it loads ("reading 4.1 GB", "warming up"...)
 
     def __init__(self, *, paths: Paths | None = None, engine_factory: EngineFactory | None = None,
                  load_model: bool = True) -> None:
@@ -133,6 +134,7 @@ class RpchatApp(App[None]):
         self.engine_info = None
         self.engine_problem = None
         self.load_progress = 0.0
+        self.load_stage = ""
         self.engine_state = "loading"
         self._load_engine(old)
 
@@ -144,8 +146,8 @@ class RpchatApp(App[None]):
             factory = self._engine_factory or _default_engine
             engine = factory(self.config)
 
-            def progress(value: float) -> None:
-                self.post_message(ModelLoading(value))
+            def progress(value: float, stage: str = "") -> None:
+                self.post_message(ModelLoading(value, stage))
 
             engine.load(progress=progress)
         except RpchatError as e:
@@ -163,6 +165,7 @@ class RpchatApp(App[None]):
 
     def on_model_loading(self, message: ModelLoading) -> None:
         self.load_progress = max(0.0, min(1.0, message.progress))
+        self.load_stage = message.stage or self.load_stage
         self._refresh_status()
 
     def on_model_loaded(self, message: ModelLoaded) -> None:

@@ -75,7 +75,7 @@ class PacedEngine:
         return max(1, len(text) // 4)
 
     def stream(self, prompt: Sequence[Segment], sampling: Sampling, stop: Sequence[str] = (),
-               cancel: threading.Event | None = None) -> PacedGeneration:
+               cancel: threading.Event | None = None, progress: Any = None) -> PacedGeneration:
         words = (FILLER * (self.words // 20 + 1)).split(" ")[: self.words]
         pieces = [(" " if i else "") + w for i, w in enumerate(words)]
         return PacedGeneration(pieces, 1.0 / self.rate, cancel)

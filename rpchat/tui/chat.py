@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import threading
+import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from textual import events, on, work
@@ -19,16 +20,19 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static, TextArea
 
 from rpchat.chat.model import Turn
+from rpchat.engine.base import PromptProgress, Result, format_seconds, throttle
 from rpchat.errors import RpchatError
 from rpchat.session import RoleplaySession
 from rpchat.tui.avatar import AvatarView
 from rpchat.tui.bindings import bindings_for
-from rpchat.tui.messages import PromptMeasured, ReplyFailed, ReplyFinished, TokensArrived
+from rpchat.tui.messages import PromptMeasured, PromptProgressed, ReplyFailed, ReplyFinished, TokensArrived
 from rpchat.tui.prose import clean
 from rpchat.tui.statusline import StatusLine, StatusPart
 from rpchat.tui.transcript import Transcript, TurnView
 
 if TYPE_CHECKING:
+    from textual.timer import Timer
+
     from rpchat.tui.app import RpchatApp
 
 
@@ -183,6 +187,9 @@ class ChatScreen(Screen[None]):
         self._n_tokens: int | None = None
         self._n_ctx: int | None = None
         self._status = ""
+        # The last prompt-progress report and when it came; the clock ticks on between reports.
+        self._progress: tuple[PromptProgress, float] | None = None
+        self._progress_timer: Timer | None = None
 
     @property
     def rp_app(self) -> RpchatApp:
@@ -281,8 +288,8 @@ class ChatScreen(Screen[None]):
         return self.rp_app.key_for(binding_id)
 
     def update_status(self) -> None:
-        """model | backend | ctx used/n_ctx | tok/s | preset | length (and the reply being written), fitted
-        to the width: the least important parts are shortened or dropped first."""
+        """model | backend | ctx used/n_ctx | reading progress, or the last reply's cost | tok/s | format |
+        preset | length, fitted to the width: the least important parts are shortened or dropped first."""
         app = self.rp_app
         parts: list[StatusPart] = []
         info = app.engine_info
@@ -301,18 +308,25 @@ class ChatScreen(Screen[None]):
             else:
                 parts.append(StatusPart.of(f"ctx {ctx}", ctx, rank=50))
         elif app.engine_state == "loading":
-            parts.append(StatusPart.of(f"loading model {int(app.load_progress * 100)}%",
-                                       f"loading {int(app.load_progress * 100)}%", rank=90, keep=True))
+            percent = f"{int(app.load_progress * 100)}%"
+            stage = f" ({clean(app.load_stage)})" if app.load_stage else ""
+            parts.append(StatusPart.of(f"loading model {percent}{stage}", f"loading model {percent}",
+                                       f"loading {percent}", rank=90, keep=True))
         else:
             problem = clean(app.engine_problem or "no model")
             parts.append(StatusPart.of(problem, problem[:29] + "\u2026" if len(problem) > 30 else "",
                                        rank=90, keep=True))
         result = self.session.last_result
+        if result is not None and not self.generating:
+            # What the last action cost: time to first token, prompt tokens read and reused.
+            cost = _reply_cost(result)
+            if cost:
+                parts.append(StatusPart.of(cost, rank=35))
         if result is not None and result.tok_per_s:
             parts.append(StatusPart.of(f"{result.tok_per_s:.1f} tok/s", rank=30))
         choices = self.session.choices
         if choices is not None:
-            # Where each came from: "format limamono, from the model"; short: "limamono (model)".
+            # Where each came from: "format limamono, from the model".
             for pick, what, rank in ((choices.format, "format", 25), (choices.preset, "preset", 20)):
                 value = clean(pick.value or "auto")
                 parts.append(StatusPart.of(clean(pick.describe(what)), f"{what} {value}", rank=rank))
@@ -322,8 +336,15 @@ class ChatScreen(Screen[None]):
         length = self.session.length or "auto"
         parts.append(StatusPart.of(f"length {length}", f"len {length}", rank=60))
         if self.generating:
+            # What the user waits for is kept whatever the width: the reading progress, and how to stop.
             stop = self._key("stop")
-            parts.append(StatusPart.of(f"{self.generating}... ({stop} stops)", f"{stop} stops", rank=100, keep=True))
+            if self._progress:
+                waiting = clean(self._progress[0].describe(time.monotonic() - self._progress[1]))
+                parts.append(StatusPart.of(f"{waiting} ({stop} stops)", f"{waiting.split(',')[0]} ({stop} stops)",
+                                           f"{stop} stops", rank=100, keep=True))
+            else:
+                parts.append(StatusPart.of(f"{self.generating}... ({stop} stops)", f"{stop} stops",
+                                           rank=100, keep=True))
         status = self.query_one("#status", StatusLine)
         status.show(parts)
         self._status = status.full_text
@@ -400,8 +421,11 @@ class ChatScreen(Screen[None]):
         def on_piece(piece: str) -> None:
             self.post_message(TokensArrived(piece, gen_id))
 
+        def on_progress(progress: PromptProgress) -> None:
+            self.post_message(PromptProgressed(progress, gen_id))
+
         try:
-            result = self.session.reply(on_piece, cancel, mode)  # type: ignore[arg-type]
+            result = self.session.reply(on_piece, cancel, mode, throttle(on_progress))  # type: ignore[arg-type]
         except RpchatError as e:
             self.post_message(ReplyFailed(str(e), mode, gen_id))
             return
@@ -410,9 +434,27 @@ class ChatScreen(Screen[None]):
             return
         self.post_message(ReplyFinished(result, mode, gen_id))
 
+    def on_prompt_progressed(self, message: PromptProgressed) -> None:
+        if message.generation != self._gen_id or not self.generating:
+            return
+        self._progress = (message.progress, time.monotonic())
+        if self._progress_timer is None:
+            # Between reports (a server may send one per 2,048 tokens) the clock and time left move on.
+            self._progress_timer = self.set_interval(0.25, self.update_status)
+        self.update_status()
+
+    def _end_progress(self) -> None:
+        self._progress = None
+        if self._progress_timer is not None:
+            self._progress_timer.stop()
+            self._progress_timer = None
+
     def on_tokens_arrived(self, message: TokensArrived) -> None:
         if message.generation != self._gen_id:
             return
+        if self._progress is not None:
+            self._end_progress()
+            self.update_status()
         if self.generating == "impersonate":
             self.input.insert(clean(message.text), self.input.document.end)
         elif self.transcript.streaming is not None:
@@ -422,6 +464,7 @@ class ChatScreen(Screen[None]):
         if message.generation != self._gen_id:
             return
         self.generating = None
+        self._end_progress()
         result = message.result
         self.transcript.end_stream(self.session.chat.turns)
         if message.mode == "impersonate":
@@ -442,6 +485,7 @@ class ChatScreen(Screen[None]):
         if message.generation != self._gen_id:
             return
         self.generating = None
+        self._end_progress()
         self.transcript.end_stream(self.session.chat.turns)
         self.notify(message.problem, severity="error", markup=False)
         self.update_status()
@@ -823,3 +867,12 @@ class ChatScreen(Screen[None]):
     def status_text(self) -> str:
         """The status line as plain text, every part in full (what is drawn may be shortened to fit)."""
         return self._status
+
+
+def _reply_cost(result: Result) -> str:
+    """What the last reply cost: time to its first token and the prompt tokens read and reused."""
+    read, reused = result.prompt_tokens_evaluated, result.prompt_tokens_reused
+    tokens = f"{read:,} read, {reused:,} reused" if read or reused else ""
+    if result.tokens_generated:
+        return f"1st token {format_seconds(result.ttft_s)}" + (f" ({tokens})" if tokens else "")
+    return f"prompt {tokens}" if tokens else ""

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from textual.message import Message
 
-from rpchat.engine.base import EngineInfo, Result
+from rpchat.engine.base import EngineInfo, PromptProgress, Result
 
 
 class ModelLoading(Message):
-    """Loading progress, 0.0 .. 1.0."""
+    """Loading progress, 0.0 .. 1.0, and what the engine is doing (empty: unchanged)."""
 
-    def __init__(self, progress: float) -> None:
+    def __init__(self, progress: float, stage: str = "") -> None:
         super().__init__()
         self.progress = progress
+        self.stage = stage
 
 
 class ModelLoaded(Message):
@@ -68,3 +69,12 @@ class PromptMeasured(Message):
         self.n_tokens = n_tokens
         self.n_ctx = n_ctx
         self.first_kept = first_kept
+
+
+class PromptProgressed(Message):
+    """The engine has read more of the prompt (posted a few times a second at most)."""
+
+    def __init__(self, progress: PromptProgress, generation: int) -> None:
+        super().__init__()
+        self.progress = progress
+        self.generation = generation
