@@ -163,7 +163,8 @@ class ChatScreen(Screen[None]):
     AUTO_FOCUS = "#input"
     # Below 100 columns the sidebar would leave the transcript too narrow to read; the status line
     # still shows the length and preset.
-    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]  # textual types it as ClassVar[...] | None
+    # Textual types it `ClassVar[...] | None`, which mypy takes for an instance variable: no annotation here.
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]  # noqa: RUF012
 
     DEFAULT_CSS = """
     ChatScreen #sidebar { width: 30; padding: 0 1; border-right: vkey $primary 40%; }
