@@ -270,6 +270,8 @@ def test_renaming_a_card_in_the_editor_keeps_its_chats(home: Path) -> None:
             session = chat.session  # type: ignore[attr-defined]
             renamed = profile().cards_dir / "Zephyra.png"
             assert session.card_path == renamed and not card.exists()
+            # The sidebar says the new name at once, as the prompt does.
+            assert str(chat.query_one("#char-name").render()) == "Zephyra"
             # The open chat goes on saving in the card's new folder; the old one is not brought back.
             session.chat.add(True, "after the rename")
             session.save()
