@@ -139,6 +139,8 @@ class ModelPicker(ModalScreen["Path | None"]):
                                        "(* = in use). Enter loads one; the chat goes on."))
         else:
             note.update("No GGUF models found: type a path above, or get one with `rpchat model get REPO`.")
+            if self.focused is table:  # nothing to pick: what is typed goes to the path box
+                self.query_one("#picker-path", Input).focus()
 
     @on(Input.Submitted, "#picker-path")
     def _typed(self, event: Input.Submitted) -> None:
