@@ -159,7 +159,7 @@ class ChatScreen(Screen[None]):
     AUTO_FOCUS = "#input"
     # Below 100 columns the sidebar would leave the transcript too narrow to read; the status line
     # still shows the length and preset.
-    HORIZONTAL_BREAKPOINTS: ClassVar[list[tuple[int, str]]] = [(0, "-narrow"), (100, "-wide")]
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]  # noqa: RUF012 (Textual declares it per instance)
 
     DEFAULT_CSS = """
     ChatScreen #sidebar { width: 30; padding: 0 1; border-right: vkey $primary 40%; }
