@@ -531,3 +531,25 @@ def test_the_chats_list_shows_whole_dates_of_both_forms(home: Path) -> None:
             assert any(f"{iso[:10]} {iso[11:16]}" in label for label in labels), labels
 
     run(go())
+
+
+def test_ctrl_o_with_the_last_chat_gone_and_no_chats_on_the_card_says_it_starts_one(home: Path) -> None:
+    used = _chat_for(profile().cards_dir / "zephyrine.png", "the one I was in")
+    from rpchat.chat.recent import remember_chat
+
+    remember_chat(profile().cards_dir / "zephyrine.png", used)
+    used.unlink()
+
+    async def go() -> None:
+        app = RpchatApp(load_model=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            screen = await library(pilot, app)
+            await pilot.press(*"Quillon")  # a card without chats
+            await pilot.pause()
+            assert screen.current is not None and screen.current.name == "Quillon"
+            await pilot.press("ctrl+o")
+            await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen))
+            said = [n.message for n in app._notifications if "is gone" in n.message]
+            assert said == [f"Your last chat {used.name} is gone; starting a new chat with Quillon."], said
+
+    run(go())

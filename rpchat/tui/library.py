@@ -413,12 +413,14 @@ class LibraryScreen(Screen[None]):
             self.rp_app.open_chat(last.card, last.chat)
             return
         gone = recorded_chat(self.rp_app.paths)
-        if gone is not None:
-            self.notify(f"Your last chat {gone.chat.name} is gone; resuming this card's newest chat.",
-                        severity="warning", markup=False)
         entry = self._usable()
+        newest = latest_chat(entry.path, entry.name) if entry is not None else None
+        if gone is not None:
+            then = ("resuming this card's newest chat" if newest is not None or entry is None
+                    else f"starting a new chat with {entry.name}")
+            self.notify(f"Your last chat {gone.chat.name} is gone; {then}.", severity="warning", markup=False)
         if entry is not None:
-            self.rp_app.open_chat(entry.path, latest_chat(entry.path, entry.name))
+            self.rp_app.open_chat(entry.path, newest)
 
     def action_new_chat(self) -> None:
         entry = self._usable()
