@@ -218,5 +218,6 @@ def test_the_demo_model_in_use_is_listed(tmp_path: Path, monkeypatch: pytest.Mon
             await wait_for(pilot, lambda: table.row_count == 1)
             row = rows(table)[0]
             assert (row[0], row[-1]) == ("* Demo Tiny", "in use (demo)")
+            assert str(app.screen.query_one("#picker-note").render()).startswith("1 model at n_ctx")
 
     asyncio.run(go())

@@ -142,7 +142,8 @@ class ModelPicker(ModalScreen["Path | None"]):
             )
         note = self.query_one("#picker-note", Static)
         if event.entries:
-            note.update(strip_controls(f"{len(event.entries)} models at n_ctx {self._config.engine.n_ctx:,} "
+            count = f"{len(event.entries)} model{'s' if len(event.entries) != 1 else ''}"
+            note.update(strip_controls(f"{count} at n_ctx {self._config.engine.n_ctx:,} "
                                        "(* = in use). Enter loads one; the chat goes on."))
         else:
             note.update("No GGUF models found: type a path above, or get one with `rpchat model get REPO`.")
