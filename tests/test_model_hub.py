@@ -170,3 +170,25 @@ def test_a_cancelled_download_leaves_no_file(env: dict[str, str], hub: FakeHub, 
     assert not cached(tmp_path, "tiny-rp.Q6_K.gguf").exists()
     leftovers = [p.name for p in (repo_dir / "blobs").iterdir()] if (repo_dir / "blobs").exists() else []
     assert leftovers == []  # not even an .incomplete file
+
+
+def test_an_unreachable_hub_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No network (a port nobody listens on): search and file listing say the Hub cannot be reached, as a
+    ModelError the CLI prints as one line and the F8 picker shows, never an "internal error"."""
+    import socket
+    import time
+
+    from huggingface_hub import constants
+
+    from rpchat.engine import hub as hub_api
+    from rpchat.errors import ModelError
+
+    with socket.socket() as s:  # a free port, closed again: connections are refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(time, "sleep", lambda _s: None)  # huggingface_hub retries with back-off first
+    with pytest.raises(ModelError, match=r"cannot reach the Hub \(http://127\.0\.0\.1:\d+\)"):
+        hub_api.search("limarp")
+    with pytest.raises(ModelError, match=r"example-org/x-GGUF: cannot reach the Hub"):
+        hub_api.list_gguf_files("example-org/x-GGUF")

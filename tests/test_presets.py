@@ -167,3 +167,22 @@ def test_import_of_a_bad_file_is_a_config_error(tmp_path: Path, content: bytes) 
 def test_import_of_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such preset file"):
         import_st_textgen(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize(("fixture", "hint"), [
+    ("st_instruct_Alpaca.json", "an instruct or context template: import it with `rpchat formats import`"),
+    ("st_context_Alpaca-Roleplay.json", "an instruct or context template: import it with `rpchat formats import`"),
+])
+def test_import_of_a_template_is_refused_and_points_to_formats_import(fixture: str, hint: str) -> None:
+    """SillyTavern's instruct/context templates are JSON too; imported as a sampler preset they made a
+    'preset' of neutral samplers whose every field was 'not applied'."""
+    with pytest.raises(ConfigError, match=fixture) as err:
+        import_st_textgen(FIXTURES / fixture)
+    assert hint in str(err.value)
+
+
+def test_import_of_json_without_any_sampler_is_refused(tmp_path: Path) -> None:
+    src = tmp_path / "settings.json"
+    src.write_text(json.dumps({"theme": "dark", "font_size": 14}), encoding="utf-8")
+    with pytest.raises(ConfigError, match="no sampler settings"):
+        import_st_textgen(src)

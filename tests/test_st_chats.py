@@ -120,6 +120,25 @@ def test_an_imported_chat_is_played_prompted_and_continued_as_its_user_name(home
     assert saved.turns[-1].name == "Kael" and saved.user_name == "Kael"
 
 
+@pytest.mark.parametrize("header", [
+    {"user_name": "unused", "character_name": "unused", "chat_metadata": {}},  # as SillyTavern tools write it
+    {"chat_metadata": {}},  # no names at all
+])
+def test_a_header_without_real_names_takes_them_from_the_messages(home: Path, header: dict[str, object]) -> None:
+    """A header whose names are SillyTavern's "unused" placeholder (or missing) must not make the user
+    "unused" (or "User") when every user turn says Kael."""
+    path = home / "kael.jsonl"
+    lines = KAEL_CHAT.read_text(encoding="utf-8").splitlines()
+    narration = {"name": "System", "is_user": False, "mes": "Night falls.", "extra": {"type": "narrator"}}
+    path.write_text("\n".join([json.dumps(header), json.dumps(narration), *lines[1:]]) + "\n", encoding="utf-8")
+    chat = load_chat(path)
+    assert (chat.user_name, chat.character_name) == ("Kael", "Seraphina")
+    session = open_chat_session(SERAPHINA, path, config=Config(), personas=PersonaBook())
+    built = session.build()
+    assert "chat with Kael below this line" in built.text and "unused" not in built.text
+    assert "\nKael:" in built.stop
+
+
 def test_the_chat_user_name_picks_the_persona_of_that_name(home: Path) -> None:
     book = PersonaBook(personas=[Persona("User"), Persona("Kael", "A ranger with a limp.")], default="User")
     session = open_chat_session(SERAPHINA, kael_chat(home), config=Config(), personas=book)

@@ -270,6 +270,8 @@ def test_renaming_a_card_in_the_editor_keeps_its_chats(home: Path) -> None:
             session = chat.session  # type: ignore[attr-defined]
             renamed = profile().cards_dir / "Zephyra.png"
             assert session.card_path == renamed and not card.exists()
+            # The sidebar says the new name at once, as the prompt does.
+            assert str(chat.query_one("#char-name").render()) == "Zephyra"
             # The open chat goes on saving in the card's new folder; the old one is not brought back.
             session.chat.add(True, "after the rename")
             session.save()
@@ -500,5 +502,54 @@ def test_a_bad_export_path_is_refused_in_the_dialog(home: Path) -> None:
             await wait_for(pilot, lambda: isinstance(app.screen, LibraryScreen))
             await wait_for(pilot, lambda: any("a-file" in n.message for n in app._notifications))
             assert [n.severity for n in app._notifications if "a-file" in n.message] == ["error"]
+
+    run(go())
+
+
+def test_the_chats_list_shows_whole_dates_of_both_forms(home: Path) -> None:
+    """SillyTavern writes human dates ("May 1, 2024 12:06pm"), rpchat ISO ones: neither is cut mid-number."""
+    from textual.widgets import OptionList
+
+    card = profile().cards_dir / "zephyrine.png"
+    st_chat = _chat_for(card, "from SillyTavern")
+    lines = st_chat.read_text(encoding="utf-8").splitlines()
+    turn = json.loads(lines[-1])
+    turn["send_date"] = "May 1, 2024 12:06pm"
+    st_chat.write_text("\n".join([*lines[:-1], json.dumps(turn)]) + "\n", encoding="utf-8")
+    ours = _chat_for(card, "from rpchat")
+    iso = json.loads(ours.read_text(encoding="utf-8").splitlines()[-1])["send_date"]  # 2026-11-25T17:13:25.081Z
+
+    async def go() -> None:
+        app = RpchatApp(load_model=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await library(pilot, app)
+            await pilot.press(*"Zephyrine", "enter")
+            await wait_for(pilot, lambda: isinstance(app.screen, ChatsDialog))
+            chats = app.screen.query_one("#chats", OptionList)
+            labels = [str(chats.get_option_at_index(i).prompt) for i in range(chats.option_count)]
+            assert any("May 1, 2024 12:06pm" in label for label in labels), labels
+            assert any(f"{iso[:10]} {iso[11:16]}" in label for label in labels), labels
+
+    run(go())
+
+
+def test_ctrl_o_with_the_last_chat_gone_and_no_chats_on_the_card_says_it_starts_one(home: Path) -> None:
+    used = _chat_for(profile().cards_dir / "zephyrine.png", "the one I was in")
+    from rpchat.chat.recent import remember_chat
+
+    remember_chat(profile().cards_dir / "zephyrine.png", used)
+    used.unlink()
+
+    async def go() -> None:
+        app = RpchatApp(load_model=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            screen = await library(pilot, app)
+            await pilot.press(*"Quillon")  # a card without chats
+            await pilot.pause()
+            assert screen.current is not None and screen.current.name == "Quillon"
+            await pilot.press("ctrl+o")
+            await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen))
+            said = [n.message for n in app._notifications if "is gone" in n.message]
+            assert said == [f"Your last chat {used.name} is gone; starting a new chat with Quillon."], said
 
     run(go())

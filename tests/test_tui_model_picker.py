@@ -168,3 +168,56 @@ def test_esc_cancels_a_hub_download_and_keeps_nothing(home: Path, tmp_path: Path
             assert load_config(profile()).engine.model.endswith("plain-tiny.gguf")
 
     asyncio.run(go())
+
+
+def test_with_no_models_found_typing_goes_to_the_path_box(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new user with only the demo model opens F8 and types a path: with the list empty the keys used to
+    go to the empty table and were lost."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))  # no LM Studio folders
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    model = write_tiny_model(tmp_path / "elsewhere" / "tiny.gguf", n_layer=1, name="Elsewhere Tiny")
+
+    async def go() -> None:
+        app = RpchatApp(load_model=False)
+        async with app.run_test(size=(150, 40)) as pilot:
+            await wait_for(pilot, lambda: type(app.screen).__name__ == "LibraryScreen")
+            await pilot.press("f8")
+            await wait_for(pilot, lambda: isinstance(app.screen, ModelPicker))
+            picker = app.screen
+            await wait_for(pilot, lambda: "No GGUF models found" in str(picker.query_one("#picker-note").render()))
+            await pilot.press(*str(model), "enter")
+            table = picker.query_one("DataTable")
+            await wait_for(pilot, lambda: table.row_count == 1)
+            assert str(table.get_row_at(0)[0]) == "Elsewhere Tiny"
+
+    asyncio.run(go())
+
+
+def test_the_demo_model_in_use_is_listed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new user chats with the demo model (no engine.model set): F8 lists it as the model in use, instead
+    of "No GGUF models found"."""
+    from huggingface_hub import constants
+
+    from rpchat.engine.demo import demo_model_file
+
+    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    write_tiny_model(demo_model_file(), n_layer=1, name="Demo Tiny")  # where the demo model is assembled
+
+    async def go() -> None:
+        app = RpchatApp(load_model=False)
+        async with app.run_test(size=(150, 40)) as pilot:
+            await wait_for(pilot, lambda: type(app.screen).__name__ == "LibraryScreen")
+            await pilot.press("f8")
+            await wait_for(pilot, lambda: isinstance(app.screen, ModelPicker))
+            table = app.screen.query_one("DataTable")
+            await wait_for(pilot, lambda: table.row_count == 1)
+            row = rows(table)[0]
+            assert (row[0], row[-1]) == ("* Demo Tiny", "in use (demo)")
+            assert str(app.screen.query_one("#picker-note").render()).startswith("1 model at n_ctx")
+
+    asyncio.run(go())

@@ -142,6 +142,22 @@ def test_path_prompt_checks_existence_and_suffix(tmp_path: Path) -> None:
     assert app.results == [card]
 
 
+def test_a_save_path_in_a_missing_folder_is_refused_in_place(tmp_path: Path) -> None:
+    """An export dialog suggests a path; a user who types a whole path after it (".../chat.jsonl/tmp/out.jsonl")
+    must hear that no such folder exists, not get a tree of new folders named after the suggested file."""
+    suggested = tmp_path / "chat.jsonl"
+
+    async def script(app: Host, pilot: Any) -> None:
+        await pilot.press(*"/tmp/out.jsonl", "enter")
+        assert "no such folder" in str(app.screen.query_one("#error", Static).render())
+        app.screen.query_one(Input).value = str(tmp_path / "out.jsonl")
+        await pilot.press("enter")
+
+    app = drive(lambda: PathPrompt("Export", str(suggested), must_exist=False, suffixes=(".jsonl",)), script)
+    assert app.results == [tmp_path / "out.jsonl"]
+    assert not suggested.exists()
+
+
 def test_dialogs_show_hostile_text_literally() -> None:
     async def script(app: Host, pilot: Any) -> None:
         svg = app.export_screenshot()

@@ -244,6 +244,7 @@ def _parse(data: bytes, source: str | Path, *, salvage: bool) -> Salvaged:
     rebuilt = False
     try:
         chat = _header(first[1])
+        _fill_names(chat, first[1], [obj for _, obj in rest])
     except (ValueError, TypeError) as exc:
         if not salvage:
             raise ChatError(f"line {first[0]}: {exc}", source) from None
@@ -261,16 +262,34 @@ def _parse(data: bytes, source: str | Path, *, salvage: bool) -> Salvaged:
     return Salvaged(chat, dropped, rebuilt)
 
 
+def _message_name(objs: list[Any], is_user: bool) -> str:
+    """The name the first user (or character) message carries, or ""; narration and other system
+    messages (``extra.type``: "narrator", "comment"...) carry their own names, not the character's."""
+    for obj in objs:
+        if isinstance(obj, dict) and obj.get("is_user") is is_user and isinstance(obj.get("name"), str):
+            extra = obj.get("extra")
+            if isinstance(extra, dict) and isinstance(extra.get("type"), str) and extra["type"]:
+                continue
+            return str(obj["name"])
+    return ""
+
+
+# What some SillyTavern versions and tools write in the header instead of the names (their messages carry them).
+_PLACEHOLDER_NAME = "unused"
+
+
+def _fill_names(chat: Chat, header: dict[str, Any], objs: list[Any]) -> None:
+    """A header without real names (missing, or the "unused" placeholder) takes them from the messages."""
+    if header.get("user_name", _PLACEHOLDER_NAME) == _PLACEHOLDER_NAME:
+        chat.user_name = _message_name(objs, True) or chat.user_name
+    if header.get("character_name", _PLACEHOLDER_NAME) == _PLACEHOLDER_NAME:
+        chat.character_name = _message_name(objs, False) or chat.character_name
+
+
 def _rebuilt_header(objs: list[Any], source: str | Path) -> Chat:
     """A header for a chat whose own is lost: the names its messages carry."""
-
-    def name(is_user: bool) -> str:
-        for obj in objs:
-            if isinstance(obj, dict) and obj.get("is_user") is is_user and isinstance(obj.get("name"), str):
-                return str(obj["name"])
-        return ""
-
-    return Chat(user_name=name(True) or "User", character_name=name(False) or Path(source).parent.name)
+    return Chat(user_name=_message_name(objs, True) or "User",
+                character_name=_message_name(objs, False) or Path(source).parent.name)
 
 
 def load_chat(path: Path) -> Chat:

@@ -112,6 +112,20 @@ def gpu_offload_supported() -> bool:
         return False
 
 
+def in_use_model(config: Config) -> tuple[str, Path | None]:
+    """The local model the engine runs, with its label: the configured one, else the demo model when it
+    has been assembled (a new user's first model); (label, None) when neither."""
+    if config.engine.model:
+        return "in use", Path(config.engine.model)
+    if config.engine.kind == "local":
+        from rpchat.engine.demo import demo_model_file
+
+        demo = demo_model_file()
+        if demo.is_file():
+            return "in use (demo)", demo
+    return "in use", None
+
+
 def find_models(config: Config, paths: Paths, typed: Path | None = None) -> tuple[list[CatalogEntry], list[str]]:
     """Every readable GGUF model from all sources, each listed once (the first source wins), and the
     problem with a typed path or the model in use, if any."""
@@ -126,7 +140,7 @@ def find_models(config: Config, paths: Paths, typed: Path | None = None) -> tupl
         seen.add(key)
         found.append(CatalogEntry(info, source, format_for(info, config)))
 
-    for label, path in (("typed path", typed), ("in use", Path(config.engine.model) if config.engine.model else None)):
+    for label, path in (("typed path", typed), in_use_model(config)):
         if path is not None:
             try:
                 add(read_gguf_info(path.expanduser()), label)

@@ -83,6 +83,8 @@ def _hub_errors(repo: str, filename: str | None = None) -> Iterator[None]:
     from huggingface_hub import errors
 
     where = f"{repo}/{filename}" if filename else repo
+    unreachable: tuple[type[Exception], ...] = (httpx.HTTPError, *_hub_transport_errors(), ConnectionError,
+                                                TimeoutError)
     try:
         yield
     except Cancelled:
@@ -105,12 +107,21 @@ def _hub_errors(repo: str, filename: str | None = None) -> Iterator[None]:
         if status in (401, 403):
             raise ModelError(f"the Hub refused access (HTTP {status}): log in with HF_TOKEN", where) from None
         raise ModelError(f"the Hub answered HTTP {status}", where) from None
-    except (httpx.HTTPError, ConnectionError, TimeoutError) as e:
+    except unreachable as e:
         raise ModelError(f"cannot reach the Hub ({_endpoint()}): {type(e).__name__}: {e}", where) from None
     except OSError as e:
         raise ModelError(f"download failed: {e.strerror or e}", where) from None
     except ValueError as e:  # a malformed repo id (HFValidationError)
         raise ModelError(str(e).splitlines()[0], repo) from None
+
+
+def _hub_transport_errors() -> tuple[type[Exception], ...]:
+    """The HTTP errors of the client huggingface_hub itself uses: `httpx`, or `httpx2` in its newer releases."""
+    try:
+        import httpx2
+    except ImportError:
+        return ()
+    return (httpx2.HTTPError,)
 
 
 def _endpoint() -> str:

@@ -372,6 +372,11 @@ def import_st_textgen(path: Path) -> SamplerPreset:
         raise ConfigError(f"not a JSON preset: {str(e).splitlines()[0][:80]}", path) from None
     if not isinstance(data, dict):
         raise ConfigError("not a SillyTavern textgen preset (expected a JSON object)", path)
+    if "input_sequence" in data or "story_string" in data:
+        raise ConfigError("not a textgen preset but an instruct or context template: import it with "
+                          "`rpchat formats import`", path)
+    if not any(key in data for key in (*_ST_DIRECT, *_ST_SPECIAL, *_ST_NEUTRAL)):
+        raise ConfigError("not a SillyTavern textgen preset (no sampler settings such as temp or top_p)", path)
 
     values: dict[str, Any] = {}
     for key, field_name in _ST_DIRECT.items():

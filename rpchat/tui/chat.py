@@ -556,6 +556,7 @@ class ChatScreen(Screen[None]):
         """The card was edited and saved: use it for the sidebar and the next prompt."""
         self.session.card, self.session.card_path = saved.card, saved.path
         self.query_one(AvatarView).set_image(self.session.card.avatar)
+        self.query_one("#char-name", Static).update(clean(self.session.card.display_name))  # a rename
         self.query_one("#card-info", Static).update(self._card_line())
         self.update_sidebar()
         self.measure()

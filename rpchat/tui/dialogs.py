@@ -209,6 +209,10 @@ class PathPrompt(LinePrompt[Path]):
             return f"{path}: is a folder, not a file"
         if self._suffixes and not self._directory and path.suffix.lower() not in self._suffixes:
             return f"{path}: expected {', '.join(self._suffixes)}"
+        if not self._must_exist and not self._directory and not path.parent.exists():
+            # A file to write: its folder must be there, or a path typed after the suggested one
+            # (".../chat.jsonl/tmp/out.jsonl") would silently become new folders.
+            return f"{path.parent}: no such folder"
         return None
 
     def result_value(self, value: str) -> Path:

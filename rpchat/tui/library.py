@@ -6,6 +6,7 @@ opens the card's chats (resume, start new, branch).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -52,6 +53,17 @@ def entry_label(entry: CardEntry) -> Text:
     return text
 
 
+def _short_date(date: str) -> str:
+    """A send date to the minute: rpchat's ISO stamps are cut there; SillyTavern's own ("May 1, 2024
+    12:06pm") and other free-form dates are kept whole (to a sane length)."""
+    if _ISO_MINUTE.match(date):
+        return date[:16].replace("T", " ")
+    return date[:32]
+
+
+_ISO_MINUTE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d")
+
+
 class ChatsDialog(ModalScreen["tuple[str, Path | None] | None"]):
     """A card's chats: start a new one, resume one (Enter), or branch one (b)."""
 
@@ -83,7 +95,7 @@ class ChatsDialog(ModalScreen["tuple[str, Path | None] | None"]):
             if entry.error:
                 label.append(f"  {clean(entry.error)}", style="red")
             else:
-                label.append(f"  {entry.turns} turns  {clean(entry.last_date[:16])}", style="dim")
+                label.append(f"  {entry.turns} turns  {clean(_short_date(entry.last_date))}", style="dim")
                 if entry.bad_lines:
                     s = "s" if entry.bad_lines != 1 else ""
                     label.append(f"  {entry.bad_lines} unreadable line{s}: opening keeps the rest",
@@ -401,12 +413,14 @@ class LibraryScreen(Screen[None]):
             self.rp_app.open_chat(last.card, last.chat)
             return
         gone = recorded_chat(self.rp_app.paths)
-        if gone is not None:
-            self.notify(f"Your last chat {gone.chat.name} is gone; resuming this card's newest chat.",
-                        severity="warning", markup=False)
         entry = self._usable()
+        newest = latest_chat(entry.path, entry.name) if entry is not None else None
+        if gone is not None:
+            then = ("resuming this card's newest chat" if newest is not None or entry is None
+                    else f"starting a new chat with {entry.name}")
+            self.notify(f"Your last chat {gone.chat.name} is gone; {then}.", severity="warning", markup=False)
         if entry is not None:
-            self.rp_app.open_chat(entry.path, latest_chat(entry.path, entry.name))
+            self.rp_app.open_chat(entry.path, newest)
 
     def action_new_chat(self) -> None:
         entry = self._usable()

@@ -22,7 +22,14 @@ from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Input, Static
 
 from rpchat.config import Config
-from rpchat.engine.catalog import CatalogEntry, estimate_fit, find_models, free_memory, gpu_offload_supported
+from rpchat.engine.catalog import (
+    CatalogEntry,
+    estimate_fit,
+    find_models,
+    free_memory,
+    gpu_offload_supported,
+    in_use_model,
+)
 from rpchat.engine.hub import HubFile, HubRepo
 from rpchat.errors import RpchatError
 from rpchat.paths import Paths
@@ -122,11 +129,11 @@ class ModelPicker(ModalScreen["Path | None"]):
             self.notify(problem, severity="error", markup=False)
         table = self._columns("Model", "Params", "Quant", "Size", "Trained ctx", "Format", "Fits", "Runs on",
                               "Source")
-        in_use = self._config.engine.model
+        in_use = in_use_model(self._config)[1]
         for i, entry in enumerate(event.entries):
             m = entry.info
             fit = estimate_fit(m, self._config, event.free, event.gpu)
-            name = ("* " if in_use and Path(in_use).expanduser() == m.path else "") + m.name
+            name = ("* " if in_use and in_use.expanduser() == m.path else "") + m.name
             table.add_row(
                 _cell(name), _cell(m.size_label or "?"), _cell(m.quantization), _cell(_size(m.size_bytes)),
                 _cell(f"{m.context_length:,}" if m.context_length else "?"), _cell(entry.format),
@@ -135,10 +142,13 @@ class ModelPicker(ModalScreen["Path | None"]):
             )
         note = self.query_one("#picker-note", Static)
         if event.entries:
-            note.update(strip_controls(f"{len(event.entries)} models at n_ctx {self._config.engine.n_ctx:,} "
+            count = f"{len(event.entries)} model{'s' if len(event.entries) != 1 else ''}"
+            note.update(strip_controls(f"{count} at n_ctx {self._config.engine.n_ctx:,} "
                                        "(* = in use). Enter loads one; the chat goes on."))
         else:
             note.update("No GGUF models found: type a path above, or get one with `rpchat model get REPO`.")
+            if self.focused is table:  # nothing to pick: what is typed goes to the path box
+                self.query_one("#picker-path", Input).focus()
 
     @on(Input.Submitted, "#picker-path")
     def _typed(self, event: Input.Submitted) -> None:
