@@ -24,7 +24,7 @@ from rpchat.errors import RpchatError
 from rpchat.session import RoleplaySession
 from rpchat.tui.avatar import AvatarView
 from rpchat.tui.bindings import bindings_for
-from rpchat.tui.messages import PromptMeasured, ReplyFailed, ReplyFinished, TokensArrived
+from rpchat.tui.messages import PromptMeasured, ReplyFailed, ReplyFinished, StateSaved, TokensArrived
 from rpchat.tui.prose import clean
 from rpchat.tui.transcript import Transcript, TurnView
 
@@ -270,6 +270,8 @@ class ChatScreen(Screen[None]):
         result = self.session.last_result
         if result is not None and result.tok_per_s:
             parts.append(f"{result.tok_per_s:.1f} tok/s")
+        if result is not None and result.prompt_tokens_restored:
+            parts.append(f"prompt {result.prompt_tokens_restored:,} restored, {result.prompt_tokens_evaluated:,} evaluated")
         parts.append(f"preset {self.session.preset_name or '-'}")
         parts.append(f"length {self.session.length or 'auto'}")
         if self.generating:
@@ -383,9 +385,25 @@ class ChatScreen(Screen[None]):
         elif result.finish_reason == "cancelled":
             kept = "the partial reply is kept" if result.text.strip() else "nothing had been written yet"
             self.notify(f"Stopped; {kept}.", markup=False)
+        if result.prompt_tokens_restored:
+            self.notify(f"Saved chat state restored: {result.prompt_tokens_restored:,} prompt tokens read from disk, "
+                        f"{result.prompt_tokens_evaluated:,} evaluated.", markup=False)
         self._show_notices()
         self.update_status()
         self.measure()
+        self.save_state()
+
+    # --- saved KV state (instant reopen) ----------------------------------------------------------------
+    def save_state(self) -> None:
+        """Save this chat's KV cache to disk in a worker thread (after a reply and on leaving the chat)."""
+        self.app.run_worker(self._save_state_now, thread=True, group="kvstate", exit_on_error=False)
+
+    def _save_state_now(self) -> None:
+        self.session.save_state()
+        self.post_message(StateSaved())
+
+    def on_state_saved(self, _: StateSaved) -> None:
+        self._show_notices()
 
     def on_reply_failed(self, message: ReplyFailed) -> None:
         if message.generation != self._gen_id:
@@ -502,6 +520,7 @@ class ChatScreen(Screen[None]):
     def action_back(self) -> None:
         if self.generating:
             self._cancel.set()
+        self.save_state()  # after the cancelled reply (the engine's lock orders them), off the UI thread
         self.app.pop_screen()
 
     def action_edit_turn(self) -> None:

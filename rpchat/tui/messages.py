@@ -68,3 +68,7 @@ class PromptMeasured(Message):
         self.n_tokens = n_tokens
         self.n_ctx = n_ctx
         self.first_kept = first_kept
+
+
+class StateSaved(Message):
+    """A chat's KV state was saved to disk in the background (or could not be: see the session's notices)."""
