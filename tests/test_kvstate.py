@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import signal
 import subprocess
@@ -329,3 +330,33 @@ def test_demo_model_restored_state_matches_warm_and_cold(demo_model: Path, tmp_p
 
 def top(logits: list[float]) -> int:
     return logits.index(max(logits))
+
+
+# --- rpchat reply and doctor -------------------------------------------------------------------------
+
+
+def test_rpchat_reply_restores_the_chat_after_a_restart(tiny_model: Path, tmp_path: Path) -> None:
+    card = tmp_path / "marisol.json"
+    card.write_text(json.dumps({"spec": "chara_card_v2", "spec_version": "2.0", "data": {
+        "name": "Marisol", "description": "Marisol is on the island with Theo. " * 20, "personality": "",
+        "scenario": "the beach", "first_mes": "Hello, Theo.", "mes_example": ""}}), encoding="utf-8")
+    home, chat = tmp_path / "home", tmp_path / "chat.jsonl"
+    env = {**os.environ, "RPCHAT_HOME": str(home)}
+
+    def reply(say: str) -> str:
+        res = subprocess.run([sys.executable, "-m", "rpchat", "reply", str(card), "--chat", str(chat), "--say", say,
+                              "--model", str(tiny_model), "--max-new", "8", "--seed", "1"],
+                             capture_output=True, text=True, env=env, timeout=300, check=False)
+        assert res.returncode == 0, res.stderr
+        return res.stderr.strip().splitlines()[-1]
+
+    reply("Hello there.")
+    second = reply("Where am I?")  # a new process: the last one's state is read back from disk
+    assert "restored from disk" in second, second
+    restored = int(second.split(" reused (")[1].split()[0])
+    evaluated = int(second.split("prompt ")[1].split()[0])
+    assert restored > 5 * evaluated, second
+    doctor = subprocess.run([sys.executable, "-m", "rpchat", "doctor"], capture_output=True, text=True, env=env,
+                            timeout=120, check=False).stdout
+    line = next(row for row in doctor.splitlines() if row.startswith("chat states"))
+    assert "1 saved" in line and "of 4096 MiB" in line, line
