@@ -155,7 +155,7 @@ def test_a_damaged_state_is_ignored_with_one_notice(tiny_model: Path, tmp_path: 
     assert fresh.kv_states is not None
     notices = fresh.kv_states.take_notices()
     assert len(notices) == 1 and "ignored" in notices[0], notices
-    _, again, _ = evaluate(fresh, tokens + tokens[:20])
+    evaluate(fresh, tokens + tokens[:20])
     assert fresh.kv_states.take_notices() == []  # one notice, not one per reply
     close(fresh)
 
@@ -276,7 +276,7 @@ def test_an_unwritable_cache_folder_leaves_replies_working(tiny_model: Path, tmp
     blocker.write_text("a file where the folder should be")
     e = load(tiny_model, blocker)
     tokens = e.tokenize(TEXT)[:700]
-    text1, result1, _ = evaluate(e, tokens)
+    text1, _, _ = evaluate(e, tokens)
     states = e.kv_states
     assert states is not None
     states.claim("chat")

@@ -179,9 +179,9 @@ class KVStates:
             if self._shift_at is not None and len(tokens) <= self._shift_at:
                 return None  # a context shift not yet applied to the K cache: the state is not final
             digest = _digest(tokens)
-            if self._saved.get(chat) == digest:
+            key_dir = self._prepare(engine)
+            if self._saved.get(chat) == digest and (key_dir / (chat + SUFFIX)).is_file():
                 return None
-            self._prepare(engine)
             ctx = engine._ctx
             size = int(llama_cpp.llama_state_seq_get_size(ctx, ALL_CELLS))
             if size <= 0 or size > self.budget:
