@@ -360,3 +360,63 @@ def test_rpchat_reply_restores_the_chat_after_a_restart(tiny_model: Path, tmp_pa
                             timeout=120, check=False).stdout
     line = next(row for row in doctor.splitlines() if row.startswith("chat states"))
     assert "1 saved" in line and "of 4096 MiB" in line, line
+
+
+# --- the TUI ------------------------------------------------------------------------------------------
+
+
+def test_tui_saves_after_a_reply_and_on_quit_and_restores_on_reopen(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from session_support import make_card, open_chat_from_library, tiny_config, wait_for, write_profile_config
+
+    from rpchat.chat.library import list_chats
+    from rpchat.paths import profile
+    from rpchat.tui.app import RpchatApp
+    from rpchat.tui.chat import ChatScreen
+
+    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
+    write_profile_config(tiny_config(tiny_model))
+    profile().cards_dir.mkdir(parents=True)
+    card = make_card(profile().cards_dir, "Zephyrine")
+    folder = profile().cache_dir / "kvstates"
+
+    def saved() -> list[Path]:
+        return list(folder.glob("*/*.kvstate"))
+
+    async def send(pilot, screen: ChatScreen, text: str) -> None:  # type: ignore[no-untyped-def]
+        screen.input.focus()
+        screen.input.text = text
+        await pilot.press("enter")
+        await pilot.pause()
+        await wait_for(pilot, lambda: not screen.generating)
+
+    async def first() -> None:
+        app = RpchatApp()
+        async with app.run_test(size=(120, 40)) as pilot:
+            screen = await open_chat_from_library(pilot, app, "Zephyrine")
+            await wait_for(pilot, lambda: app.engine_state == "ready")
+            await send(pilot, screen, "Where am I? Tell me about the island and the lighthouse, please.")
+            await wait_for(pilot, lambda: len(saved()) == 1)  # written by a worker after the reply
+            saved()[0].unlink()
+            await app.action_quit()  # saves the chat the engine holds before exiting
+        assert len(saved()) == 1
+
+    async def second() -> None:
+        app = RpchatApp()
+        async with app.run_test(size=(120, 40)) as pilot:
+            await wait_for(pilot, lambda: app.engine_state == "ready")
+            app.open_chat(card, list_chats("Zephyrine")[0].path)
+            await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen))
+            await pilot.pause()
+            screen = app.screen
+            assert isinstance(screen, ChatScreen)
+            await send(pilot, screen, "And then?")
+            result = screen.session.last_result
+            assert result is not None and result.prompt_tokens_restored > 3 * result.prompt_tokens_evaluated
+            assert f"prompt {result.prompt_tokens_restored:,} restored" in screen.status_text()
+
+    asyncio.run(first())
+    asyncio.run(second())
