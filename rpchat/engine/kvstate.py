@@ -247,7 +247,13 @@ class KVStates:
         if choice is None:
             return 0
         path, saved = choice
-        return len(saved) if self._load(engine, llama_cpp, path, saved) else 0
+        try:
+            return len(saved) if self._load(engine, llama_cpp, path, saved) else 0
+        except Exception as exc:  # noqa: BLE001 - a state that cannot be used costs an evaluation, never the reply
+            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(engine._ctx), True)
+            engine._cache = []
+            self._reject(path, f"{type(exc).__name__}: {exc}")
+            return 0
 
     def _tokens_of(self, path: Path) -> list[int] | None:
         if path in self._bad:
@@ -273,14 +279,19 @@ class KVStates:
 
     def _load(self, engine: LocalEngine, llama_cpp: Any, path: Path, saved: list[int]) -> bool:
         try:
-            raw = path.read_bytes()
-            size = len(raw)
+            # Read straight into a C buffer (no copy holding the GIL: the UI thread keeps running).
+            size = path.stat().st_size
+            buf = (ctypes.c_uint8 * size)()
+            with open(path, "rb") as f:
+                got = f.readinto(buf)
+            raw = memoryview(buf).cast("B")
             hlen = _HEAD.unpack_from(raw)[1]
-            header = json.loads(raw[_HEAD.size : _HEAD.size + hlen])
+            header = json.loads(bytes(raw[_HEAD.size : _HEAD.size + hlen]))
             start = _HEAD.size + hlen
             tok_end = start + 4 * len(saved)
-            state = memoryview(raw)[tok_end:]
-            if header.get("key") != self._key or len(state) != header.get("state_size") or size != tok_end + len(state):
+            state = raw[tok_end:]
+            if (got != size or header.get("key") != self._key or len(state) != header.get("state_size")
+                    or tok_end > size):
                 raise ValueError("it is truncated")
             if zlib.crc32(state, zlib.crc32(raw[start:tok_end])) != header.get("crc32"):
                 raise ValueError("its contents do not match their checksum")
@@ -294,8 +305,8 @@ class KVStates:
         mem = llama_cpp.llama_get_memory(ctx)
         llama_cpp.llama_memory_clear(mem, True)
         engine._cache = []
-        buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
-        ok = int(llama_cpp.llama_state_seq_set_data(ctx, buf, len(state), ALL_CELLS)) > 0
+        at = ctypes.cast(ctypes.addressof(buf) + tok_end, ctypes.POINTER(ctypes.c_uint8))
+        ok = int(llama_cpp.llama_state_seq_set_data(ctx, at, len(state), ALL_CELLS)) > 0
         if ok and int(llama_cpp.llama_memory_seq_pos_max(mem, 0)) + 1 != len(saved):
             ok = False
         if not ok:
