@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -16,13 +17,19 @@ def write_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
     The temp file's name carries the writer's PID, so temps left by a killed writer are recognised
     (and removed) on the next write to the same file, without touching a live writer's temp.
     """
+    write_atomic_chunks(path, [data], mode)
+
+
+def write_atomic_chunks(path: Path, chunks: Iterable[bytes | memoryview], mode: int | None = None) -> None:
+    """`write_atomic` for data in pieces (a large buffer is written without being joined first)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(path.parent, path.name)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), _mode_for(path) if mode is None else mode)
-            f.write(data)
+            for chunk in chunks:
+                f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

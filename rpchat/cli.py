@@ -284,6 +284,7 @@ def cmd_reply(args: argparse.Namespace) -> int:
             if line is not None:
                 line.close()
         out.write("\n")
+        session.save_state()  # the next `rpchat reply` on this chat starts from it
         _print_notices(session)
         if result.error:
             kept = " (partial reply saved, marked unfinished)" if result.text.strip() else ""
@@ -291,7 +292,9 @@ def cmd_reply(args: argparse.Namespace) -> int:
             return 2
         print(
             f"rpchat: {result.tokens_generated} tokens, {result.tok_per_s:.1f} tok/s, "
-            f"prompt {result.prompt_tokens_evaluated} evaluated / {result.prompt_tokens_reused} reused, "
+            f"prompt {result.prompt_tokens_evaluated} evaluated / {result.prompt_tokens_reused} reused"
+            + (f" ({result.prompt_tokens_restored} restored from disk)" if result.prompt_tokens_restored else "")
+            + ", "
             f"finish: {result.finish_reason}",
             file=sys.stderr,
         )
@@ -570,10 +573,29 @@ def cmd_doctor(_: argparse.Namespace) -> int:
     from rpchat.engine.diagnostics import doctor_report
 
     rows = doctor_report()
+    rows.append(("chat states", _state_usage()))
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
         print(f"{label.ljust(width)}  {value}")
     return 0
+
+
+def _state_usage() -> str:
+    """The saved KV states' disk use against their budget (config engine.state_cache_mib)."""
+    from rpchat.config import EngineConfig, load_config
+    from rpchat.engine.kvstate import states_dir, usage
+    from rpchat.paths import profile
+
+    paths = profile()
+    try:
+        mib = load_config(paths).engine.state_cache_mib
+    except RpchatError:
+        mib = EngineConfig().state_cache_mib
+    used = usage(states_dir(paths.cache_dir), max(0, mib) << 20)
+    if used.budget <= 0:
+        return f"off (engine.state_cache_mib is 0); {used.files} files, {used.size / 2**20:.1f} MiB in {used.folder}"
+    return (f"{used.files} saved, {used.size / 2**20:.1f} MiB of {used.budget / 2**20:.0f} MiB "
+            f"(least recently used go first) in {used.folder}")
 
 
 def cmd_formats(args: argparse.Namespace) -> int:

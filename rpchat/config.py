@@ -32,6 +32,7 @@ class EngineConfig:
     flash_attn: bool = False  # flash attention (faster on GPUs)
     kv_type: str = "f16"  # KV cache type: f16, q8_0 or q4_0
     lora: str | None = None  # optional LoRA adapter GGUF applied on the model
+    state_cache_mib: int = 4096  # disk budget for saved chat states (instant reopen); 0 turns them off
     remote_url: str | None = None  # e.g. http://127.0.0.1:8080 for llama-server
     remote_api: str = "auto"  # auto, llama.cpp, openai or koboldcpp
     api_key: str | None = None  # sent as "Authorization: Bearer <key>"; $RPCHAT_API_KEY wins and is never saved

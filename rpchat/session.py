@@ -97,6 +97,27 @@ class RoleplaySession:
         if self.engine is not None:
             self.engine.close()
 
+    def save_state(self) -> Path | None:
+        """Save the engine's KV cache for this chat (local engine; a no-op when nothing changed).
+
+        Reading the state holds the engine's lock for a memory copy; the file is written after.
+        Problems become notices. Returns the state file written, if any.
+        """
+        from rpchat.engine.kvstate import save_for, states_of
+
+        path = save_for(self.engine, self.path)
+        states = states_of(self.engine)
+        if states is not None:
+            for notice in states.take_notices():
+                self._note(notice)
+        return path
+
+    def _note(self, problem: str) -> None:
+        with self.lock:
+            if problem not in self._reported:
+                self._reported.add(problem)
+                self.notices.append(problem)
+
     # --- settings ----------------------------------------------------------------------------------
     @property
     def length(self) -> str | None:
@@ -390,6 +411,11 @@ class RoleplaySession:
             max_tokens = min(max_tokens, room)
         sampling = dataclasses.replace(self.sampling, max_tokens=max_tokens)
         index, base, was_unfinished = self._open_reply(mode)
+        from rpchat.engine.kvstate import chat_id, states_of
+
+        states = states_of(engine)
+        if states is not None:
+            states.claim(chat_id(self.path))
         pieces: list[str] = []
         last_save = time.monotonic()
         result: Result
@@ -413,6 +439,9 @@ class RoleplaySession:
             if callable(close):
                 with contextlib.suppress(Exception):  # closing must not hide the real outcome
                     close()
+        if states is not None:
+            for notice in states.take_notices():
+                self._note(notice)
         if index is not None:
             cut = result.finish_reason in ("cancelled", "error")
             if cut and not "".join(pieces).strip():
@@ -664,4 +693,10 @@ def make_engine(config: Config, *, model: Path | None = None, url: str | None = 
         kv_type=eng.kv_type,
         lora_path=Path(eng.lora).expanduser() if eng.lora else None,
     )
-    return LocalEngine(settings)
+    from rpchat.engine.kvstate import attach
+    from rpchat.paths import profile
+
+    engine = LocalEngine(settings)
+    attach(engine, profile().cache_dir, max(0, eng.state_cache_mib) << 20)
+    return engine
+

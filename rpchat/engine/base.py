@@ -53,6 +53,7 @@ class Result:
     prompt_tokens: int = 0
     prompt_tokens_evaluated: int = 0
     prompt_tokens_reused: int = 0
+    prompt_tokens_restored: int = 0  # of the reused, read back from a saved chat state on disk
     tokens_generated: int = 0
     ttft_s: float = 0.0
     gen_time_s: float = 0.0

@@ -97,6 +97,8 @@ def _evaluate_prompt(
     ctx = engine._ctx
     mem = llama_cpp.llama_get_memory(ctx)
     seq_rm = llama_cpp.llama_memory_seq_rm
+    states = engine.kv_states
+    restored = states.restore(engine, llama_cpp, tokens) if states is not None else 0
     plan = plan_reuse(engine._cache, tokens, can_shift=engine._can_shift and engine.settings.context_shift)
     if plan.shifted:
         ok = seq_rm(mem, 0, plan.span_end, -1) and seq_rm(mem, 0, plan.keep, plan.span_start)
@@ -112,6 +114,9 @@ def _evaluate_prompt(
         llama_cpp.llama_memory_clear(mem, True)
         engine._cache = []
     result.prompt_tokens_reused = len(engine._cache)
+    result.prompt_tokens_restored = min(restored, result.prompt_tokens_reused)
+    if states is not None:
+        states.after_plan(bool(plan.shifted), len(engine._cache))
 
     decode, get_one = llama_cpp.llama_decode, llama_cpp.llama_batch_get_one
     step = max(1, engine._batch_cap)

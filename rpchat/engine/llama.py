@@ -19,6 +19,7 @@ from typing import Any
 
 from rpchat.engine.base import EngineInfo, ProgressCallback, PromptProgressCallback, Result, Sampling
 from rpchat.engine.gguf_info import ModelInfo
+from rpchat.engine.kvstate import KVStates
 from rpchat.errors import EngineError, ModelError
 from rpchat.paths import profile
 from rpchat.prompt.segments import Segment
@@ -230,6 +231,7 @@ class LocalEngine:
         self._can_shift = False
         self._abort: _AbortFlag | None = None
         self._graph_nodes = 0  # graph nodes llama.cpp computes per micro-batch (counted at warm-up)
+        self.kv_states: KVStates | None = None  # saved chat states on disk (rpchat.engine.kvstate)
 
     # --- Engine protocol ----------------------------------------------------------------------
 

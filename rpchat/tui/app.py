@@ -407,6 +407,10 @@ class RpchatApp(App[None]):
         for worker in waiting:
             # The engine stops within ~100 ms; the session then saves the partial reply.
             await self._wait_thread(worker, 5.0)
+        for screen in self.screen_stack:
+            if isinstance(screen, ChatScreen):
+                # The chat the engine holds is saved (off the event loop), so reopening it is instant.
+                await asyncio.to_thread(screen.session.save_state)
         self.exit()
 
     async def _wait_thread(self, worker: Worker[Any], timeout: float) -> None:

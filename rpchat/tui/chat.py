@@ -25,7 +25,14 @@ from rpchat.errors import RpchatError
 from rpchat.session import RoleplaySession
 from rpchat.tui.avatar import AvatarView
 from rpchat.tui.bindings import bindings_for
-from rpchat.tui.messages import PromptMeasured, PromptProgressed, ReplyFailed, ReplyFinished, TokensArrived
+from rpchat.tui.messages import (
+    PromptMeasured,
+    PromptProgressed,
+    ReplyFailed,
+    ReplyFinished,
+    StateSaved,
+    TokensArrived,
+)
 from rpchat.tui.prose import clean
 from rpchat.tui.statusline import StatusLine, StatusPart
 from rpchat.tui.transcript import Transcript, TurnView
@@ -478,9 +485,25 @@ class ChatScreen(Screen[None]):
         elif result.finish_reason == "cancelled":
             kept = "the partial reply is kept" if result.text.strip() else "nothing had been written yet"
             self.notify(f"Stopped; {kept}.", markup=False)
+        if result.prompt_tokens_restored:
+            self.notify(f"Saved chat state restored: {result.prompt_tokens_restored:,} prompt tokens read from disk, "
+                        f"{result.prompt_tokens_evaluated:,} evaluated.", markup=False)
         self._show_notices()
         self.update_status()
         self.measure()
+        self.save_state()
+
+    # --- saved KV state (instant reopen) ----------------------------------------------------------------
+    def save_state(self) -> None:
+        """Save this chat's KV cache to disk in a worker thread (after a reply and on leaving the chat)."""
+        self.app.run_worker(self._save_state_now, thread=True, group="kvstate", exit_on_error=False)
+
+    def _save_state_now(self) -> None:
+        self.session.save_state()
+        self.post_message(StateSaved())
+
+    def on_state_saved(self, _: StateSaved) -> None:
+        self._show_notices()
 
     def on_reply_failed(self, message: ReplyFailed) -> None:
         if message.generation != self._gen_id:
@@ -605,6 +628,7 @@ class ChatScreen(Screen[None]):
     def action_back(self) -> None:
         if self.generating:
             self._cancel.set()
+        self.save_state()  # after the cancelled reply (the engine's lock orders them), off the UI thread
         self.app.pop_screen()
 
     def action_edit_turn(self) -> None:
@@ -875,6 +899,9 @@ def _reply_cost(result: Result) -> str:
     """What the last reply cost: time to its first token and the prompt tokens read and reused."""
     read, reused = result.prompt_tokens_evaluated, result.prompt_tokens_reused
     tokens = f"{read:,} read, {reused:,} reused" if read or reused else ""
+    if result.prompt_tokens_restored:
+        # After a restart or a chat switch, the reused part came from the chat's saved state on disk.
+        tokens += f", {result.prompt_tokens_restored:,} restored from disk"
     if result.tokens_generated:
         return f"1st token {format_seconds(result.ttft_s)}" + (f" ({tokens})" if tokens else "")
     return f"prompt {tokens}" if tokens else ""

@@ -78,3 +78,7 @@ class PromptProgressed(Message):
         super().__init__()
         self.progress = progress
         self.generation = generation
+
+
+class StateSaved(Message):
+    """A chat's KV state was saved to disk in the background (or could not be: see the session's notices)."""
