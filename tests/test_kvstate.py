@@ -408,7 +408,7 @@ def test_tui_saves_after_a_reply_and_on_quit_and_restores_on_reopen(
         app = RpchatApp()
         async with app.run_test(size=(120, 40)) as pilot:
             await wait_for(pilot, lambda: app.engine_state == "ready")
-            app.open_chat(card, list_chats("Zephyrine")[0].path)
+            app.open_chat(card, list_chats(card, "Zephyrine")[0].path)
             await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen))
             await pilot.pause()
             screen = app.screen
