@@ -65,7 +65,7 @@ wait_for "Model ready" 60
 tmux -L "$SESSION" send-keys -t "$SESSION" -l "Hello there"
 tmux -L "$SESSION" send-keys -t "$SESSION" Enter
 wait_for "Hello there" 10
-wait_for "tok/s" 60   # the status line shows the speed once the streamed reply has finished
+wait_for "1st token" 60   # the status line shows what the reply cost once it has finished
 tmux -L "$SESSION" send-keys -t "$SESSION" C-q
 for _ in $(seq 100); do
     [ -s "$WORK/exit" ] && break
