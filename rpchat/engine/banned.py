@@ -61,9 +61,9 @@ def clean_phrases(phrases: Iterable[str]) -> tuple[str, ...]:
 
 def load_phrases(path: Path) -> tuple[str, ...]:
     """A YAML list of phrases (a bare list or ``phrases: [...]``); ConfigError names the file."""
-    from rpchat.yamlfile import load_yaml_file
+    from rpchat.yamlfile import load_yaml
 
-    data = load_yaml_file(path)
+    data = load_yaml(path)
     if isinstance(data, dict):
         data = data.get("phrases")
     if not isinstance(data, list) or not all(isinstance(p, str) for p in data):

@@ -1,0 +1,151 @@
+"""Banned phrases with backtracking: the engine takes a phrase back and resamples, and the stream never
+shows what it takes back. Real models: the demo model for real prose, a scripted tiny model for bytes."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tinymodel import token_id, write_tiny_model
+
+from rpchat.engine.banned import default_phrases, fold
+from rpchat.engine.base import Result, Sampling
+from rpchat.engine.llama import LocalEngine, LocalSettings
+from rpchat.prompt.segments import Segment
+
+SAMPLED = Sampling(temperature=0.8, min_p=0.05, repeat_penalty=1.1, seed=4242, max_tokens=48)
+GREEDY = dataclasses.replace(SAMPLED, temperature=0.0)
+
+
+@pytest.fixture(autouse=True)
+def _profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
+
+
+@pytest.fixture(scope="module")
+def demo(demo_model: Path) -> Iterator[tuple[LocalEngine, list[Segment], list[str]]]:
+    from rpchat.bench import CARD, PERSONA, _turn
+    from rpchat.prompt.builder import build_prompt
+    from rpchat.prompt.formats import load_format
+
+    engine = LocalEngine(LocalSettings(demo_model, n_ctx=1024, n_threads=2))
+    engine.load()
+    history = [_turn(False, CARD.first_mes), _turn(True, "Where am I? Tell me about this place.")]
+    built = build_prompt(load_format("limarp-v3"), CARD, PERSONA, history, length=None,
+                         counter=engine.count_tokens, n_ctx=engine.n_ctx, max_new=48)
+    yield engine, list(built.segments), list(built.stop)
+    engine.close()
+
+
+def reply(engine: LocalEngine, prompt: list[Segment], sampling: Sampling, stop: list[str] = ()) -> tuple[
+        list[str], Result]:
+    """Stream one reply from an empty KV cache (so every run evaluates the prompt the same way)."""
+    engine.reset_cache()
+    gen = engine.stream(prompt, sampling, stop)
+    pieces = list(gen)
+    return pieces, gen.result
+
+
+def a_span(text: str, words: int = 3) -> str:
+    """A few words from the middle of the model's own reply: a phrase it would produce."""
+    spans = re.findall(r"[A-Za-z']+(?: [A-Za-z']+){%d}" % (words - 1), text)
+    assert spans, text
+    return str(spans[len(spans) // 2])
+
+
+def assert_stream_never_takes_back(pieces: list[str], result: Result) -> None:
+    shown = ""
+    for piece in pieces:
+        shown += piece
+        assert result.text.startswith(shown)  # every piece extends what the user saw
+    assert shown == result.text
+
+
+@pytest.mark.parametrize("sampling", [GREEDY, SAMPLED], ids=["greedy", "seeded"])
+def test_a_phrase_the_model_writes_never_reaches_the_output(demo, sampling: Sampling) -> None:  # type: ignore[no-untyped-def]
+    engine, prompt, stop = demo
+    _, plain = reply(engine, prompt, sampling, stop)
+    phrase = a_span(plain.text)
+    banned = dataclasses.replace(sampling, banned_phrases=(phrase,))
+    pieces, first = reply(engine, prompt, banned, stop)
+    _, second = reply(engine, prompt, banned, stop)
+
+    assert fold(phrase) not in fold(first.text)
+    assert first.rewinds >= 1 and first.tokens_resampled >= first.rewinds
+    before = plain.text[: plain.text.index(phrase)]
+    assert first.text.startswith(before)  # the text before the phrase is the same
+    assert second.text == first.text  # the seed stays reproducible with the rewinds
+    assert_stream_never_takes_back(pieces, first)
+
+
+def test_matching_ignores_case_and_curly_quotes(demo) -> None:  # type: ignore[no-untyped-def]
+    engine, prompt, stop = demo
+    _, plain = reply(engine, prompt, GREEDY, stop)
+    phrase = a_span(plain.text)
+    shouted = phrase.upper().replace("'", "\u2019")
+    pieces, result = reply(engine, prompt, dataclasses.replace(GREEDY, banned_phrases=(shouted,)), stop)
+    assert fold(phrase) not in fold(result.text) and result.rewinds >= 1
+    assert_stream_never_takes_back(pieces, result)
+
+
+def test_a_list_that_never_matches_changes_nothing(demo) -> None:  # type: ignore[no-untyped-def]
+    engine, prompt, stop = demo
+    plain_pieces, plain = reply(engine, prompt, SAMPLED, stop)
+    with_list = dataclasses.replace(SAMPLED, banned_phrases=default_phrases())
+    pieces, result = reply(engine, prompt, with_list, stop)
+    if any(fold(p) in fold(plain.text) for p in default_phrases()):
+        pytest.skip("the demo model wrote a shipped phrase")
+    assert result.text == plain.text and result.rewinds == 0
+    assert_stream_never_takes_back(pieces, result)
+    # nothing is held back when no tail can begin a phrase: the same pieces, one per token or so
+    assert len(pieces) >= len(plain_pieces) // 2
+
+
+@pytest.fixture(scope="module")
+def scripted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEngine]:
+    """Greedy decoding after "▁Hello" spells "é the world### Input" (é as two byte tokens), then EOS."""
+    chain = ["▁Hello", "<0xC3>", "<0xA9>", "▁the", "▁world", "###", "▁Input", "</s>"]
+    ids = [token_id(t) for t in chain]
+    path = write_tiny_model(tmp_path_factory.mktemp("scripted") / "scripted.gguf",
+                            successors=dict(itertools.pairwise(ids)))
+    engine = LocalEngine(LocalSettings(path, n_ctx=512, n_threads=2))
+    engine.load()
+    yield engine
+    engine.close()
+
+
+HELLO = [Segment("Hello", "user")]
+
+
+def test_a_phrase_starting_with_a_split_character_rewinds_to_its_first_byte(scripted: LocalEngine) -> None:
+    plain_pieces, plain = reply(scripted, HELLO, dataclasses.replace(GREEDY, banned_phrases=("zzz",)))
+    assert plain.text == "é the world### Input" and plain.rewinds == 0
+    pieces, result = reply(scripted, HELLO, dataclasses.replace(GREEDY, banned_phrases=("É THE",)))
+    assert "é the" not in fold(result.text)
+    assert "\ufffd" not in result.text  # the rewind took both bytes of é, not half a character
+    assert result.rewinds >= 1
+    assert_stream_never_takes_back(pieces, result)
+
+
+def test_a_phrase_in_the_middle_keeps_what_came_before(scripted: LocalEngine) -> None:
+    pieces, result = reply(scripted, HELLO, dataclasses.replace(GREEDY, banned_phrases=("the world",)))
+    assert result.text.startswith("é") and "the world" not in result.text
+    assert result.rewinds >= 1
+    assert_stream_never_takes_back(pieces, result)
+    # "é" could never start a phrase, so it was shown before the rewind happened
+    assert pieces[0] == "é"
+
+
+def test_stop_strings_still_stop_with_a_list(scripted: LocalEngine) -> None:
+    pieces, result = reply(scripted, HELLO, dataclasses.replace(GREEDY, banned_phrases=("input",)), ["###"])
+    assert result.text == "é the world" and result.finish_reason == "stop" and result.rewinds == 0
+
+
+def test_the_shipped_list_loads() -> None:
+    phrases = default_phrases()
+    assert "ministrations" in phrases and "shivers down her spine" in phrases
+    assert len(phrases) == len({fold(p) for p in phrases})
