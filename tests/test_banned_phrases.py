@@ -52,7 +52,7 @@ def reply(engine: LocalEngine, prompt: list[Segment], sampling: Sampling, stop: 
 
 def a_span(text: str, words: int = 3) -> str:
     """A few words from the middle of the model's own reply: a phrase it would produce."""
-    spans = re.findall(r"[A-Za-z']+(?: [A-Za-z']+){%d}" % (words - 1), text)
+    spans = re.findall(rf"[A-Za-z']+(?: [A-Za-z']+){{{words - 1}}}", text)
     assert spans, text
     return str(spans[len(spans) // 2])
 
@@ -122,7 +122,7 @@ HELLO = [Segment("Hello", "user")]
 
 
 def test_a_phrase_starting_with_a_split_character_rewinds_to_its_first_byte(scripted: LocalEngine) -> None:
-    plain_pieces, plain = reply(scripted, HELLO, dataclasses.replace(GREEDY, banned_phrases=("zzz",)))
+    _, plain = reply(scripted, HELLO, dataclasses.replace(GREEDY, banned_phrases=("zzz",)))
     assert plain.text == "é the world### Input" and plain.rewinds == 0
     pieces, result = reply(scripted, HELLO, dataclasses.replace(GREEDY, banned_phrases=("É THE",)))
     assert "é the" not in fold(result.text)
@@ -141,7 +141,7 @@ def test_a_phrase_in_the_middle_keeps_what_came_before(scripted: LocalEngine) ->
 
 
 def test_stop_strings_still_stop_with_a_list(scripted: LocalEngine) -> None:
-    pieces, result = reply(scripted, HELLO, dataclasses.replace(GREEDY, banned_phrases=("input",)), ["###"])
+    _, result = reply(scripted, HELLO, dataclasses.replace(GREEDY, banned_phrases=("input",)), ["###"])
     assert result.text == "é the world" and result.finish_reason == "stop" and result.rewinds == 0
 
 

@@ -20,7 +20,7 @@ from textual.widgets import Footer, Static, TextArea
 
 from rpchat.chat.model import Turn
 from rpchat.errors import RpchatError
-from rpchat.session import RoleplaySession
+from rpchat.session import RoleplaySession, settings_banned
 from rpchat.tui.avatar import AvatarView
 from rpchat.tui.bindings import bindings_for
 from rpchat.tui.messages import PromptMeasured, ReplyFailed, ReplyFinished, TokensArrived
@@ -503,6 +503,7 @@ class ChatScreen(Screen[None]):
         self.session.fmt, self.session.choices = fmt, choices
         self.session.sampling, self.session.preset_name = preset.sampling, preset.name
         self.session.max_new = config.max_new_tokens
+        self.session.banned_phrases = settings_banned(config)
         self.update_sidebar()
         self.update_status()
         self.measure()
