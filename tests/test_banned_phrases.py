@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_remote_protocols import Fake, connect, fake, kobold_routes, llama_routes  # noqa: F401 - fixture
 from tinymodel import token_id, write_tiny_model
 
 from rpchat.engine.banned import default_phrases, fold
@@ -149,3 +150,52 @@ def test_the_shipped_list_loads() -> None:
     phrases = default_phrases()
     assert "ministrations" in phrases and "shivers down her spine" in phrases
     assert len(phrases) == len({fold(p) for p in phrases})
+
+
+def test_reply_ban_flag_keeps_a_phrase_out(tmp_path: Path, tiny_model: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    card = tmp_path / "jay.json"
+    card.write_text(json.dumps({"name": "Jay", "first_mes": "Hi."}))
+
+    def reply_text(chat: str, *extra: str) -> tuple[str, str]:
+        res = subprocess.run(
+            [sys.executable, "-m", "rpchat", "reply", str(card), "--chat", str(tmp_path / chat), "--say", "hello",
+             "--model", str(tiny_model), "--max-new", "12", "--seed", "3", *extra],
+            check=False, capture_output=True, text=True, timeout=300,
+            env={**os.environ, "RPCHAT_HOME": str(tmp_path / "home")})
+        assert res.returncode == 0, res.stderr
+        last = json.loads((tmp_path / chat).read_text(encoding="utf-8").splitlines()[-1])
+        return str(last["mes"]), res.stderr
+
+    plain, _ = reply_text("a.jsonl")
+    words = re.findall(r"[A-Za-z0-9]{3,}", plain)  # the tiny model writes bytes too: take letters
+    assert words, plain
+    phrase = words[0]
+    banned, stderr = reply_text("b.jsonl", "--ban", phrase.upper(), "--ban", "ministrations")
+    assert fold(phrase) not in fold(banned)
+    assert "banned phrase(s) rewritten" in stderr
+
+
+
+REMOTE_BANS = Sampling(banned_phrases=("shivers down her spine", "ministrations"))
+
+
+def test_koboldcpp_gets_the_list_as_banned_tokens(fake: Fake) -> None:  # noqa: F811
+    kobold_routes(fake)
+    gen = connect(fake).stream([Segment("Hi", "template")], REMOTE_BANS)
+    list(gen)
+    body = fake.bodies("/api/extra/generate/stream")[0]
+    assert body["banned_tokens"] == ["shivers down her spine", "ministrations"]  # its anti-slop phrase ban
+    assert gen.result.unsupported == []
+
+
+def test_a_server_without_phrase_bans_says_the_list_is_not_applied(fake: Fake) -> None:  # noqa: F811
+    llama_routes(fake)
+    gen = connect(fake).stream([Segment("Hi", "template")], REMOTE_BANS)
+    list(gen)
+    assert "banned_phrases" not in fake.bodies("/completion")[0]
+    assert gen.result.unsupported == ["banned_phrases"]  # shown as "not applied by this server"

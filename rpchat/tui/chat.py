@@ -668,6 +668,27 @@ class ChatScreen(Screen[None]):
         self.update_sidebar()
         self.measure()
 
+    def action_chat_banned(self) -> None:
+        """Edit the phrases this chat bans on top of Settings' list (separated by |)."""
+        from rpchat.tui.dialogs import TextPrompt
+
+        def done(text: str | None) -> None:
+            if text is None:
+                return
+            try:
+                self.session.set_chat_banned(text.split("|"))
+            except RpchatError as e:
+                self.notify(str(e), severity="error", markup=False)
+                return
+            n = len(self.session.chat.banned_phrases)
+            self.notify(f"{n} banned phrase(s) for this chat; {len(self.session.all_banned())} in all.",
+                        markup=False)
+
+        self.app.push_screen(TextPrompt(
+            "Banned phrases for this chat", " | ".join(self.session.chat.banned_phrases), allow_empty=True,
+            message="Separate phrases with |. These add to the list in Settings (F2).",
+        ), done)
+
     def _target(self) -> int | None:
         t = self.transcript
         if t.cursor is not None and t.cursor < len(self.session.chat.turns):
