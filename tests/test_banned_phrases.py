@@ -199,3 +199,48 @@ def test_a_server_without_phrase_bans_says_the_list_is_not_applied(fake: Fake) -
     list(gen)
     assert "banned_phrases" not in fake.bodies("/completion")[0]
     assert gen.result.unsupported == ["banned_phrases"]  # shown as "not applied by this server"
+
+
+@pytest.mark.parametrize("settings", [
+    {"temperature": 0.9, "repeat_penalty": 1.3, "frequency_penalty": 0.5, "presence_penalty": 0.3, "repeat_last_n": 6},
+    {"temperature": 1.0, "dry_multiplier": 2.0, "dry_allowed_length": 1, "xtc_probability": 0.5,
+     "xtc_threshold": 0.05},
+    {"temperature": 1.0, "mirostat": 2},
+    {"temperature": 1.0, "mirostat": 1, "repeat_penalty": 1.2},
+], ids=["penalties", "dry-xtc", "mirostat2", "mirostat1"])
+def test_a_rewound_sampler_chain_draws_again_what_it_drew(tiny_model: Path, settings: dict[str, object]) -> None:
+    import llama_cpp as L
+    import numpy as np
+
+    from rpchat.engine.sampling import SamplerChain
+
+    llm = L.Llama(str(tiny_model), n_ctx=512, verbose=False)
+    rng = np.random.default_rng(5)
+    # few strong candidates per row, and the same ones across rows, so penalties and DRY matter
+    rows = [rng.standard_normal(llm.n_vocab()).astype(np.float32) for _ in range(10)]
+    for row in rows:
+        row[300:306] += 6.0
+    history = [300, 301, 302, 303]
+    try:
+        with SamplerChain(llm, llm, Sampling(seed=11, **settings), history) as chain:  # type: ignore[arg-type]
+
+            def draw(part: list[np.ndarray]) -> list[int]:
+                picks = []
+                for row in part:
+                    token = chain.apply(row).selected
+                    chain.accept(token)
+                    picks.append(token)
+                return picks
+
+            first = draw(rows[:4])
+            mark = chain.checkpoint()
+            tail = draw(rows[4:])
+            assert draw(rows[4:]) != tail  # the chain moved on: RNG, penalties and mu changed
+            chain.rewind(mark, [*history, *first])
+            again = draw(rows[4:])
+            chain.rewind(mark, [*history, *first])  # a checkpoint serves more than one rewind
+            third = draw(rows[4:])
+            mark.close()
+    finally:
+        llm.close()
+    assert again == tail and third == tail
