@@ -310,6 +310,12 @@ class ChatScreen(Screen[None]):
         result = self.session.last_result
         if result is not None and result.tok_per_s:
             parts.append(StatusPart.of(f"{result.tok_per_s:.1f} tok/s", rank=30))
+        if result is not None and (result.rewinds or result.unsupported):
+            # what the banned-phrase list did to the last reply, or that the server ignored it
+            said = (f"{result.rewinds} banned phrase(s) rewritten" if result.rewinds
+                    else "not applied: " + ", ".join(result.unsupported))
+            short = f"{result.rewinds} rewritten" if result.rewinds else "list not applied"
+            parts.append(StatusPart.of(clean(said), short, rank=15))
         choices = self.session.choices
         if choices is not None:
             # Where each came from: "format limamono, from the model"; short: "limamono (model)".

@@ -148,6 +148,7 @@ class SettingsScreen(Screen["Config | None"]):
     SettingsScreen ContentSwitcher { height: 1fr; }
     SettingsScreen TabPane { height: 1fr; padding: 1 1 0 1; overflow-y: auto; }
     SettingsScreen #banned-phrases { height: 6; width: 1fr; }
+    SettingsScreen #banned-hint { width: 24; color: $text-muted; padding-left: 1; }
     SettingsScreen .field { height: auto; margin-bottom: 1; }
     SettingsScreen .field-label { width: 18; color: $text-muted; }
     SettingsScreen .field Input, SettingsScreen .field Select { width: 1fr; }
@@ -223,7 +224,7 @@ class SettingsScreen(Screen["Config | None"]):
                 yield _field("Reply budget", Input(str(cfg.max_new_tokens), id="max-new-tokens"))
                 yield _field("Banned phrases", TextArea("\n".join(settings_banned(cfg)), id="banned-phrases",
                                                         soft_wrap=True),
-                             Static("one per line; the local engine rewrites them", markup=False))
+                             Static("one per line; the local engine rewrites them", id="banned-hint", markup=False))
                 yield SamplerForm(id="sampler-form")
             with TabPane("Theme", id="tab-theme"):
                 yield _field("Theme", Select([(n, n) for n in self._theme_names()], value=self._current_theme(),
