@@ -244,3 +244,55 @@ def test_a_rewound_sampler_chain_draws_again_what_it_drew(tiny_model: Path, sett
     finally:
         llm.close()
     assert again == tail and third == tail
+
+
+def test_settings_edit_the_list_one_phrase_per_line(tmp_path: Path) -> None:
+    import asyncio
+
+    from test_tui_screens_settings import Host
+    from textual.widgets import TextArea
+
+    from rpchat.config import Config, load_config
+    from rpchat.paths import profile
+    from rpchat.tui.settings import SettingsScreen
+
+    seen: list[str] = []
+
+    async def run(config: Config, text: str | None) -> None:
+        app = Host(lambda: SettingsScreen(config))
+        async with app.run_test(size=(110, 36)) as pilot:
+            await pilot.pause()
+            area = app.screen.query_one("#banned-phrases", TextArea)
+            seen.append(area.text)
+            if text is not None:
+                area.text = text
+            await pilot.press("ctrl+s")
+            await pilot.pause()
+
+    asyncio.run(run(Config(), None))
+    assert seen[0].splitlines() == list(default_phrases())  # a new user sees the shipped list
+    assert load_config(profile()).banned_phrases is None  # kept as "the shipped list"
+    asyncio.run(run(Config(), "Lighthouse\n\n  shivers   down her spine \nlighthouse\n"))
+    assert load_config(profile()).banned_phrases == ["Lighthouse", "shivers down her spine"]
+    asyncio.run(run(load_config(profile()), ""))
+    assert seen[2] == "Lighthouse\nshivers down her spine"
+    assert load_config(profile()).banned_phrases == []  # an empty list turns banning off
+
+
+def test_a_chat_keeps_its_own_list_on_top_of_the_settings(tmp_path: Path) -> None:
+    from rpchat.config import Config
+    from rpchat.session import open_chat_session
+
+    card = Path(__file__).parent / "fixtures" / "default_Seraphina.png"
+    chat = tmp_path / "c.jsonl"
+    config = Config(banned_phrases=["ministrations"])
+    session = open_chat_session(card, chat, config=config, create_missing=True)
+    session.set_chat_banned([" The  Sea ", "", "the sea", "Forest glade"])
+    session.close()
+    again = open_chat_session(card, chat, config=config)
+    assert again.chat.banned_phrases == ["The Sea", "Forest glade"]  # saved in the chat file
+    assert again.all_banned() == ("ministrations", "The Sea", "Forest glade")
+    again.close()
+    shipped = open_chat_session(card, chat, config=Config())
+    assert shipped.all_banned()[: len(default_phrases())] == default_phrases()
+    shipped.close()
