@@ -296,3 +296,17 @@ def test_a_chat_keeps_its_own_list_on_top_of_the_settings(tmp_path: Path) -> Non
     shipped = open_chat_session(card, chat, config=Config())
     assert shipped.all_banned()[: len(default_phrases())] == default_phrases()
     shipped.close()
+
+
+def test_rewinds_are_capped_and_the_reply_still_ends(tiny_model: Path) -> None:
+    from rpchat.engine.banned import MAX_REWINDS
+
+    engine = LocalEngine(LocalSettings(tiny_model, n_ctx=512, n_threads=2))
+    engine.load()
+    try:
+        everything = tuple("abcdefghijklmnopqrstuvwxyz0123456789")  # the tiny model cannot avoid them all
+        pieces, result = reply(engine, HELLO, dataclasses.replace(SAMPLED, max_tokens=40, banned_phrases=everything))
+    finally:
+        engine.close()
+    assert result.rewinds == MAX_REWINDS and result.finish_reason in ("length", "eos")
+    assert_stream_never_takes_back(pieces, result)

@@ -236,9 +236,11 @@ def generate(
             if hit is not None:
                 back = reply.token_at(hit[0])
                 tried = bans.setdefault(back, set())
+                keep = len(prompt) + back - 1  # the KV cache is cut one token short of `back`
                 if (result.rewinds >= MAX_REWINDS or len(tried) >= MAX_BANS_AT or back in exhausted
-                        or reply.marks[back] is None):
-                    allowed = hit[1]  # give up on this one gracefully
+                        or reply.marks[back] is None
+                        or not llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(ctx), 0, keep, -1)):
+                    allowed = hit[1]  # give up on this one gracefully (recurrent state cannot be cut)
                 else:
                     tried.add(reply.tokens[back])
                     for later in [p for p in bans if p > back]:
@@ -246,10 +248,8 @@ def generate(
                     exhausted = {p for p in exhausted if p < back}
                     result.rewinds += 1
                     result.tokens_resampled += len(reply.tokens) - back
-                    # The KV cache holds the prompt and the reply before `tok`: cut it one token
-                    # short of `back` and decode that token again, for the logits at `back`.
-                    keep = len(prompt) + back - 1
-                    llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(ctx), 0, keep, -1)
+                    # The cache held the prompt and the reply before `tok`; the token before `back`
+                    # is decoded again for the logits at `back`.
                     last = engine._cache[keep]
                     del engine._cache[keep:]
                     with_mark = reply.cut(back)
