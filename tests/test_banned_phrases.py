@@ -310,3 +310,11 @@ def test_rewinds_are_capped_and_the_reply_still_ends(tiny_model: Path) -> None:
         engine.close()
     assert result.rewinds == MAX_REWINDS and result.finish_reason in ("length", "eos")
     assert_stream_never_takes_back(pieces, result)
+
+
+def test_only_what_could_still_become_a_phrase_is_held_back(scripted: LocalEngine) -> None:
+    # " the world" could still become "the worlds end" until "###" arrives; nothing else waits
+    pieces, result = reply(scripted, HELLO, dataclasses.replace(GREEDY, banned_phrases=("the worlds end",)))
+    assert pieces == ["é", " the world###", " Input"] and result.rewinds == 0
+    plain, _ = reply(scripted, HELLO, GREEDY)
+    assert plain == ["é", " the", " world", "###", " Input"]  # the same tokens, one piece each
