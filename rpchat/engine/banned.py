@@ -114,6 +114,7 @@ class _Reply:
         self.text = ""
         self.folded = ""
         self.utf8 = Utf8Pieces()
+        self._released = 0  # marks before this index are closed
 
     def add(self, token: int, data: bytes, mark: ChainCheckpoint) -> None:
         self.tokens.append(token)
@@ -153,12 +154,12 @@ class _Reply:
 
     def release(self, upto: int) -> None:
         """Tokens before ``upto`` are shown: their checkpoints are never needed again."""
-        for i in range(upto):
+        for i in range(self._released, min(upto, len(self.marks))):
             mark = self.marks[i]
-            if mark is None:
-                continue
-            mark.close()
-            self.marks[i] = None
+            if mark is not None:
+                mark.close()
+                self.marks[i] = None
+        self._released = max(self._released, upto)
 
     def close(self) -> None:
         self.release(len(self.marks))
