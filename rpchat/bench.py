@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import re
 import resource
 import statistics
 import sys
@@ -169,6 +170,8 @@ def run_bench(
         if ref:
             out["reference_tok_s"] = _median_rate(ref)
         say("generation speed measured")
+        out["banned"] = _banned_cost(engine, last_prompt, sampling, max(speed_rounds, 1))
+        say("banned phrases measured")
     finally:
         engine.close()
 
@@ -244,6 +247,36 @@ def _app_loop(engine: LocalEngine, prompt: list[int], sampling: Sampling) -> lis
     """Seconds between text pieces of the engine on a fixed prompt (cached after the first run)."""
     stamps = [time.perf_counter() for _ in engine.generate_tokens(prompt, sampling)]
     return [b - a for a, b in itertools.pairwise(stamps)]
+
+
+def _banned_cost(engine: LocalEngine, prompt: list[int], sampling: Sampling, rounds: int) -> dict[str, Any]:
+    """Tokens per second (kept tokens over the generation time, rewinds included) and tokens
+    resampled per reply on a fixed prompt: no list, the shipped list, and the shipped list plus
+    three word pairs from the reply itself, so that rewinds really happen."""
+    from rpchat.engine.banned import default_phrases
+
+    def reply(phrases: tuple[str, ...]) -> Result:
+        engine.reset_cache()  # each reply evaluates the prompt alike, so only the list differs
+        gen = engine.generate_tokens(prompt, dataclasses.replace(sampling, banned_phrases=phrases))
+        for _ in gen:
+            pass
+        return gen.result
+
+    pairs = tuple(re.findall(r"[A-Za-z']+ [A-Za-z']+", reply(()).text)[:3])
+    lists = {"off": (), "shipped": default_phrases(), "forced": default_phrases() + pairs}
+    runs: dict[str, list[Result]] = {name: [] for name in lists}
+    for _ in range(rounds):  # the lists take turns, so noise from other processes hits each
+        for name, phrases in lists.items():
+            runs[name].append(reply(phrases))
+    out: dict[str, Any] = {"forced_extra": list(pairs), "phrases": len(lists["shipped"])}
+    for name, results in runs.items():
+        out[name] = {
+            "tok_s": round(statistics.median(r.tok_per_s for r in results), 2),
+            "rewinds": round(statistics.mean(r.rewinds for r in results), 2),
+            "resampled": round(statistics.mean(r.tokens_resampled for r in results), 2),
+            "tokens": round(statistics.mean(r.tokens_generated for r in results), 1),
+        }
+    return out
 
 
 def _median_rate(gaps: list[float]) -> float:
@@ -349,6 +382,13 @@ def format_bench(result: dict[str, Any]) -> str:
         app = result.get("app_loop_tok_s", 0)
         ratio = f" (app/reference {app / ref:.2f})" if ref else ""
         lines.append(f"reference  {ref:.1f} tok/s (median gap) plain llama-cpp-python stream loop{ratio}")
+    banned = result.get("banned")
+    if banned:
+        for name in ("off", "shipped", "forced"):
+            b = banned[name]
+            lines.append(f"banned     {name:<8} {b['tok_s']:>6.1f} tok/s, {b['tokens']:.0f} tokens, "
+                         f"{b['rewinds']:.1f} rewinds, {b['resampled']:.1f} tokens resampled per reply")
+        lines.append(f"           shipped = {banned['phrases']} phrases; forced adds {banned['forced_extra']}")
     lines.append(f"peak RSS   {result.get('peak_rss_mib', 0):.0f} MiB")
     for key, value in result.get("tui", {}).items():
         lines.append(f"tui        {key} {value}")

@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="put the author's note N messages from the end of the chat (remembered)")
     rp.add_argument("--note-interval", type=_count(1_000_000), metavar="N",
                     help="author's note every N user messages; 1: always, 0: never (remembered)")
+    rp.add_argument("--ban", action="append", metavar="PHRASE",
+                    help="a phrase this reply may not contain (repeatable; on top of Settings' and the chat's)")
 
     cd = sub.add_parser("card", help="inspect or convert character cards")
     cds = cd.add_subparsers(dest="card_command", required=True, parser_class=_Parser)
@@ -241,6 +243,7 @@ def cmd_reply(args: argparse.Namespace) -> int:
         session.sampling = dataclasses.replace(session.sampling, seed=args.seed)
     if args.max_new:
         session.max_new = args.max_new
+    session.banned_phrases = (*session.banned_phrases, *(args.ban or ()))
     for warning in session.chat.warnings:  # lines of the chat file that could not be read
         print(f"rpchat: warning: {_printable(warning)}", file=sys.stderr)
     cancel = threading.Event()
@@ -286,6 +289,8 @@ def cmd_reply(args: argparse.Namespace) -> int:
         out.write("\n")
         session.save_state()  # the next `rpchat reply` on this chat starts from it
         _print_notices(session)
+        if result.unsupported:  # e.g. banned phrases on a server without phrase banning
+            print(f"rpchat: note: not applied by this server: {', '.join(result.unsupported)}", file=sys.stderr)
         if result.error:
             kept = " (partial reply saved, marked unfinished)" if result.text.strip() else ""
             print(f"rpchat: error: {result.error}{kept}", file=sys.stderr)
@@ -294,8 +299,9 @@ def cmd_reply(args: argparse.Namespace) -> int:
             f"rpchat: {result.tokens_generated} tokens, {result.tok_per_s:.1f} tok/s, "
             f"prompt {result.prompt_tokens_evaluated} evaluated / {result.prompt_tokens_reused} reused"
             + (f" ({result.prompt_tokens_restored} restored from disk)" if result.prompt_tokens_restored else "")
-            + ", "
-            f"finish: {result.finish_reason}",
+            + f", finish: {result.finish_reason}"
+            + (f", {result.rewinds} banned phrase(s) rewritten ({result.tokens_resampled} tokens resampled)"
+               if result.rewinds else ""),
             file=sys.stderr,
         )
     finally:

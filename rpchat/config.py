@@ -54,6 +54,7 @@ class Config:
     default_length: str | None = "medium"  # length modifier for new chats; None = model decides
     max_new_tokens: int = 400  # reply budget in tokens
     keys: dict[str, str] = field(default_factory=dict)  # binding id -> key, e.g. {regenerate: ctrl+r}
+    banned_phrases: list[str] | None = None  # phrases the local engine rewrites; None: the shipped list
 
 
 def _from_dict(cls: type, data: Any, source: Path, prefix: str = "") -> Any:
@@ -87,6 +88,8 @@ def _check_type(value: Any, kind: Any, where: str, source: Path) -> Any:
         value = float(value) if ok else value
     elif "int" in text and "str" not in text:
         ok = isinstance(value, int) and not isinstance(value, bool)
+    elif text.startswith("list[str]"):
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
     elif "dict" in text:
         ok = _str_map(value)
         value = dict(value) if ok else value

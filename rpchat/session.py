@@ -77,6 +77,9 @@ class RoleplaySession:
         self._reported: set[str] = set()
         # `rpchat reply --no-lore`: leave the card's lorebook out for this session without saving that.
         self.skip_card_lorebook = False
+        # Phrases banned for every reply (Settings, or the shipped list) and for this session only
+        # (`rpchat reply --ban`); the preset's and the chat's own lists are added at reply time.
+        self.banned_phrases: tuple[str, ...] = ()
         # `rpchat prompt --world`: lorebooks that take part in this session only, not attached.
         self.extra_lorebooks: list[Lorebook] = []
         # Guards the chat while a worker thread streams into it and the UI thread reads it.
@@ -206,6 +209,18 @@ class RoleplaySession:
     def set_card_lorebook(self, on: bool) -> None:
         """Use (or leave out) the card's embedded lorebook in this chat; remembered."""
         self._change_settings("use_card_lorebook", bool(on))
+
+    def set_chat_banned(self, phrases: list[str]) -> None:
+        """This chat's own banned phrases (one per item); remembered in the chat file."""
+        from rpchat.engine.banned import clean_phrases
+
+        self._change_settings("banned_phrases", list(clean_phrases(phrases)))
+
+    def all_banned(self) -> tuple[str, ...]:
+        """What the next reply may not contain: the preset's, Settings', this chat's and this session's."""
+        from rpchat.engine.banned import clean_phrases
+
+        return clean_phrases([*self.sampling.banned_phrases, *self.banned_phrases, *self.chat.banned_phrases])
 
     def take_notices(self) -> list[str]:
         """The problems met since the last call (each is reported only once per session)."""
@@ -409,7 +424,7 @@ class RoleplaySession:
                     f"{engine.n_ctx:,}: raise n_ctx in Settings or shorten the last messages",
                 )
             max_tokens = min(max_tokens, room)
-        sampling = dataclasses.replace(self.sampling, max_tokens=max_tokens)
+        sampling = dataclasses.replace(self.sampling, max_tokens=max_tokens, banned_phrases=self.all_banned())
         index, base, was_unfinished = self._open_reply(mode)
         from rpchat.engine.kvstate import chat_id, states_of
 
@@ -637,7 +652,21 @@ def open_chat_session(
         engine=engine, preset_name=chosen.name, max_new=cfg.max_new_tokens, card_path=Path(card_path),
     )
     session.choices, session.notices = choices, list(choices.notices)
+    session.banned_phrases = settings_banned(cfg, remote=remote or cfg.engine.kind == "remote")
     return session
+
+
+def settings_banned(cfg: Config, *, remote: bool = False) -> tuple[str, ...]:
+    """The phrases banned in Settings; the shipped list until the user sets their own.
+
+    The shipped list is the local engine's default only: most servers cannot ban phrases, and a list the
+    user never asked for should not make every remote reply say "not applied".
+    """
+    from rpchat.engine.banned import clean_phrases, default_phrases
+
+    if cfg.banned_phrases is None:
+        return () if remote else default_phrases()
+    return clean_phrases(cfg.banned_phrases)
 
 
 NO_MODEL_HELP = (

@@ -28,5 +28,7 @@ def test_bench_reports_every_figure(tiny_model: Path) -> None:
     assert shift["evaluated"] < redo["evaluated"]
     assert result["peak_rss_mib"] > 0 and result["reference_tok_s"] > 0 and result["app_loop_tok_s"] > 0
     text = format_bench(result)
-    for label in ("generation", "prompt", "regenerate", "overflow", "reference", "peak RSS"):
+    banned = result["banned"]
+    assert banned["off"]["rewinds"] == 0 and banned["off"]["resampled"] == 0 and banned["shipped"]["tok_s"] > 0
+    for label in ("generation", "prompt", "regenerate", "overflow", "reference", "peak RSS", "banned"):
         assert label in text

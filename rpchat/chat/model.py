@@ -173,6 +173,16 @@ class Chat:
             "note_role": ROLES.index(note.role),
         })
 
+    @property
+    def banned_phrases(self) -> list[str]:
+        """Phrases this chat bans on top of the settings' and the preset's."""
+        value = self.settings.get("banned_phrases")
+        return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+    @banned_phrases.setter
+    def banned_phrases(self, phrases: list[str]) -> None:
+        self.settings["banned_phrases"] = list(phrases)
+
     # --- operations ----------------------------------------------------------------------------
     @classmethod
     def start(cls, character_name: str, user_name: str, greetings: list[str]) -> Chat:

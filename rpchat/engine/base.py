@@ -43,6 +43,8 @@ class Sampling:
     dynatemp_range: float = 0.0
     dynatemp_exponent: float = 1.0
     temperature_last: bool = True
+    # Phrases the local engine rewinds and resamples around (see `rpchat.engine.banned`).
+    banned_phrases: tuple[str, ...] = ()
 
 
 @dataclass
@@ -60,6 +62,8 @@ class Result:
     finish_reason: FinishReason = "stop"
     error: str | None = None
     unsupported: list[str] = field(default_factory=list)
+    rewinds: int = 0  # banned phrases taken back (local engine)
+    tokens_resampled: int = 0  # tokens thrown away by those rewinds
 
     @property
     def tok_per_s(self) -> float:

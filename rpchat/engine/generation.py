@@ -69,7 +69,13 @@ def run(
 
             sampler = _make_sampler(engine._model, engine._ctx, sampling, tokens)
             max_new = min(max(0, sampling.max_tokens), engine.n_ctx - len(tokens))
-            for piece in _generate(engine, llama_cpp, sampler, max_new, stop, cancel, result, t0):
+            if sampling.banned_phrases:
+                from rpchat.engine import banned
+
+                pieces = banned.generate(engine, llama_cpp, sampler, tokens, max_new, stop, cancel, result, t0)
+            else:
+                pieces = _generate(engine, llama_cpp, sampler, max_new, stop, cancel, result, t0)
+            for piece in pieces:
                 emitted.append(piece)
                 yield piece
         except EngineError as exc:

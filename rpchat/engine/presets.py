@@ -51,6 +51,7 @@ SAMPLER_HELP: dict[str, str] = {
     "dry_allowed_length": "DRY: repeated sequences up to this many tokens are not penalized.",
     "dry_penalty_last_n": "DRY: how many tokens of history to scan; -1 means the whole context.",
     "dry_sequence_breakers": "DRY: strings that end a repeated sequence (newline, colon, quotes, asterisk).",
+    "banned_phrases": "Phrases the local engine takes back and rewrites (any case, curly quotes alike).",
     "xtc_probability": "XTC: chance per token to exclude the top choices, for more varied prose; 0 is off.",
     "xtc_threshold": "XTC: tokens above this probability count as top choices (all but the least are dropped).",
     "mirostat": "Mirostat: 1 or 2 replaces the other truncation samplers and steers perplexity; 0 is off.",
@@ -141,6 +142,13 @@ def sampling_from_dict(data: Any, source: str | Path) -> Sampling:
         default = getattr(_DEFAULTS, key)
         if key == "seed" and value is None:
             values[key] = None
+            continue
+        if key == "banned_phrases":
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise _bad(key, "must be a list of phrases", source)
+            from rpchat.engine.banned import clean_phrases
+
+            values[key] = clean_phrases(value)
             continue
         if key == "dry_sequence_breakers":
             if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):

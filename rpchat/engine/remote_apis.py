@@ -353,7 +353,7 @@ class KoboldApi(ServerApi):
     name = "koboldcpp"
     label = "remote (KoboldCpp)"
     path = "/api/extra/generate/stream"
-    supported = (_LLAMA_FIELDS - {"frequency_penalty"}) | {"tfs_z", "temperature_last"}
+    supported = (_LLAMA_FIELDS - {"frequency_penalty"}) | {"tfs_z", "temperature_last", "banned_phrases"}
 
     def probe(self) -> None:
         version = self.conn.probe("/api/extra/version")
@@ -413,6 +413,8 @@ class KoboldApi(ServerApi):
             "trim_stop": True,
             "genkey": "KCPP" + secrets.token_hex(4).upper(),
         }
+        if s.banned_phrases:  # KoboldCpp 1.76+ bans these strings by backtracking ("anti-slop")
+            body["banned_tokens"] = list(s.banned_phrases)
         return body
 
     def parse(self, event: str, data: str) -> Chunk | None:

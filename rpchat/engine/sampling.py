@@ -33,6 +33,26 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 RANDOM_SEED = L.LLAMA_DEFAULT_SEED  # llama.cpp's "pick a random seed" marker; never pass it on
+# Samplers whose state is not a function of the accepted tokens: their RNG (and mirostat's mu)
+# advance in apply, so a rewind restores copies of them instead of replaying history.
+_DRAWING = frozenset({"dist", "xtc", "mirostat", "mirostat-v2"})
+
+
+class ChainCheckpoint:
+    """Copies of a chain's drawing samplers at one moment (see `SamplerChain.checkpoint`)."""
+
+    def __init__(self, copies: list[tuple[int, Any]]) -> None:
+        self.copies = copies  # (index in the chain, a clone llama.cpp allocated)
+
+    def close(self) -> None:
+        copies, self.copies = self.copies, []
+        for _i, smpl in copies:
+            if L is not None and L.llama_sampler_free is not None:
+                L.llama_sampler_free(smpl)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
 
 
 @dataclass(frozen=True)
@@ -110,6 +130,7 @@ class SamplerChain:
         self.names: list[str] = []
         self._chain: Any = None
         self._py: list[PySampler] = []  # numpy samplers in the chain; they must outlive it
+        self._penalty: tuple[PenaltySampler, int] | None = None
         model_p = _pointer(model, "_model", "model")
         self._ctx = _pointer(ctx, "_ctx", "ctx")
         vocab = L.llama_model_get_vocab(model_p) if model_p else None
@@ -138,6 +159,7 @@ class SamplerChain:
             self._py.append(pen)
             self._add("penalties", pen.sampler)
             pen.extend(history[-penalty_n:])
+            self._penalty = (pen, penalty_n)
         dry_n = window(s.dry_penalty_last_n)
         if s.dry_multiplier > 0 and dry_n > 0:
             if not vocab:
@@ -183,6 +205,7 @@ class SamplerChain:
 
         # Prime DRY with the tail of the chat history (prompt tokens), as the penalties above: the
         # seeds' range means the last N tokens of context, not of the reply.
+        self._primed = primed
         for sampler, last_n in primed:
             for token in history[-last_n:]:
                 L.llama_sampler_accept(sampler, int(token))
@@ -215,6 +238,45 @@ class SamplerChain:
         """Record a token chosen outside `sample` (penalties and DRY see it)."""
         if self._chain is not None:
             L.llama_sampler_accept(self._chain, int(token))
+
+    def checkpoint(self) -> ChainCheckpoint:
+        """The drawing samplers' state now (RNG, mirostat's mu), for `rewind` to return to."""
+        if self._chain is None:
+            raise EngineError("sampler chain is closed")
+        get, clone = L.llama_sampler_chain_get, L.llama_sampler_clone
+        return ChainCheckpoint(
+            [(i, clone(get(self._chain, i))) for i, name in enumerate(self.names) if name in _DRAWING]
+        )
+
+    def rewind(self, checkpoint: ChainCheckpoint, history: Sequence[int]) -> None:
+        """Put the chain back as it was at ``checkpoint``, with ``history`` accepted so far.
+
+        The penalties and DRY hold only the last N accepted tokens, so they are primed again from
+        ``history`` (prompt + the reply tokens kept); the drawing samplers are swapped for copies
+        of the checkpoint's, which stays usable for another rewind to the same place.
+        """
+        if self._chain is None:
+            raise EngineError("sampler chain is closed")
+        if self._penalty is not None:
+            pen, last_n = self._penalty
+            pen.reset()
+            pen.extend(history[-last_n:])
+        for sampler, last_n in self._primed:
+            L.llama_sampler_reset(sampler)
+            for token in history[-last_n:]:
+                L.llama_sampler_accept(sampler, int(token))
+        if not checkpoint.copies:
+            return
+        first, n = checkpoint.copies[0][0], len(self.names)
+        # llama.cpp chains only append, so the tail from the first drawing sampler is taken out
+        # and put back in order, each drawing sampler replaced by a copy of its checkpoint.
+        tail = [L.llama_sampler_chain_remove(self._chain, i) for i in range(n - 1, first - 1, -1)][::-1]
+        copies = dict(checkpoint.copies)
+        for i, smpl in zip(range(first, n), tail, strict=True):
+            if i in copies:
+                L.llama_sampler_free(smpl)
+                smpl = L.llama_sampler_clone(copies[i])
+            L.llama_sampler_chain_add(self._chain, smpl)
 
     def apply(self, logits: np.ndarray) -> Candidates:
         """Run the chain over one row of logits (ids = positions) without accepting the pick."""

@@ -19,6 +19,13 @@ class Utf8Pieces:
         """Bytes of an unfinished character; at the end they are dropped, not shown as garbage."""
         return len(self._decoder.getstate()[0])
 
+    def pending(self) -> bytes:
+        """The bytes of an unfinished character, for `restore` after a rewind."""
+        return bytes(self._decoder.getstate()[0])
+
+    def restore(self, pending: bytes) -> None:
+        self._decoder.setstate((pending, 0))
+
 
 class StopFilter:
     """Hold back text that could be the start of a stop string; never emit the stop string itself."""

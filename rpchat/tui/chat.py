@@ -22,7 +22,7 @@ from textual.widgets import Footer, Static, TextArea
 from rpchat.chat.model import Turn
 from rpchat.engine.base import PromptProgress, Result, format_seconds, throttle
 from rpchat.errors import RpchatError
-from rpchat.session import RoleplaySession
+from rpchat.session import RoleplaySession, settings_banned
 from rpchat.tui.avatar import AvatarView
 from rpchat.tui.bindings import bindings_for
 from rpchat.tui.messages import (
@@ -332,6 +332,12 @@ class ChatScreen(Screen[None]):
                 parts.append(StatusPart.of(cost, rank=35))
         if result is not None and result.tok_per_s:
             parts.append(StatusPart.of(f"{result.tok_per_s:.1f} tok/s", rank=30))
+        if result is not None and (result.rewinds or result.unsupported):
+            # what the banned-phrase list did to the last reply, or that the server ignored it
+            said = (f"{result.rewinds} banned phrase(s) rewritten" if result.rewinds
+                    else "not applied: " + ", ".join(result.unsupported))
+            short = f"{result.rewinds} rewritten" if result.rewinds else "list not applied"
+            parts.append(StatusPart.of(clean(said), short, rank=15))
         choices = self.session.choices
         if choices is not None:
             # Where each came from: "format limamono, from the model".
@@ -571,6 +577,7 @@ class ChatScreen(Screen[None]):
         self.session.fmt, self.session.choices = fmt, choices
         self.session.sampling, self.session.preset_name = preset.sampling, preset.name
         self.session.max_new = config.max_new_tokens
+        self.session.banned_phrases = settings_banned(config, remote=config.engine.kind == "remote")
         self.update_sidebar()
         self.update_status()
         self.measure()
@@ -755,6 +762,27 @@ class ChatScreen(Screen[None]):
         self.notify(f"Card lorebook {'on' if on else 'off'}{note}.", markup=False)
         self.update_sidebar()
         self.measure()
+
+    def action_chat_banned(self) -> None:
+        """Edit the phrases this chat bans on top of Settings' list (separated by |)."""
+        from rpchat.tui.dialogs import TextPrompt
+
+        def done(text: str | None) -> None:
+            if text is None:
+                return
+            try:
+                self.session.set_chat_banned(text.split("|"))
+            except RpchatError as e:
+                self.notify(str(e), severity="error", markup=False)
+                return
+            n = len(self.session.chat.banned_phrases)
+            self.notify(f"{n} banned phrase(s) for this chat; {len(self.session.all_banned())} in all.",
+                        markup=False)
+
+        self.app.push_screen(TextPrompt(
+            "Banned phrases for this chat", " | ".join(self.session.chat.banned_phrases), allow_empty=True,
+            message="Separate phrases with |. These add to the list in Settings (F2).",
+        ), done)
 
     def _target(self) -> int | None:
         t = self.transcript

@@ -20,6 +20,8 @@ EXTRAS: tuple[tuple[str, str, str, str], ...] = (
     ("chat", "Detach world info", "detach_world", "Detach a world-info file from this chat"),
     ("chat", "Author's note…", "edit_note", "This chat's author's note: text, depth, every N turns, position"),
     ("chat", "Toggle card lorebook", "toggle_card_lorebook", "Use or ignore the card's own lorebook in this chat"),
+    ("chat", "Banned phrases for this chat…", "chat_banned",
+     "Phrases the local engine rewrites in this chat, on top of Settings' list"),
     ("chat", "Export this chat…", "export_chat", "Write this chat as a SillyTavern .jsonl file (rpchat chat export)"),
     ("library", "Import a chat for this card…", "import_chat",
      "Copy a SillyTavern .jsonl chat into this card's chats (rpchat chat import)"),

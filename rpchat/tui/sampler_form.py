@@ -42,7 +42,7 @@ def parse_value(name: str, text: str) -> Any:
     default = getattr(_NEUTRAL, name)
     if name == "seed":
         return int(text) if text else None
-    if name == "dry_sequence_breakers":
+    if name in ("dry_sequence_breakers", "banned_phrases"):
         try:
             value = json.loads(text) if text else []
         except json.JSONDecodeError:

@@ -29,14 +29,17 @@ from textual.widgets import (
     Static,
     TabbedContent,
     TabPane,
+    TextArea,
 )  # fmt: skip
 
 from rpchat.config import API_KEY_ENV, Config, save_config
+from rpchat.engine.banned import clean_phrases, default_phrases
 from rpchat.engine.gguf_info import ModelInfo, scan_models
 from rpchat.engine.presets import SamplerPreset, import_preset, list_presets, load_preset, save_preset
 from rpchat.errors import ConfigError, RpchatError
 from rpchat.paths import Paths, profile
 from rpchat.prompt.formats import import_format, list_formats, load_format, load_formats
+from rpchat.session import settings_banned
 from rpchat.text import strip_controls
 from rpchat.tui.sampler_form import SamplerForm
 from rpchat.tui.themes import prose_styles
@@ -121,6 +124,12 @@ def ask_st_import(app: App[Any], kind: str) -> None:
     app.push_screen(PathPrompt(title, suffixes=(".json",), message=message), first)
 
 
+def _banned_list(text: str) -> list[str] | None:
+    """The text area's phrases; None while they are the shipped list, so updates to it apply."""
+    phrases = list(clean_phrases(strip_controls(text).splitlines()))
+    return None if tuple(phrases) == default_phrases() else phrases
+
+
 def _text(value: object) -> Text:
     # Model names and paths come from files: shown as data, never as markup.
     return Text(strip_controls(str(value)), no_wrap=True, overflow="ellipsis")
@@ -139,6 +148,8 @@ class SettingsScreen(Screen["Config | None"]):
     SettingsScreen #tabs { height: 1fr; }
     SettingsScreen ContentSwitcher { height: 1fr; }
     SettingsScreen TabPane { height: 1fr; padding: 1 1 0 1; overflow-y: auto; }
+    SettingsScreen #banned-phrases { height: 6; width: 1fr; }
+    SettingsScreen #banned-hint { width: 24; color: $text-muted; padding-left: 1; }
     SettingsScreen .field { height: auto; margin-bottom: 1; }
     SettingsScreen .field-label { width: 18; color: $text-muted; }
     SettingsScreen .field Input, SettingsScreen .field Select { width: 1fr; }
@@ -213,6 +224,9 @@ class SettingsScreen(Screen["Config | None"]):
                 yield _field("New chat length", Select(self._length_choices(cfg.format), value=cfg.default_length or "",
                                                        allow_blank=False, id="default-length"))
                 yield _field("Reply budget", Input(str(cfg.max_new_tokens), id="max-new-tokens"))
+                yield _field("Banned phrases", TextArea("\n".join(settings_banned(cfg)), id="banned-phrases",
+                                                        soft_wrap=True),
+                             Static("one per line; the local engine rewrites them", id="banned-hint", markup=False))
                 yield SamplerForm(id="sampler-form")
             with TabPane("Theme", id="tab-theme"):
                 yield _field("Theme", Select([(n, n) for n in self._theme_names()], value=self._current_theme(),
@@ -424,6 +438,7 @@ class SettingsScreen(Screen["Config | None"]):
             preset=str(self.query_one("#preset", Select).value), theme=str(self.query_one("#theme", Select).value),
             max_new_tokens=budget or self._config.max_new_tokens,
             default_length=str(self.query_one("#default-length", Select).value) or None,
+            banned_phrases=_banned_list(self.query_one("#banned-phrases", TextArea).text),
         )
         return config, problems
 
