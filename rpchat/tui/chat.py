@@ -329,7 +329,7 @@ class ChatScreen(Screen[None]):
             # What the last action cost: time to first token, prompt tokens read and reused.
             cost = _reply_cost(result)
             if cost:
-                parts.append(StatusPart.of(cost, rank=35))
+                parts.append(StatusPart.of(*cost, rank=35))
         if result is not None and result.tok_per_s:
             parts.append(StatusPart.of(f"{result.tok_per_s:.1f} tok/s", rank=30))
         if result is not None and (result.rewinds or result.unsupported):
@@ -923,13 +923,18 @@ class ChatScreen(Screen[None]):
         return self._status
 
 
-def _reply_cost(result: Result) -> str:
-    """What the last reply cost: time to its first token and the prompt tokens read and reused."""
-    read, reused = result.prompt_tokens_evaluated, result.prompt_tokens_reused
-    tokens = f"{read:,} read, {reused:,} reused" if read or reused else ""
-    if result.prompt_tokens_restored:
+def _reply_cost(result: Result) -> tuple[str, ...]:
+    """What the last reply cost, fullest form first: time to its first token and the prompt tokens read,
+    reused and restored from disk (a narrow status line keeps the time and the tokens read)."""
+    read, reused, restored = result.prompt_tokens_evaluated, result.prompt_tokens_reused, result.prompt_tokens_restored
+    if not (read or reused or result.tokens_generated):
+        return ()
+    full = f"{read:,} read, {reused:,} reused"
+    if restored:
         # After a restart or a chat switch, the reused part came from the chat's saved state on disk.
-        tokens += f", {result.prompt_tokens_restored:,} restored from disk"
-    if result.tokens_generated:
-        return f"1st token {format_seconds(result.ttft_s)}" + (f" ({tokens})" if tokens else "")
-    return f"prompt {tokens}" if tokens else ""
+        full += f", {restored:,} restored from disk"
+    short = f"{read:,} read, {restored:,} from disk" if restored else f"{read:,} read"
+    if not result.tokens_generated:
+        return f"prompt {full}", f"prompt {short}"
+    first = f"1st token {format_seconds(result.ttft_s)}"
+    return f"{first} ({full})", f"{first} ({short})", first
