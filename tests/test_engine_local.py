@@ -348,3 +348,17 @@ def test_continue_evaluates_at_most_one_token(scripted_model: Path) -> None:
     assert cont.prompt_tokens == first.prompt_tokens + 6
     assert cont.prompt_tokens_evaluated <= 1
     e.close()
+
+
+def test_a_cpu_reads_big_models_in_micro_batches_esc_can_stop_between() -> None:
+    # Esc waits for one graph node (the biggest matmul of a micro-batch): at 7B shape on a CPU a 512-token
+    # micro-batch made that ~200 ms, 128 tokens read as fast and stop in tens of ms. GPUs keep 512.
+    from rpchat.engine.loader import prompt_micro_batch
+
+    seven_b, demo = (7_240_000_000, 32), (268_000_000, 18)
+    assert prompt_micro_batch(512, *seven_b, gpu=False) == 128
+    assert prompt_micro_batch(512, *seven_b, gpu=True) == 512
+    assert prompt_micro_batch(512, *demo, gpu=False) == 512  # small models keep the faster big batches
+    assert prompt_micro_batch(512, 70_000_000_000, 80, gpu=False) == 64  # never below 64
+    assert prompt_micro_batch(16, *seven_b, gpu=False) == 16  # never above n_batch
+    assert prompt_micro_batch(512, 0, 0, gpu=False) == 512  # unknown size: llama.cpp's default
