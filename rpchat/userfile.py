@@ -6,9 +6,11 @@ device, a folder or a multi-gigabyte file gives the same clear one-line error ev
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 from rpchat.errors import RpchatError
 
@@ -39,4 +41,25 @@ def read_capped(path: Path, cap: int, error: type[RpchatError], what: str = "fil
         raise error(f"cannot read: {e.strerror or type(e).__name__}", path) from None
     if len(data) > cap:
         raise error(f"file is larger than {_size(cap)}", path)
+    return data
+
+
+def read_json_object(path: Path, cap: int, error: type[RpchatError], what: str,
+                     file_what: str = "file") -> dict[str, Any]:
+    """A JSON object read through `read_capped`; ``error`` in one line when it is not JSON or not an object.
+
+    ``what`` names what the file should be ("SillyTavern textgen preset") and ``file_what`` the file
+    (read_capped's ``what``: "no such preset file").
+    """
+    raw = read_capped(path, cap, error, file_what)
+    try:
+        data = json.loads(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError as e:
+        raise error(f"not UTF-8 text (byte {e.start})", path) from None
+    except json.JSONDecodeError as e:
+        raise error(f"not a JSON {what}: {e.msg} at line {e.lineno}", path) from None
+    except RecursionError:
+        raise error(f"not a JSON {what}: nested too deeply", path) from None
+    if not isinstance(data, dict):
+        raise error(f"not a {what} (expected a JSON object)", path)
     return data

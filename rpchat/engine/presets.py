@@ -28,7 +28,7 @@ from rpchat.engine.base import Sampling
 from rpchat.errors import ConfigError
 from rpchat.importname import NAME, Imported, import_name
 from rpchat.paths import profile
-from rpchat.userfile import read_capped
+from rpchat.userfile import read_json_object
 from rpchat.yamlfile import dump_yaml, load_yaml
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "preset_files"
@@ -373,13 +373,7 @@ _ST_IRRELEVANT = {
 def import_st_textgen(path: Path) -> SamplerPreset:
     """Convert a SillyTavern text-generation preset (JSON); ``unmapped`` lists what was dropped."""
     path = Path(path)
-    raw = read_capped(path, MAX_ST_PRESET_BYTES, ConfigError, "preset file")
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise ConfigError(f"not a JSON preset: {str(e).splitlines()[0][:80]}", path) from None
-    if not isinstance(data, dict):
-        raise ConfigError("not a SillyTavern textgen preset (expected a JSON object)", path)
+    data = read_json_object(path, MAX_ST_PRESET_BYTES, ConfigError, "SillyTavern textgen preset", "preset file")
     if "input_sequence" in data or "story_string" in data:
         raise ConfigError("not a textgen preset but an instruct or context template: import it with "
                           "`rpchat formats import`", path)

@@ -10,13 +10,12 @@ separator. Whatever cannot be said that way is listed in ``notes``, never droppe
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 from rpchat.errors import ConfigError
-from rpchat.userfile import read_capped
+from rpchat.userfile import read_json_object
 
 MAX_ST_TEMPLATE_BYTES = 1024 * 1024
 
@@ -70,14 +69,9 @@ _CONTEXT_UNSUPPORTED = {
 
 
 def _load(path: Path) -> dict[str, Any]:
-    raw = read_capped(path, MAX_ST_TEMPLATE_BYTES, ConfigError, "template file")
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise ConfigError(f"not a JSON template: {str(e).splitlines()[0][:80]}", path) from None
-    if not isinstance(data, dict):
-        raise ConfigError("not a SillyTavern instruct or context template (expected a JSON object)", path)
-    return data
+    return read_json_object(
+        path, MAX_ST_TEMPLATE_BYTES, ConfigError, "SillyTavern instruct or context template", "template file"
+    )
 
 
 def _kind(data: dict[str, Any]) -> str:
