@@ -43,3 +43,19 @@ def llama_server_binary() -> Path:
         pytest.skip(f"no llama-server: {exc}")
     except llamaserver.BuildFailed as exc:
         pytest.fail(f"building llama-server failed: {exc}")
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model: Path, request: pytest.FixtureRequest) -> Path:
+    """An isolated profile (RPCHAT_HOME) using the tiny model, with one card named after the test module's
+    ``NAME``; returns the test's tmp_path. A module that needs another profile defines its own ``home``."""
+    from session_support import make_card, tiny_config, write_profile_config
+
+    from rpchat.paths import profile
+
+    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
+    write_profile_config(tiny_config(tiny_model))
+    profile().cards_dir.mkdir(parents=True)
+    make_card(profile().cards_dir, request.module.NAME)
+    return tmp_path
+

@@ -25,15 +25,6 @@ from rpchat.tui.transcript import WINDOW, CutMarker, Transcript, TurnView
 NAME = "Zephyrine"
 
 
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model: Path) -> Path:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
-    write_profile_config(tiny_config(tiny_model))
-    profile().cards_dir.mkdir(parents=True)
-    make_card(profile().cards_dir, NAME)
-    return tmp_path
-
-
 def run(coro) -> None:  # type: ignore[no-untyped-def]
     asyncio.run(coro)
 

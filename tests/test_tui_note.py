@@ -6,8 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import pytest
-from session_support import make_card, open_chat_from_library, tiny_config, wait_for, write_profile_config
+from session_support import open_chat_from_library, wait_for
 from textual.widgets import Input, Select, TextArea
 
 from rpchat.chat.library import list_chats
@@ -19,15 +18,6 @@ from rpchat.tui.inspector import prompt_summary
 from rpchat.tui.note_dialog import AuthorsNoteDialog
 
 NAME = "Wenonah"
-
-
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model: Path) -> Path:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
-    write_profile_config(tiny_config(tiny_model))
-    profile().cards_dir.mkdir(parents=True)
-    make_card(profile().cards_dir, NAME)
-    return tmp_path
 
 
 def saved_metadata() -> dict:  # type: ignore[type-arg]

@@ -20,15 +20,6 @@ from rpchat.tui.transcript import CutMarker
 NAME = "Zephyrine"
 
 
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model: Path) -> Path:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
-    write_profile_config(tiny_config(tiny_model))
-    profile().cards_dir.mkdir(parents=True)
-    make_card(profile().cards_dir, NAME)
-    return tmp_path
-
-
 async def ready_chat(pilot, app: RpchatApp) -> ChatScreen:  # type: ignore[no-untyped-def]
     screen = await open_chat_from_library(pilot, app, NAME)
     await wait_for(pilot, lambda: app.engine_state == "ready")

@@ -6,8 +6,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-import pytest
-from session_support import make_card, open_chat_from_library, tiny_config, wait_for, write_profile_config
+from session_support import open_chat_from_library, wait_for
 from textual.widgets import Button, Input, Select
 
 from rpchat.config import load_config
@@ -20,15 +19,6 @@ from rpchat.tui.settings import SettingsScreen
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 NAME = "Wenonah"
-
-
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model: Path) -> Path:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
-    write_profile_config(tiny_config(tiny_model))
-    profile().cards_dir.mkdir(parents=True)
-    make_card(profile().cards_dir, NAME)
-    return tmp_path
 
 
 async def answer(pilot: Any, app: RpchatApp, text: str) -> None:

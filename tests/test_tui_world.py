@@ -5,14 +5,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import pytest
 from session_support import (
     LORE,
-    make_card,
     open_chat_from_library,
-    tiny_config,
     wait_for,
-    write_profile_config,
     write_world,
 )
 from textual.widgets import Input
@@ -25,15 +21,6 @@ from rpchat.tui.chat import ChatScreen
 from rpchat.tui.dialogs import PathPrompt, TextPrompt
 
 NAME = "Wenonah"
-
-
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model: Path) -> Path:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
-    write_profile_config(tiny_config(tiny_model))
-    profile().cards_dir.mkdir(parents=True)
-    make_card(profile().cards_dir, NAME)
-    return tmp_path
 
 
 def saved_settings() -> dict:  # type: ignore[type-arg]
