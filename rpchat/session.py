@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from rpchat.cards.model import Card
 from rpchat.chat.model import AuthorsNote, Chat, Turn
@@ -297,6 +297,7 @@ class RoleplaySession:
                 lorebook=[*self._world_books(), *self.extra_lorebooks],
                 card_lorebook=self.use_card_lorebook and not self.skip_card_lorebook,
                 note=self.chat.note,
+                **self._prompt_extras(),
             )
         self.last_built = built
         return built
@@ -477,6 +478,14 @@ class RoleplaySession:
             self.save()
 
     # --- internals ---------------------------------------------------------------------------------
+    def _prompt_extras(self) -> dict[str, Any]:
+        """More arguments for `build_prompt` (a group session names its members)."""
+        return {}
+
+    def _add_reply_turn(self) -> Turn:
+        """The empty character turn a new reply streams into."""
+        return self.chat.add(False, "")
+
     def _require_engine(self) -> Engine:
         if self.engine is None:
             raise EngineError("no model is loaded yet")
@@ -507,7 +516,7 @@ class RoleplaySession:
                 return None, "", False
             previous: Turn | None = None
             if mode == "reply":
-                self.chat.add(False, "")
+                self._add_reply_turn()
                 index = len(self.chat.turns) - 1
                 base, was = "", False
             else:
@@ -593,7 +602,7 @@ def pick_persona(book: PersonaBook, *names: str | None) -> Persona:
 
 
 def open_chat_session(
-    card_path: Path,
+    card_path: Path | None,
     chat_path: Path | None = None,
     *,
     config: Config | None = None,
@@ -606,6 +615,7 @@ def open_chat_session(
     readonly: bool = False,
     model: Path | None = None,
     remote: bool = False,
+    group: str | Path | None = None,
 ) -> RoleplaySession:
     """Open a chat with a card, the one way the TUI, ``rpchat reply`` and ``rpchat prompt`` do.
 
@@ -614,7 +624,15 @@ def open_chat_session(
     ``preset`` override the chat's persona and the config's format and preset. ``readonly`` touches no
     file: the chat is read as is and a new one is not saved (``rpchat prompt``). ``model`` (a GGUF) and
     ``remote`` say which model the format and preset are picked for, when not the configured one.
+    ``group`` (a group's name, id or file) opens that group's chat instead (``card_path`` is then unused;
+    ``chat_path`` picks one of its chats, by default its current one); see `rpchat.group.session`.
     """
+    if group is not None:
+        from rpchat.group.session import open_group_session
+
+        return open_group_session(group, chat_path, config=config, personas=personas, engine=engine, user=user,
+                                  format_name=format_name, preset=preset, readonly=readonly, model=model,
+                                  remote=remote)
     from rpchat.cards import load_card
     from rpchat.chat.library import chats_folder, new_chat_path
     from rpchat.chat.store import load_chat
@@ -622,6 +640,8 @@ def open_chat_session(
     from rpchat.engine.recognize import session_choices
     from rpchat.paths import profile
 
+    if card_path is None:
+        raise ChatError("no card or group to open", "chat")
     cfg = config if config is not None else load_config(profile())
     book = personas if personas is not None else PersonaBook.load()
     card = load_card(Path(card_path))
