@@ -108,9 +108,13 @@ def resolve_card(wanted: str) -> Path:
         if any(p.resolve() == path.resolve() for p in library):
             return path
         return import_card(path)
-    for entry in list_cards():
-        if wanted in (entry.path.name, entry.path.stem) or entry.name.casefold() == wanted.casefold():
-            return entry.path
+    # A file name says exactly which card; a character name may be shared (the user's own card wins then).
+    entries = sorted(list_cards(), key=lambda e: e.bundled)
+    key = wanted.casefold()
+    for found in ([e for e in entries if key in (e.path.name.casefold(), e.path.stem.casefold())],
+                  [e for e in entries if e.name.casefold() == key]):
+        if found:
+            return found[0].path
     raise ChatError(f"no card {wanted!r} in the library (a card file's path, or a name from the library)", wanted)
 
 
@@ -244,7 +248,14 @@ def import_st_group(src: Path, root: Path | None = None) -> tuple[Group, Path, l
         if card_by_file(avatar) is None:
             source = data_dir / "characters" / avatar
             if source.is_file():
-                imported = import_card(source)
+                load_card(source)  # a broken card is refused, never copied
+                keep = profile().cards_dir / avatar
+                # The member id is the card's file name: keep it when it is free, so the group and its chats
+                # still name the card the same way (and export back unchanged).
+                imported = keep if not keep.exists() and safe_name(avatar) == avatar else import_card(source)
+                if imported == keep:
+                    keep.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(source, keep)
                 if imported.name != avatar:
                     group.members = [imported.name if m == avatar else m for m in group.members]
                     group.disabled_members = [imported.name if m == avatar else m for m in group.disabled_members]
