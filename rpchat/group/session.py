@@ -140,10 +140,8 @@ class GroupSession(RoleplaySession):
         return who
 
     def _speak_as(self, member: Member) -> None:
-        from rpchat.group.library import card_by_file
-
+        # card_path stays None: this chat is the group's, never one card's "last chat" to resume.
         self.speaker, self.card = member, member.card
-        self.card_path = card_by_file(member.avatar) or self.card_path
 
     def reply(
         self,

@@ -226,6 +226,19 @@ class RpchatApp(App[None]):
         self.push_screen(ChatScreen(session))
         self.remember_chat(session)
 
+    def open_group(self, group: Path) -> None:
+        """Open a group's current chat (started with the members' greetings when new) and show it."""
+        from rpchat.session import open_chat_session
+        from rpchat.tui.chat import ChatScreen
+
+        try:
+            session = open_chat_session(None, config=self.config, personas=self.personas, group=group,
+                                        engine=self.engine if self.engine_state == "ready" else None)
+        except RpchatError as e:
+            self.notify(str(e), severity="error", markup=False)
+            return
+        self.push_screen(ChatScreen(session))
+
     # --- other screens ------------------------------------------------------------------------------------
     def action_show_help(self) -> None:
         from rpchat.tui.help import HelpScreen

@@ -40,6 +40,7 @@ KEYS: tuple[KeySpec, ...] = (
     KeySpec("duplicate_card", "ctrl+d", "duplicate_card", "Duplicate card", "library"),
     KeySpec("delete_card", "ctrl+x", "delete_card", "Delete card", "library"),
     KeySpec("edit_card", "ctrl+e", "edit_card", "Edit card", "library"),
+    KeySpec("groups", "ctrl+g", "groups", "Groups", "library"),
     KeySpec("filter", "ctrl+f", "focus_filter", "Filter", "library", show=False),
     KeySpec("card_up", "up", "move(-1)", "Previous card", "library", show=False, palette=False),
     KeySpec("card_down", "down", "move(1)", "Next card", "library", show=False, palette=False),
@@ -56,6 +57,9 @@ KEYS: tuple[KeySpec, ...] = (
     KeySpec("chat_card", "f4", "edit_card", "Edit card", "chat", show=False),
     KeySpec("inspect", "f5", "inspect_prompt", "Prompt inspector", "chat", show=False),
     KeySpec("back", "ctrl+b", "back", "Library", "chat"),
+    # group chats only (the chat screen hides them elsewhere)
+    KeySpec("speaker", "ctrl+k", "pick_speaker", "Speaker", "chat"),
+    KeySpec("members", "f9", "group_members", "Members", "chat"),
     # the message cursor (transcript focused)
     KeySpec("turn_up", "up,k", "cursor(-1)", "Previous turn", "transcript", show=False, palette=False),
     KeySpec("turn_down", "down,j", "cursor(1)", "Next turn", "transcript", show=False, palette=False),

@@ -22,9 +22,12 @@ from textual.widgets import Footer, Static, TextArea
 from rpchat.chat.model import Turn
 from rpchat.engine.base import PromptProgress, Result, format_seconds, throttle
 from rpchat.errors import RpchatError
+from rpchat.group.library import member_turn
+from rpchat.group.session import GroupSession
 from rpchat.session import RoleplaySession, settings_banned
 from rpchat.tui.avatar import AvatarView
 from rpchat.tui.bindings import bindings_for
+from rpchat.tui.group import GroupTurns, MembersDialog, SpeakerDialog, avatars_of, members_line
 from rpchat.tui.messages import (
     PromptMeasured,
     PromptProgressed,
@@ -198,6 +201,8 @@ class ChatScreen(Screen[None]):
         # The last prompt-progress report and when it came; the clock ticks on between reports.
         self._progress: tuple[PromptProgress, float] | None = None
         self._progress_timer: Timer | None = None
+        # A group chat: who answers the user's message, one after another (None in a 1:1 chat).
+        self.group_turns = GroupTurns(session) if isinstance(session, GroupSession) else None
 
     @property
     def rp_app(self) -> RpchatApp:
@@ -210,6 +215,7 @@ class ChatScreen(Screen[None]):
             with Vertical(id="sidebar"):
                 yield AvatarView(card.avatar)
                 yield Static(clean(card.display_name), id="char-name", markup=False)
+                yield Static("", id="group-members", markup=False)
                 yield Static(self._card_line(), id="card-info", markup=False)
                 yield Static("", id="persona", markup=False)
                 yield Static("", id="scenario", markup=False)
@@ -242,6 +248,8 @@ class ChatScreen(Screen[None]):
         return self.query_one("#input", ChatInput)
 
     def on_mount(self) -> None:
+        if self.group_turns is not None:
+            self.transcript.avatars = avatars_of(self.group_turns.session)
         self.transcript.anchor()
         self.show_chat()
         self.input.focus()
@@ -279,6 +287,13 @@ class ChatScreen(Screen[None]):
         worlds, line = self.query_one("#worlds", Static), self._worlds_line()
         worlds.update(line)
         worlds.display = bool(line)  # no blank gap in the sidebar when none
+        members = self.query_one("#group-members", Static)
+        members.display = self.group_turns is not None
+        if self.group_turns is not None:  # the sidebar shows who speaks next, and the members
+            members.update(members_line(self.group_turns.session))
+            self.query_one(AvatarView).set_image(s.card.avatar)
+            self.query_one("#char-name", Static).update(clean(s.card.display_name))
+            self.query_one("#card-info", Static).update(self._card_line())
 
     def _worlds_line(self) -> str:
         s = self.session
@@ -388,9 +403,22 @@ class ChatScreen(Screen[None]):
                 return
             self.input.clear()
             self.transcript.end_stream(self.session.chat.turns)
+        elif self.group_turns is not None:
+            pass  # Enter on an empty box passes the user's turn: the group talks on
         elif not self.session.chat.turns or not self.session.chat.turns[-1].is_user:
             return
+        if self.group_turns is not None:
+            self.group_round()
+            return
         self.generate("reply")
+
+    def group_round(self) -> None:
+        """Let the group answer by its turn order; with manual turns, ask who speaks."""
+        assert self.group_turns is not None
+        if self.group_turns.start_round():
+            self.generate("reply")
+        else:
+            self.action_pick_speaker()
 
     def generate(self, mode: str) -> None:
         """Start a reply, regeneration, continuation or impersonation in the worker thread."""
@@ -416,7 +444,20 @@ class ChatScreen(Screen[None]):
         self._cancel = threading.Event()
         self.generating = mode
         self._close_editor()
-        if mode == "reply":
+        speaker: dict[str, Any] = {}
+        if mode == "reply" and self.group_turns is not None:
+            member = self.group_turns.take()
+            if member is None:
+                self.group_turns.start_round()
+                member = self.group_turns.take()
+            if member is None:
+                self.generating = None
+                self.action_pick_speaker()
+                return
+            speaker = {"speaker": member}
+            self.update_sidebar()
+            self.transcript.start_stream(member_turn(member, ""))
+        elif mode == "reply":
             placeholder = Turn(is_user=False, name=chat.character_name, swipes=[""])
             self.transcript.start_stream(placeholder)
         elif mode == "regenerate":
@@ -428,10 +469,11 @@ class ChatScreen(Screen[None]):
         else:
             self.input.clear()
         self.update_status()
-        self._run_generation(mode, self._gen_id, self._cancel)
+        self._run_generation(mode, self._gen_id, self._cancel, speaker)
 
     @work(thread=True, group="generate", exclusive=True, exit_on_error=False)
-    def _run_generation(self, mode: str, gen_id: int, cancel: threading.Event) -> None:
+    def _run_generation(self, mode: str, gen_id: int, cancel: threading.Event,
+                        speaker: dict[str, Any] | None = None) -> None:
         def on_piece(piece: str) -> None:
             self.post_message(TokensArrived(piece, gen_id))
 
@@ -439,7 +481,8 @@ class ChatScreen(Screen[None]):
             self.post_message(PromptProgressed(progress, gen_id))
 
         try:
-            result = self.session.reply(on_piece, cancel, mode, throttle(on_progress))  # type: ignore[arg-type]
+            result = self.session.reply(on_piece, cancel, mode, throttle(on_progress),  # type: ignore[arg-type]
+                                        **(speaker or {}))
         except RpchatError as e:
             self.post_message(ReplyFailed(str(e), mode, gen_id))
             return
@@ -496,6 +539,13 @@ class ChatScreen(Screen[None]):
                         f"{result.prompt_tokens_evaluated:,} evaluated.", markup=False)
         self._show_notices()
         self.update_status()
+        if self.group_turns is not None:
+            self.update_sidebar()
+            if result.error or result.finish_reason == "cancelled" or message.mode != "reply":
+                self.group_turns.cancel()
+            elif self.group_turns.queue:
+                self.generate("reply")  # the next member of this round answers
+                return
         self.measure()
         self.save_state()
 
@@ -516,6 +566,8 @@ class ChatScreen(Screen[None]):
             return
         self.generating = None
         self._end_progress()
+        if self.group_turns is not None:
+            self.group_turns.cancel()
         self.transcript.end_stream(self.session.chat.turns)
         self.notify(message.problem, severity="error", markup=False)
         self.update_status()
@@ -546,8 +598,43 @@ class ChatScreen(Screen[None]):
 
     # --- actions (keys and command palette) ------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # Group keys exist in group chats only.
+        if action in ("pick_speaker", "group_members"):
+            return self.group_turns is not None
         # While a turn is edited (never during a reply), Esc is the edit box's "Cancel edit", not "Stop".
         return not (action == "stop" and self._editing is not None and not self.generating)
+
+    # --- group chats -----------------------------------------------------------------------------------
+    def action_pick_speaker(self) -> None:
+        """Ask who speaks now (any member, or pass: the group's turn order answers)."""
+        turns = self.group_turns
+        if turns is None or self.generating:
+            return
+
+        def chosen(choice: Any) -> None:
+            if choice is None or self.generating:
+                return
+            if choice == "pass":
+                self.group_round()
+            else:
+                turns.queue = [choice]
+                self.generate("reply")
+
+        self.app.push_screen(SpeakerDialog(turns.session), chosen)
+
+    def action_group_members(self) -> None:
+        """Mute, remove and add members, change the turn order (saved in the group file)."""
+        turns = self.group_turns
+        if turns is None:
+            return
+
+        def closed(changed: bool | None) -> None:
+            if changed:
+                self.transcript.avatars = avatars_of(turns.session)
+                self.update_sidebar()
+                self.measure()
+
+        self.app.push_screen(MembersDialog(turns.session), closed)
 
     def action_stop(self) -> None:
         """Esc: stop generating; else close the edit box; else return to the input."""

@@ -422,6 +422,24 @@ class LibraryScreen(Screen[None]):
         if entry is not None:
             self.rp_app.open_chat(entry.path, newest)
 
+    def action_groups(self) -> None:
+        """Group chats: open one, or make one from two or more cards."""
+        from rpchat.tui.group import GroupsDialog, NewGroupDialog
+
+        entry = self.current if self.current is not None and not self.current.error else None
+
+        def made(path: Path | None) -> None:
+            if path is not None:
+                self.rp_app.open_group(path)
+
+        def chosen(choice: Path | str | None) -> None:
+            if choice == "new":
+                self.app.push_screen(NewGroupDialog(entry.path if entry is not None else None), made)
+            elif isinstance(choice, Path):
+                self.rp_app.open_group(choice)
+
+        self.app.push_screen(GroupsDialog(), chosen)
+
     def action_new_chat(self) -> None:
         entry = self._usable()
         if entry is not None:
