@@ -14,6 +14,7 @@ from session_support import make_card
 from rpchat.chat.model import Turn
 from rpchat.chat.store import load_chat
 from rpchat.cli import main
+from rpchat.errors import ChatError
 from rpchat.group.library import chat_path, find_group, groups_dir
 from rpchat.group.model import load_group
 from rpchat.group.session import GroupSession
@@ -187,7 +188,7 @@ def test_members_join_and_leave_during_the_chat(home, capsys) -> None:
     assert "Wren's Persona" not in built.text and "\nWren:" in built.stop
     s.remove_member(wren)
     assert load_group(s.group_file).members == ["marisol.png", "oskar.png"]
-    with pytest.raises(Exception, match="at least two"):
+    with pytest.raises(ChatError, match="at least two"):
         s.remove_member(s.member("Oskar"))
     assert main(["group", "remove", "Island", "Nobody"]) == 2
     assert "not in group Island" in capsys.readouterr().err
@@ -268,3 +269,19 @@ def test_a_damaged_group_chat_keeps_every_readable_line(home, capsys) -> None:
     assert [t.text for t in again.chat.turns][-1] == "second"
     assert "line 4" in again.chat.warnings[0]
     assert list(s.path.parent.glob("*.corrupt-*.jsonl"))
+
+
+def test_a_renamed_card_stays_a_member_and_keeps_its_messages(home, capsys) -> None:
+    from rpchat.cards import load_card
+    from rpchat.cards.library import rename_card
+
+    path = _group(capsys)
+    s = _session(engine=False)
+    card = load_card(profile().cards_dir / "oskar.png")
+    card.name = "Oskar Lund"
+    new = rename_card(card, profile().cards_dir / "oskar.png", "Oskar")
+    assert load_group(path).members == ["marisol.png", new.name]
+    chat = load_chat(s.path)
+    assert chat.turns[1].unknown["original_avatar"] == new.name
+    s.reload_group()
+    assert s.author(s.chat.turns[1]) is s.member("Oskar Lund")

@@ -125,6 +125,9 @@ def rename_card(card: Card, path: Path, old_name: str, folder: Path | None = Non
     dest = new_card_path(folder, card.name, path.suffix.lower(), fresh_chats=True)
     save_card(card, dest)
     _move_chats(path, dest, old_name)
+    from rpchat.group.library import rename_member
+
+    rename_member(path.name, dest.name)  # groups name their members by card file
     try:
         path.unlink()
     except FileNotFoundError:

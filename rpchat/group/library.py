@@ -208,6 +208,33 @@ def open_group_chat(group: Group, members: list[Member], user_name: str, chat_id
     return chat, store
 
 
+def rename_member(old: str, new: str, root: Path | None = None) -> list[Path]:
+    """A card file was renamed ``old`` -> ``new``: every group naming it as a member, and its chats' messages
+    (``original_avatar``), follow, as SillyTavern's renameGroupMember does. Returns the groups changed."""
+    changed = []
+    for entry in list_groups(root):
+        group = entry.group
+        if group is None or old not in group.members:
+            continue
+        for chat_id in group.chats:
+            path = chat_path(chat_id, root)
+            if not path.is_file():
+                continue
+            store = ChatStore(path)
+            chat = store.open()
+            hits = [t for t in chat.turns if t.unknown.get("original_avatar") == old]
+            for turn in hits:
+                turn.unknown["original_avatar"] = new
+                turn.unknown["force_avatar"] = f"/thumbnail?type=avatar&file={new}"
+            if hits:
+                store.save(chat)
+        group.members = [new if m == old else m for m in group.members]
+        group.disabled_members = [new if m == old else m for m in group.disabled_members]
+        save_group(group, entry.path)
+        changed.append(entry.path)
+    return changed
+
+
 # --- SillyTavern import and export ---------------------------------------------------------------
 
 
@@ -224,8 +251,12 @@ def _chat_with_header(data: bytes, source: Path, group: Group) -> Chat:
     meta = group.chat_metadata if source.stem == group.chat_id else group.past_metadata.get(source.stem, {})
     header = json.dumps({"user_name": "unused", "character_name": "unused",
                          "chat_metadata": meta if isinstance(meta, dict) else {}}).encode()
-    chat = salvage_chat(header + b"\n" + data, source).chat
-    return chat
+    found = salvage_chat(header + b"\n" + data, source)
+    if found.dropped:
+        # Line numbers of the file as it is (without the header line added here).
+        lines = ", ".join(str(d.number - 1) for d in found.dropped)
+        raise ChatError(f"line(s) {lines} could not be read", source)
+    return found.chat
 
 
 def import_st_group(src: Path, root: Path | None = None) -> tuple[Group, Path, list[str]]:

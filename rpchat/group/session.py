@@ -67,6 +67,14 @@ class GroupSession(RoleplaySession):
                 return m
         return next((m for m in self.members if m.name == " ".join(turn.name.split())), None)
 
+    def reload_group(self) -> None:
+        """Read the group file, the members' cards and the chat again (after a card was renamed or edited)."""
+        with self.lock:
+            self.group = load_group(self.group_file)
+            self.members = load_members(self.group) or self.members
+            if self.store.changed_on_disk():
+                self.chat = self.store.reload()
+
     def is_muted(self, member: Member) -> bool:
         return member.avatar in self.group.disabled_members
 

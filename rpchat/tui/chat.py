@@ -671,6 +671,12 @@ class ChatScreen(Screen[None]):
 
     def card_changed(self, saved: Any) -> None:
         """The card was edited and saved: use it for the sidebar and the next prompt."""
+        if self.group_turns is not None:  # a member's card: read the members again
+            self.group_turns.reload(saved.path)
+            self.transcript.avatars = avatars_of(self.group_turns.session)
+            self.show_chat()
+            self.measure()
+            return
         self.session.card, self.session.card_path = saved.card, saved.path
         self.query_one(AvatarView).set_image(self.session.card.avatar)
         self.query_one("#char-name", Static).update(clean(self.session.card.display_name))  # a rename
@@ -749,7 +755,8 @@ class ChatScreen(Screen[None]):
         self.rp_app.open_persona_editor(self)
 
     def action_edit_card(self) -> None:
-        self.rp_app.open_card_editor(self.session.card_path, self)
+        path = self.group_turns.speaker_card() if self.group_turns is not None else self.session.card_path
+        self.rp_app.open_card_editor(path, self)
 
     def action_inspect_prompt(self) -> None:
         self.rp_app.open_prompt_inspector(self)

@@ -18,7 +18,7 @@ from textual.widgets import Footer, Input, OptionList, SelectionList, Static
 from textual.widgets.option_list import Option
 
 from rpchat.errors import RpchatError
-from rpchat.group.library import GroupEntry, create_group, list_groups, load_members
+from rpchat.group.library import GroupEntry, card_by_file, create_group, list_groups
 from rpchat.group.model import STRATEGIES
 from rpchat.group.turns import Member
 from rpchat.tui.prose import clean
@@ -322,6 +322,17 @@ class GroupTurns:
     def cancel(self) -> None:
         self.queue = []
 
+    def speaker_card(self) -> Path | None:
+        """The card file of the member who speaks now (F4 edits it)."""
+        return card_by_file(self.session.speaker.avatar)
+
+    def reload(self, edited: Path) -> None:
+        """Read the group and its members' cards again after ``edited`` was saved (a rename changed the
+        group file and the chat's messages: `rpchat.group.library.rename_member`)."""
+        self.session.reload_group()
+        s = self.session
+        s.speak_as(next((m for m in s.members if m.avatar == edited.name), s.members[0]))
+
 
 def avatars_of(session: GroupSession) -> dict[str, bytes]:
     """Each member's picture by card file name (what a message's ``original_avatar`` names)."""
@@ -335,8 +346,3 @@ def members_line(session: GroupSession) -> str:
         mark = "\u25b8 " if m is session.speaker else "  "
         lines.append(f"{mark}{m.name}" + (" (muted)" if session.is_muted(m) else ""))
     return clean("\n".join(lines))
-
-
-def reload_members(session: GroupSession) -> None:
-    """Read the members' cards again (after a card was edited)."""
-    session.members = load_members(session.group) or session.members
