@@ -285,3 +285,12 @@ def test_a_renamed_card_stays_a_member_and_keeps_its_messages(home, capsys) -> N
     assert chat.turns[1].unknown["original_avatar"] == new.name
     s.reload_group()
     assert s.author(s.chat.turns[1]) is s.member("Oskar Lund")
+
+
+def test_each_members_greeting_swipes_through_its_alternates(home, capsys) -> None:
+    make_card(profile().cards_dir, "Oskar", first_mes="*Oskar waves.*", alternate_greetings=["*Oskar nods.*"])
+    assert main(["group", "new", "Island", "Marisol", "oskar.png"]) == 0
+    s = _session(engine=False)
+    assert s.swipe(+1) == "moved" and s.chat.turns[-1].text == "*Oskar nods.*"
+    assert s.swipe(+1) == "moved" and s.chat.turns[-1].text == "*Oskar waves.*"  # wraps, never generates
+    assert load_chat(s.path).turns[-1].swipe_id == 0

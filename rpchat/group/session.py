@@ -191,6 +191,12 @@ class GroupSession(RoleplaySession):
                     self._speak_as(who)
         return super().build(mode, **kwargs)
 
+    def _is_greeting(self, index: int) -> bool:
+        # Every member greets before the user speaks: each of those is a greeting (its swipes are that
+        # member's alternate greetings, and they wrap around as in a 1:1 chat).
+        turns = self.chat.turns[: index + 1]
+        return bool(turns) and not any(t.is_user or t.narrator for t in turns)
+
     def _prompt_extras(self) -> dict[str, Any]:
         active = [m for m in self.members if not self.is_muted(m) or m is self.speaker]
         return {"group": [m.card for m in active], "muted": [m.name for m in self.members if m not in active]}

@@ -226,12 +226,17 @@ class RpchatApp(App[None]):
         self.push_screen(ChatScreen(session))
         self.remember_chat(session)
 
-    def open_group(self, group: Path) -> None:
-        """Open a group's current chat (started with the members' greetings when new) and show it."""
+    def open_group(self, group: Path, *, new_chat: bool = False) -> None:
+        """Open a group's current chat (or a new one: ``new_chat``), started with the members' greetings when
+        new, and show it."""
+        from rpchat.group.library import new_group_chat
+        from rpchat.group.model import load_group
         from rpchat.session import open_chat_session
         from rpchat.tui.chat import ChatScreen
 
         try:
+            if new_chat:
+                new_group_chat(load_group(group), group)
             session = open_chat_session(None, config=self.config, personas=self.personas, group=group,
                                         engine=self.engine if self.engine_state == "ready" else None)
         except RpchatError as e:

@@ -35,13 +35,17 @@ _DIALOG_CSS = """
 """
 
 
-class GroupsDialog(ModalScreen["Path | str | None"]):
-    """The groups: open one (Enter) or make a new one; dismisses with its file, "new" or None."""
+class GroupsDialog(ModalScreen["Path | str | tuple[str, Path] | None"]):
+    """The groups: open one's current chat (Enter), start a new chat of one (c), or make a new group (n).
+
+    Dismisses with the group's file, ("new chat", file), "new" or None.
+    """
 
     DEFAULT_CSS = _DIALOG_CSS.format(name="GroupsDialog")
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "cancel", "Close", id="groups.close"),
         Binding("n", "new", "New group", id="groups.new"),
+        Binding("c", "new_chat", "New chat", id="groups.new_chat"),
     ]
 
     def __init__(self) -> None:
@@ -59,7 +63,8 @@ class GroupsDialog(ModalScreen["Path | str | None"]):
                 label.append(f"  {len(g.members)} members, {g.strategy_name}, {len(g.chats)} chat(s)", style="dim")
             options.append(Option(label, id=f"group-{i}", disabled=entry.group is None))
         with Vertical():
-            yield Static("Group chats  (Enter opens, n new, Esc closes)", classes="title", markup=False)
+            yield Static("Group chats  (Enter opens the current chat, c starts a new one, n new group, Esc closes)",
+                         classes="title", markup=False)
             yield OptionList(*options, id="groups")
         yield Footer()
 
@@ -76,6 +81,11 @@ class GroupsDialog(ModalScreen["Path | str | None"]):
 
     def action_new(self) -> None:
         self.dismiss("new")
+
+    def action_new_chat(self) -> None:
+        index = self.query_one(OptionList).highlighted
+        if index:
+            self.dismiss(("new chat", self._groups[index - 1].path))
 
     def action_cancel(self) -> None:
         self.dismiss(None)

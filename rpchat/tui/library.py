@@ -432,11 +432,13 @@ class LibraryScreen(Screen[None]):
             if path is not None:
                 self.rp_app.open_group(path)
 
-        def chosen(choice: Path | str | None) -> None:
+        def chosen(choice: Path | str | tuple[str, Path] | None) -> None:
             if choice == "new":
                 self.app.push_screen(NewGroupDialog(entry.path if entry is not None else None), made)
             elif isinstance(choice, Path):
                 self.rp_app.open_group(choice)
+            elif isinstance(choice, tuple):
+                self.rp_app.open_group(choice[1], new_chat=True)
 
         self.app.push_screen(GroupsDialog(), chosen)
 
