@@ -127,10 +127,15 @@ def test_manual_turns_wait_for_a_speaker_and_the_user_may_pass(home, capsys) -> 
     _group(capsys, "--order", "manual")
     assert main(["reply", "--group", "Island", "--say", "Anyone?"]) == 2
     assert "--speaker" in capsys.readouterr().err
-    # The message was kept; passing the turn (no --say) lets the picked member answer it.
-    assert main(["reply", "--group", "Island", "--speaker", "oskar"]) == 0
+    assert [t.name for t in load_chat(chat_path(load_group(find_group("Island")).chat_id)).turns] == [
+        "Marisol", "Oskar"]  # refused before anything was sent
+    assert main(["reply", "--group", "Island", "--say", "Anyone?", "--speaker", "Nobody"]) == 2
+    assert "not in group Island" in capsys.readouterr().err
+    assert main(["reply", "--group", "Island", "--say", "Anyone?", "--speaker", "oskar"]) == 0
+    # Passing the turn (no --say): the picked member speaks on.
+    assert main(["reply", "--group", "Island", "--speaker", "Marisol"]) == 0
     chat = load_chat(chat_path(load_group(find_group("Island")).chat_id))
-    assert [t.name for t in chat.turns[-2:]] == ["User", "Oskar"]
+    assert [t.name for t in chat.turns[-3:]] == ["User", "Oskar", "Marisol"]
     assert main(["prompt", "--group", "Island", "--speaker", "Marisol"]) == 0
     prompt = capsys.readouterr().out
     assert prompt.endswith("### Response: (length = medium)\nMarisol:")

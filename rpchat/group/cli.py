@@ -133,6 +133,18 @@ def check_card_or_group(args: argparse.Namespace) -> None:
         raise UsageError("--speaker needs --group")
 
 
+def check_speaker(session: Any, args: argparse.Namespace) -> None:
+    """Before anything is sent: a group with manual turns needs ``--speaker``; a named speaker must be a member."""
+    from rpchat.group.session import GroupSession
+
+    if not isinstance(session, GroupSession):
+        return
+    if args.speaker:
+        session.member(args.speaker)
+    elif session.group.strategy_name == "manual":
+        raise UsageError(f"group {session.group.name} takes manual turns: name who answers with --speaker")
+
+
 def reply_speakers(session: Any, args: argparse.Namespace) -> list[Any]:
     """Who answers `rpchat reply`: [None] for a 1:1 chat; in a group ``--speaker`` or the turn order."""
     from rpchat.group.session import GroupSession
