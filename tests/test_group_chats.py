@@ -299,3 +299,18 @@ def test_each_members_greeting_swipes_through_its_alternates(home, capsys) -> No
     assert s.swipe(+1) == "moved" and s.chat.turns[-1].text == "*Oskar nods.*"
     assert s.swipe(+1) == "moved" and s.chat.turns[-1].text == "*Oskar waves.*"  # wraps, never generates
     assert load_chat(s.path).turns[-1].swipe_id == 0
+
+
+def test_import_never_reads_outside_the_data_folder(home, capsys, tmp_path) -> None:
+    src = _st_data(tmp_path)
+    secret = tmp_path / "secret.jsonl"
+    secret.write_text('{"user_name":"x","character_name":"y"}\n{"name":"x","is_user":true,"mes":"private"}')
+    group_file = src / "groups" / "1718000000000.json"
+    data = json.loads(group_file.read_text())
+    data["chats"].append("../../secret")
+    data["members"].append("../../secret.png")
+    group_file.write_text(json.dumps(data))
+    assert main(["group", "import", str(src)]) == 0
+    err = capsys.readouterr().err
+    assert "'../../secret' is not a file name" in err and "'../../secret.png' is not a card file name" in err
+    assert not any("private" in p.read_text() for p in (profile().data_dir / "group chats").glob("*.jsonl"))

@@ -276,6 +276,9 @@ def import_st_group(src: Path, root: Path | None = None) -> tuple[Group, Path, l
     data_dir = src.parent.parent
     notes: list[str] = []
     for avatar in group.members:
+        if safe_name(avatar) != avatar:  # a member id is a file name, never a path
+            notes.append(f"member {avatar!r} is not a card file name; left as it is")
+            continue
         if card_by_file(avatar) is None:
             source = data_dir / "characters" / avatar
             if source.is_file():
@@ -295,6 +298,9 @@ def import_st_group(src: Path, root: Path | None = None) -> tuple[Group, Path, l
     chats: list[tuple[str, Chat]] = []
     for chat_id in group.chats:
         file = data_dir / GROUP_CHATS / f"{chat_id}.jsonl"
+        if safe_name(chat_id) != chat_id:
+            notes.append(f"chat {chat_id!r} is not a file name; not copied")
+            continue
         if not file.is_file():
             notes.append(f"chat {chat_id} is not in {file.parent}")
             continue
