@@ -191,3 +191,14 @@ def test_a_format_without_group_paragraphs_repeats_its_character_paragraphs(tmp_
         "Scenario: ")
     assert "You are Marisol and Oskar.\n" in built.text
     assert built.text.endswith("Oskar:")
+
+
+def test_a_members_lorebook_says_its_owner_for_char_whoever_speaks() -> None:
+    book = {"entries": [{"keys": ["bell"], "content": "{{char}} fears the drowned bell.", "enabled": True,
+                         "insertion_order": 100, "position": "before_char"}]}
+    oskar = Card(name="Oskar", description="{{char}} rows the ferry.", character_book=book)
+    history = [*_history(), Turn(True, "Theo", ["What is that bell?"])]
+    for speaker in (MARISOL, oskar):
+        built = build_prompt(load_format("limarp-v3"), speaker, PERSONA, history, group=[MARISOL, oskar])
+        assert "Oskar fears the drowned bell." in built.text
+        assert "Marisol fears" not in built.text

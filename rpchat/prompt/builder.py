@@ -6,6 +6,7 @@ chat (names included) is tagged "user", so the engine tokenizes it without speci
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -248,11 +249,20 @@ def _place(blocks: list[list[Segment]], inserts: list[tuple[int, str, list[Segme
 
 
 def _books(
-    cards: Sequence[Card], lorebook: Lorebook | Sequence[Lorebook] | None, card_lorebook: bool = True
+    cards: Sequence[Card], lorebook: Lorebook | Sequence[Lorebook] | None, card_lorebook: bool = True,
+    owners: Sequence[str] | None = None, user: str = "",
 ) -> list[Lorebook]:
+    """The cards' own lorebooks, then the others. With ``owners`` (a group) each card's book says its own
+    card's name for ``{{char}}``, whoever speaks, so the entries mean what their writer meant."""
     books: list[Lorebook] = []
-    for card in cards if card_lorebook else ():
+    for i, card in enumerate(cards if card_lorebook else ()):
         own = lorebook_from_card(card)
+        if own is not None and owners is not None:
+            own = dataclasses.replace(own, entries=tuple(
+                dataclasses.replace(e, content=expand_macros(e.content, owners[i], user),
+                                    keys=tuple(expand_macros(k, owners[i], user) for k in e.keys),
+                                    secondary_keys=tuple(expand_macros(k, owners[i], user) for k in e.secondary_keys))
+                for e in own.entries))
         if own is not None:
             books.append(own)
     if isinstance(lorebook, Lorebook):
@@ -371,7 +381,8 @@ def build_prompt(
         shown = shown[1:]
 
     # Lorebooks scan the latest messages as "Name: text", the way SillyTavern does (narration bare).
-    books = _books(members if members is not None else [card], lorebook, card_lorebook)
+    books = _books(members if members is not None else [card], lorebook, card_lorebook,
+                   names if members is not None else None, user)
     lore: LoreActivation | None = None
     if books:
         recent = [i for i in texts if i >= len(history) - MAX_SCAN_MESSAGES]
