@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 from session_support import make_card
 
+from rpchat.chat.model import AuthorsNote
+from rpchat.chat.store import load_chat
 from rpchat.errors import ChatError
-from rpchat.personas import PersonaBook
+from rpchat.personas import Persona, PersonaBook
 from rpchat.session import open_chat_session
 
 
@@ -110,3 +112,59 @@ def test_a_last_exchange_that_fills_the_context_is_a_clear_error_not_a_failed_de
         assert len(s.chat.turns) == turns  # no empty character turn was added
     finally:
         s.close()
+
+
+# --- every change to the chat: saved, or the chat in memory is exactly as it was -------------------------
+
+def _break_by_directory(s) -> None:  # type: ignore[no-untyped-def]
+    s.path.unlink()
+    s.path.mkdir()  # the chat file's place is taken (a sync tool, a user's mistake): every save fails
+
+
+def _break_by_another_program(s) -> None:  # type: ignore[no-untyped-def]
+    # SillyTavern (or an editor) rewrote the file meanwhile: rpchat refuses to overwrite it.
+    s.path.write_bytes(s.path.read_bytes() + b"\n")
+
+
+MUTATIONS = {
+    "send": lambda s, w: s.send("hello again"),
+    "edit": lambda s, w: s.edit(1, "changed"),
+    "delete": lambda s, w: s.delete(1),
+    "hide": lambda s, w: s.set_hidden(1, True),
+    "swipe": lambda s, w: s.swipe(1),
+    "set_length": lambda s, w: s.set_length(next(v for v in s.lengths if v != s.chat.length)),
+    "cycle_length": lambda s, w: s.cycle_length(),
+    "set_persona": lambda s, w: s.set_persona(Persona("Theo", "a castaway")),
+    "set_scenario": lambda s, w: s.set_scenario("A storm rolls in."),
+    "set_note": lambda s, w: s.set_note(AuthorsNote(text="It is raining.", depth=2)),
+    "attach_world": lambda s, w: s.attach_world(w),
+    "detach_world": lambda s, w: s.detach_world("Kraken"),
+    "card_lorebook": lambda s, w: s.set_card_lorebook(False),
+    "chat_banned": lambda s, w: s.set_chat_banned(["ministrations"]),
+}
+
+
+@pytest.mark.parametrize("breaks", [_break_by_directory, _break_by_another_program], ids=["directory", "conflict"])
+@pytest.mark.parametrize("mutation", MUTATIONS)
+def test_a_change_that_cannot_be_saved_leaves_the_chat_exactly_as_it_was(home: Path, mutation: str, breaks) -> None:  # type: ignore[no-untyped-def]
+    from session_support import write_world
+
+    from rpchat.chat.store import dump_chat
+
+    s = open_chat_session(make_card(home), personas=PersonaBook())
+    s.attach_world(write_world(home / "kraken.json", key="kraken", name="Kraken"))
+    s.send("Where am I?")
+    if mutation == "swipe":
+        s.delete(1)  # the greeting is last again: its alternate greeting is a swipe away
+    before, turns, persona = dump_chat(s.chat), list(s.chat.turns), s.persona
+    breaks(s)
+    with pytest.raises(ChatError) as failed:
+        MUTATIONS[mutation](s, write_world(home / "gull.json"))
+    assert "\n" not in str(failed.value) and str(s.path) in str(failed.value)
+    assert dump_chat(s.chat) == before
+    assert all(a is b for a, b in zip(s.chat.turns, turns, strict=True))  # the screen holds these objects
+    assert s.persona == persona
+    if breaks is _break_by_directory:
+        s.path.rmdir()
+        MUTATIONS[mutation](s, home / "gull.json")  # the cause gone, the same change is saved once
+        assert dump_chat(load_chat(s.path)) == dump_chat(s.chat) != before

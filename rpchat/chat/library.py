@@ -198,12 +198,7 @@ def move_chats(old_card: Path, new_card: Path, name: str, root: Path | None = No
 
 def save_branch(chat: Chat, upto: int, parent_path: Path) -> tuple[Chat, ChatStore]:
     """Branch ``chat`` after turn ``upto`` into a new file beside its parent; returns it and its store."""
-    branch = chat.branch(upto)
-    parent = branch.settings.get("parent")
-    if isinstance(parent, dict):
-        parent["file"] = parent_path.name
-    # SillyTavern links a branch to its parent through main_chat (the file name without .jsonl).
-    branch.metadata["main_chat"] = parent_path.stem
+    branch = chat.branch(upto, parent_path.name)
     stamp = datetime.now().strftime("%Y-%m-%d@%Hh%Mm%Ss")
     path = unique_path(parent_path.parent / f"Branch #{upto} - {stamp}.jsonl")
     store = ChatStore(path)
