@@ -22,6 +22,7 @@ A call that turns out to change nothing returns before entering `change`, so not
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import threading
 import time
@@ -41,6 +42,7 @@ from rpchat.prompt.formats import PromptFormat
 from rpchat.prompt.lorebook import Lorebook
 
 if TYPE_CHECKING:
+    from rpchat.engine.presets import SamplerPreset
     from rpchat.engine.recognize import ModelChoices
 
 ReplyMode = Literal["reply", "regenerate", "continue", "impersonate"]
@@ -152,6 +154,24 @@ class RoleplaySession:
                 self.notices.append(problem)
 
     # --- settings ----------------------------------------------------------------------------------
+    def use_settings(self, config: Config, *, model: Path | None = None, format_name: str | None = None,
+                     preset: str | None = None, remote: bool = False) -> ModelChoices:
+        """Take the prompt format, sampler preset, reply budget and banned phrases from ``config`` and the
+        model (`session_choices`; the arguments override); returns the choices, whose notices say why."""
+        from rpchat.engine.recognize import session_choices
+
+        choices, fmt, chosen = session_choices(config, chat_length=(self.chat.length,), model=model,
+                                               format_name=format_name, preset_name=preset, remote=remote)
+        self._take_settings(config, choices, fmt, chosen, remote=remote)
+        return choices
+
+    def _take_settings(self, config: Config, choices: ModelChoices, fmt: PromptFormat, chosen: SamplerPreset,
+                       *, remote: bool) -> None:
+        self.fmt, self.choices = fmt, choices
+        self.sampling, self.preset_name = chosen.sampling, chosen.name
+        self.max_new = config.max_new_tokens
+        self.banned_phrases = settings_banned(config, remote=remote or config.engine.kind == "remote")
+
     @property
     def length(self) -> str | None:
         # A format that places no length (e.g. one imported from SillyTavern) has none to show.
@@ -345,10 +365,14 @@ class RoleplaySession:
         with self.lock:
             self._check_index(index)
             chat, store = save_branch(self.chat, index, self.path)
-        return RoleplaySession(
-            self.card, chat, store, self.persona, self.fmt, self.sampling,
-            engine=self.engine, preset_name=self.preset_name, max_new=self.max_new, card_path=self.card_path,
-        )
+            # Everything this session was opened with (format, preset, banned phrases, the model's
+            # choices, `rpchat reply`'s flags) carries over; only the chat and what it did are new.
+            other = copy.copy(self)
+        other.chat, other.store, other.lock = chat, store, threading.RLock()
+        other.last_result, other.last_built = None, None
+        other.notices, other._reported = [], set()
+        other.extra_lorebooks = list(self.extra_lorebooks)
+        return other
 
     def swipe(self, delta: int) -> SwipeOutcome:
         """Show the previous/next swipe of the last character turn.
@@ -599,12 +623,9 @@ def open_chat_session(
         store = ChatStore(path if path is not None else new_chat_path(card.display_name, chats_folder(card_path)))
         if not readonly:
             store.save(chat)
-    session = RoleplaySession(
-        card, chat, store, persona, fmt, chosen.sampling,
-        engine=engine, preset_name=chosen.name, max_new=cfg.max_new_tokens, card_path=Path(card_path),
-    )
-    session.choices, session.notices = choices, list(choices.notices)
-    session.banned_phrases = settings_banned(cfg, remote=remote or cfg.engine.kind == "remote")
+    session = RoleplaySession(card, chat, store, persona, fmt, chosen.sampling, engine=engine, card_path=Path(card_path))
+    session._take_settings(cfg, choices, fmt, chosen, remote=remote)
+    session.notices = list(choices.notices)
     return session
 
 

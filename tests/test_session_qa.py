@@ -168,3 +168,18 @@ def test_a_change_that_cannot_be_saved_leaves_the_chat_exactly_as_it_was(home: P
         s.path.rmdir()
         MUTATIONS[mutation](s, home / "gull.json")  # the cause gone, the same change is saved once
         assert dump_chat(load_chat(s.path)) == dump_chat(s.chat) != before
+
+
+def test_a_branch_keeps_the_banned_phrases_and_model_choices_the_session_opened_with(home: Path) -> None:
+    from rpchat.config import Config
+
+    s = open_chat_session(make_card(home), config=Config(banned_phrases=["ministrations"]), personas=PersonaBook())
+    s.banned_phrases = (*s.banned_phrases, "a shiver ran down")  # `rpchat reply --ban`
+    s.send("hello")
+    branch = s.branch(1)
+    assert branch.path != s.path and [t.text for t in branch.chat.turns] == [t.text for t in s.chat.turns]
+    # The branch's next reply bans what the parent's would have, and says why it picked its format.
+    assert branch.all_banned() == s.all_banned() == ("ministrations", "a shiver ran down")
+    assert branch.choices == s.choices is not None
+    branch.send("only in the branch")
+    assert len(s.chat.turns) == 2 and len(load_chat(s.path).turns) == 2
