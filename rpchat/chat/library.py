@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from rpchat.chat.model import Chat, Turn
+from rpchat.chat.model import Chat
 from rpchat.chat.recent import LastChat, follow_moves, recorded_chat
 from rpchat.chat.store import MAX_CHAT_BYTES, ChatStore, folder_lock, load_chat, salvage_chat, save_chat
 from rpchat.errors import ChatError
@@ -232,12 +232,8 @@ def import_st_chat(src: Path, dest_dir: Path, character: str | None = None, fold
     """
     src = Path(src)
     chat = load_chat(src)
-    if character and character != chat.character_name:
-        old = chat.character_name
-        chat.character_name = character
-        for turn in chat.turns:
-            if not turn.is_user and not turn.narrator and turn.name == old:
-                turn.name = character
+    if character:
+        chat.rename_character(character)
     if folder is None:
         folder = Path(dest_dir) / safe_name(chat.character_name or src.parent.name)
     target = unique_path(Path(folder) / f"{safe_name(src.stem)}.jsonl")
@@ -250,25 +246,4 @@ def export_st_chat(chat: Chat, dest: Path) -> None:
     dest = Path(dest)
     if dest.is_dir():
         dest = new_chat_path(chat.character_name, folder=dest)
-    pure = Chat(
-        user_name=chat.user_name,
-        character_name=chat.character_name,
-        create_date=chat.create_date,
-        metadata={k: v for k, v in chat.metadata.items() if k != "rpchat"},
-        unknown=chat.unknown,
-    )
-    for turn in chat.turns:
-        pure.turns.append(
-            Turn(
-                is_user=turn.is_user,
-                name=turn.name,
-                swipes=turn.swipes,
-                swipe_id=turn.swipe_id,
-                send_date=turn.send_date,
-                extra={k: v for k, v in turn.extra.items() if k != "rpchat"},
-                swipe_info=turn.swipe_info,
-                unknown=turn.unknown,
-                had_swipes=turn.had_swipes,
-            )
-        )
-    save_chat(pure, dest)
+    save_chat(chat.without_own_keys(), dest)

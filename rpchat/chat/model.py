@@ -224,6 +224,32 @@ class Chat:
     def use_card_lorebook(self, on: bool) -> None:
         self.settings["use_card_lorebook"] = bool(on)
 
+    def without_own_keys(self) -> Chat:
+        """This chat as plain SillyTavern writes it: rpchat's own keys (``chat_metadata.rpchat``, each
+        message's ``extra.rpchat``) left out; everything else shared, not copied."""
+        pure = Chat(
+            user_name=self.user_name,
+            character_name=self.character_name,
+            create_date=self.create_date,
+            metadata={k: v for k, v in self.metadata.items() if k != "rpchat"},
+            unknown=self.unknown,
+        )
+        for turn in self.turns:
+            pure.turns.append(
+                Turn(
+                    is_user=turn.is_user,
+                    name=turn.name,
+                    swipes=turn.swipes,
+                    swipe_id=turn.swipe_id,
+                    send_date=turn.send_date,
+                    extra={k: v for k, v in turn.extra.items() if k != "rpchat"},
+                    swipe_info=turn.swipe_info,
+                    unknown=turn.unknown,
+                    had_swipes=turn.had_swipes,
+                )
+            )
+        return pure
+
     # --- a whole-chat copy, to undo a change that could not be saved -------------------------------
     def snapshot(self) -> ChatSnapshot:
         """Everything this chat holds now, to put back with `restore` (a pickle: far cheaper than deepcopy)."""
@@ -268,6 +294,17 @@ class Chat:
         self.user_name = name
         for turn in self.turns:
             if turn.is_user:
+                turn.name = name
+
+    def rename_character(self, name: str) -> None:
+        """Make ``name`` the character's name: the header's, and that of every character turn that spoke
+        under the old one (narration and other speakers keep theirs)."""
+        old = self.character_name
+        if name == old:
+            return
+        self.character_name = name
+        for turn in self.turns:
+            if not turn.is_user and not turn.narrator and turn.name == old:
                 turn.name = name
 
     def delete(self, index: int) -> Turn:
