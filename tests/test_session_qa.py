@@ -183,3 +183,33 @@ def test_a_branch_keeps_the_banned_phrases_and_model_choices_the_session_opened_
     assert branch.choices == s.choices is not None
     branch.send("only in the branch")
     assert len(s.chat.turns) == 2 and len(load_chat(s.path).turns) == 2
+
+
+def test_a_reply_whose_last_save_fails_shows_what_the_file_holds(home: Path, tiny_model: Path) -> None:
+    import threading
+
+    from session_support import tiny_config
+
+    from rpchat.chat.store import dump_chat, parse_chat
+    from rpchat.session import make_engine
+
+    config = tiny_config(tiny_model)
+    engine = make_engine(config)
+    engine.load()
+    s = open_chat_session(make_card(home), config=config, personas=PersonaBook(), engine=engine)
+    try:
+        s.send("hello")
+        on_disk: list[bytes] = []
+
+        def on_piece(_piece: str) -> None:
+            if not on_disk:  # the reply's turn is on disk (empty, unfinished); then the disk goes away
+                on_disk.append(s.path.read_bytes())
+                _break_by_directory(s)
+
+        with pytest.raises(ChatError) as failed:
+            s.reply(on_piece, threading.Event())
+        assert "\n" not in str(failed.value)
+        assert dump_chat(s.chat) == dump_chat(parse_chat(on_disk[0], s.path))
+        assert s.chat.turns[-1].unfinished and s.chat.turns[-1].text == ""
+    finally:
+        s.close()

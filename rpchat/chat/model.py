@@ -261,7 +261,7 @@ class Chat:
         """Put the chat back exactly as it was at ``snapshot``: the same turn objects, in the same list."""
         fields, turn_states = pickle.loads(snapshot.state)  # our own bytes, never a file's
         for turn, state in zip(snapshot.turns, turn_states, strict=True):
-            vars(turn).clear()
+            # One update, no clear(): a reader on another thread never sees a turn without its fields.
             vars(turn).update(state)
         self.turns[:] = snapshot.turns
         for key, value in fields.items():
