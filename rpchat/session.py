@@ -17,6 +17,7 @@ the file changed by another program), the chat is restored exactly as it was, th
 objects included, and the error (a one-line `ChatError`) goes on to the caller. Never change
 ``self.chat`` outside `change`, and never index ``extra``/``metadata`` here: add a `Chat` method.
 A call that turns out to change nothing returns before entering `change`, so nothing is written.
+Session-only state (fields of the session, not of the chat) carries over to a branch by itself.
 """
 
 from __future__ import annotations
