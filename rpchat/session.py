@@ -624,7 +624,8 @@ def open_chat_session(
         store = ChatStore(path if path is not None else new_chat_path(card.display_name, chats_folder(card_path)))
         if not readonly:
             store.save(chat)
-    session = RoleplaySession(card, chat, store, persona, fmt, chosen.sampling, engine=engine, card_path=Path(card_path))
+    session = RoleplaySession(card, chat, store, persona, fmt, chosen.sampling, engine=engine,
+                              card_path=Path(card_path))
     session._take_settings(cfg, choices, fmt, chosen, remote=remote)
     session.notices = list(choices.notices)
     return session

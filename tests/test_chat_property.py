@@ -145,15 +145,20 @@ def _apply(chat: Chat, op: str, n: int, text: str) -> None:
 
 
 operations = st.lists(
-    st.tuples(st.sampled_from(["add", "rename", "settings", "edit", "delete", "swipe", "remove_swipe", "select",
-                               "hide"]), st.integers(0, 20), texts),
+    st.tuples(
+        st.sampled_from(["add", "rename", "settings", "edit", "delete", "swipe", "remove_swipe", "select", "hide"]),
+        st.integers(0, 20),
+        texts,
+    ),
     max_size=8,
 )
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(chats(), operations)
-def test_restore_puts_the_chat_back_exactly_with_the_same_turn_objects(chat: Chat, ops: list[tuple[str, int, str]]) -> None:
+def test_restore_puts_the_chat_back_exactly_with_the_same_turn_objects(
+    chat: Chat, ops: list[tuple[str, int, str]]
+) -> None:
     before, turns = dump_chat(chat), list(chat.turns)
     snapshot = chat.snapshot()
     for op, n, text in ops:

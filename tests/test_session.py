@@ -98,7 +98,7 @@ def test_cancel_keeps_partial_reply_marked_unfinished(session: RoleplaySession) 
     assert on_disk(session).turns[-1].text == "Hello"
 
 
-def test_regenerate_cancelled_before_its_first_token_drops_only_the_new_swipe(session: RoleplaySession) -> None:
+def test_regenerate_cancelled_before_its_first_token_drops_the_new_swipe(session: RoleplaySession) -> None:
     session.send("Hello")
     cancel = threading.Event()
     seen: list[str] = []

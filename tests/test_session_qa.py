@@ -144,9 +144,12 @@ MUTATIONS = {
 }
 
 
-@pytest.mark.parametrize("breaks", [_break_by_directory, _break_by_another_program], ids=["directory", "conflict"])
+BREAKS = {"directory": _break_by_directory, "conflict": _break_by_another_program}
+
+
+@pytest.mark.parametrize("how", BREAKS)
 @pytest.mark.parametrize("mutation", MUTATIONS)
-def test_a_change_that_cannot_be_saved_leaves_the_chat_exactly_as_it_was(home: Path, mutation: str, breaks) -> None:  # type: ignore[no-untyped-def]
+def test_a_change_that_cannot_be_saved_leaves_the_chat_exactly_as_it_was(home: Path, mutation: str, how: str) -> None:
     from session_support import write_world
 
     from rpchat.chat.store import dump_chat
@@ -157,14 +160,14 @@ def test_a_change_that_cannot_be_saved_leaves_the_chat_exactly_as_it_was(home: P
     if mutation == "swipe":
         s.delete(1)  # the greeting is last again: its alternate greeting is a swipe away
     before, turns, persona = dump_chat(s.chat), list(s.chat.turns), s.persona
-    breaks(s)
+    BREAKS[how](s)
     with pytest.raises(ChatError) as failed:
         MUTATIONS[mutation](s, write_world(home / "gull.json"))
     assert "\n" not in str(failed.value) and str(s.path) in str(failed.value)
     assert dump_chat(s.chat) == before
     assert all(a is b for a, b in zip(s.chat.turns, turns, strict=True))  # the screen holds these objects
     assert s.persona == persona
-    if breaks is _break_by_directory:
+    if how == "directory":
         s.path.rmdir()
         MUTATIONS[mutation](s, home / "gull.json")  # the cause gone, the same change is saved once
         assert dump_chat(load_chat(s.path)) == dump_chat(s.chat) != before
@@ -173,7 +176,8 @@ def test_a_change_that_cannot_be_saved_leaves_the_chat_exactly_as_it_was(home: P
 def test_a_branch_keeps_the_banned_phrases_and_model_choices_the_session_opened_with(home: Path) -> None:
     from rpchat.config import Config
 
-    s = open_chat_session(make_card(home), config=Config(banned_phrases=["ministrations"]), personas=PersonaBook())
+    config = Config(banned_phrases=["ministrations"])
+    s = open_chat_session(make_card(home), config=config, personas=PersonaBook())
     s.banned_phrases = (*s.banned_phrases, "a shiver ran down")  # `rpchat reply --ban`
     s.send("hello")
     branch = s.branch(1)

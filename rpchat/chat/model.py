@@ -252,7 +252,7 @@ class Chat:
 
     # --- a whole-chat copy, to undo a change that could not be saved -------------------------------
     def snapshot(self) -> ChatSnapshot:
-        """Everything this chat holds now, to put back with `restore` (a pickle: far cheaper than deepcopy)."""
+        """Everything this chat holds now, to put back with `restore` (pickled: far cheaper than deepcopy)."""
         fields = {k: v for k, v in vars(self).items() if k != "turns"}
         state = (fields, [vars(t) for t in self.turns])
         return ChatSnapshot(tuple(self.turns), pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
