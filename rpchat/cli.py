@@ -425,7 +425,8 @@ def _print_card(card: Any) -> None:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from rpchat.chat.store import export_st_chat, import_st_chat, load_chat
+    from rpchat.chat.library import export_st_chat, import_st_chat
+    from rpchat.chat.store import load_chat
     from rpchat.paths import profile
 
     if args.chat_command == "import":

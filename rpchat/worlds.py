@@ -1,6 +1,6 @@
 """World info attached to chats: the worlds folder, importing a file into it, and a parse cache.
 
-A chat stores only the names of its world files (``chat.settings["worlds"]``); the files live in
+A chat stores only the names of its world files (`Chat.worlds`); the files live in
 ``<data_dir>/worlds``, copied there on attach, so a chat does not depend on where the original was.
 """
 

@@ -10,6 +10,7 @@ import pytest
 from session_support import make_card, tiny_config
 
 from rpchat.chat.store import load_chat
+from rpchat.config import Config
 from rpchat.engine.base import Result
 from rpchat.errors import ChatError, EngineError
 from rpchat.personas import PersonaBook
@@ -90,8 +91,32 @@ def test_cancel_keeps_partial_reply_marked_unfinished(session: RoleplaySession) 
     reply = on_disk(session).turns[-1]
     assert reply.unfinished
     assert reply.text == "".join(pieces).strip()
-    session.discard_last_reply()
+    # Reopened (after a quit), the cut-off reply is still marked, and the user can drop it.
+    again = open_chat_session(session.card_path, session.path, config=Config(), personas=PersonaBook())
+    assert again.chat.turns[-1].unfinished
+    again.delete(len(again.chat.turns) - 1)
     assert on_disk(session).turns[-1].text == "Hello"
+
+
+def test_regenerate_cancelled_before_its_first_token_drops_the_new_swipe(session: RoleplaySession) -> None:
+    session.send("Hello")
+    cancel = threading.Event()
+    seen: list[str] = []
+
+    def cut_after_three(piece: str) -> None:
+        seen.append(piece)
+        if len(seen) == 3:
+            cancel.set()
+
+    session.reply(lambda _p: None)
+    session.reply(cut_after_three, cancel, "regenerate")  # swipe 2: cut off, marked unfinished
+    cut = on_disk(session).turns[-1]
+    assert (len(cut.swipes), cut.swipe_id, cut.unfinished) == (2, 1, True)
+    stop = threading.Event()
+    stop.set()
+    assert session.reply(lambda _p: None, stop, "regenerate").finish_reason == "cancelled"
+    for turn in (session.chat.turns[-1], on_disk(session).turns[-1]):
+        assert turn.swipes == cut.swipes and turn.swipe_id == 1 and turn.unfinished
 
 
 def test_cancel_before_first_token_leaves_no_empty_turn(session: RoleplaySession) -> None:

@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 from session_support import make_card
 
+from rpchat.chat.model import AuthorsNote
+from rpchat.chat.store import load_chat
 from rpchat.errors import ChatError
-from rpchat.personas import PersonaBook
+from rpchat.personas import Persona, PersonaBook
 from rpchat.session import open_chat_session
 
 
@@ -108,5 +110,110 @@ def test_a_last_exchange_that_fills_the_context_is_a_clear_error_not_a_failed_de
         assert result.finish_reason == "error"
         assert result.error is not None and "context holds 512" in result.error and "n_ctx" in result.error
         assert len(s.chat.turns) == turns  # no empty character turn was added
+    finally:
+        s.close()
+
+
+# --- every change to the chat: saved, or the chat in memory is exactly as it was -------------------------
+
+def _break_by_directory(s) -> None:  # type: ignore[no-untyped-def]
+    s.path.unlink()
+    s.path.mkdir()  # the chat file's place is taken (a sync tool, a user's mistake): every save fails
+
+
+def _break_by_another_program(s) -> None:  # type: ignore[no-untyped-def]
+    # SillyTavern (or an editor) rewrote the file meanwhile: rpchat refuses to overwrite it.
+    s.path.write_bytes(s.path.read_bytes() + b"\n")
+
+
+MUTATIONS = {
+    "send": lambda s, w: s.send("hello again"),
+    "edit": lambda s, w: s.edit(1, "changed"),
+    "delete": lambda s, w: s.delete(1),
+    "hide": lambda s, w: s.set_hidden(1, True),
+    "swipe": lambda s, w: s.swipe(1),
+    "set_length": lambda s, w: s.set_length(next(v for v in s.lengths if v != s.chat.length)),
+    "cycle_length": lambda s, w: s.cycle_length(),
+    "set_persona": lambda s, w: s.set_persona(Persona("Theo", "a castaway")),
+    "set_scenario": lambda s, w: s.set_scenario("A storm rolls in."),
+    "set_note": lambda s, w: s.set_note(AuthorsNote(text="It is raining.", depth=2)),
+    "attach_world": lambda s, w: s.attach_world(w),
+    "detach_world": lambda s, w: s.detach_world("Kraken"),
+    "card_lorebook": lambda s, w: s.set_card_lorebook(False),
+    "chat_banned": lambda s, w: s.set_chat_banned(["ministrations"]),
+}
+
+
+BREAKS = {"directory": _break_by_directory, "conflict": _break_by_another_program}
+
+
+@pytest.mark.parametrize("how", BREAKS)
+@pytest.mark.parametrize("mutation", MUTATIONS)
+def test_a_change_that_cannot_be_saved_leaves_the_chat_exactly_as_it_was(home: Path, mutation: str, how: str) -> None:
+    from session_support import write_world
+
+    from rpchat.chat.store import dump_chat
+
+    s = open_chat_session(make_card(home), personas=PersonaBook())
+    s.attach_world(write_world(home / "kraken.json", key="kraken", name="Kraken"))
+    s.send("Where am I?")
+    if mutation == "swipe":
+        s.delete(1)  # the greeting is last again: its alternate greeting is a swipe away
+    before, turns, persona = dump_chat(s.chat), list(s.chat.turns), s.persona
+    BREAKS[how](s)
+    with pytest.raises(ChatError) as failed:
+        MUTATIONS[mutation](s, write_world(home / "gull.json"))
+    assert "\n" not in str(failed.value) and str(s.path) in str(failed.value)
+    assert dump_chat(s.chat) == before
+    assert all(a is b for a, b in zip(s.chat.turns, turns, strict=True))  # the screen holds these objects
+    assert s.persona == persona
+    if how == "directory":
+        s.path.rmdir()
+        MUTATIONS[mutation](s, home / "gull.json")  # the cause gone, the same change is saved once
+        assert dump_chat(load_chat(s.path)) == dump_chat(s.chat) != before
+
+
+def test_a_branch_keeps_the_banned_phrases_and_model_choices_the_session_opened_with(home: Path) -> None:
+    from rpchat.config import Config
+
+    config = Config(banned_phrases=["ministrations"])
+    s = open_chat_session(make_card(home), config=config, personas=PersonaBook())
+    s.banned_phrases = (*s.banned_phrases, "a shiver ran down")  # `rpchat reply --ban`
+    s.send("hello")
+    branch = s.branch(1)
+    assert branch.path != s.path and [t.text for t in branch.chat.turns] == [t.text for t in s.chat.turns]
+    # The branch's next reply bans what the parent's would have, and says why it picked its format.
+    assert branch.all_banned() == s.all_banned() == ("ministrations", "a shiver ran down")
+    assert branch.choices == s.choices is not None
+    branch.send("only in the branch")
+    assert len(s.chat.turns) == 2 and len(load_chat(s.path).turns) == 2
+
+
+def test_a_reply_whose_last_save_fails_shows_what_the_file_holds(home: Path, tiny_model: Path) -> None:
+    import threading
+
+    from session_support import tiny_config
+
+    from rpchat.chat.store import dump_chat, parse_chat
+    from rpchat.session import make_engine
+
+    config = tiny_config(tiny_model)
+    engine = make_engine(config)
+    engine.load()
+    s = open_chat_session(make_card(home), config=config, personas=PersonaBook(), engine=engine)
+    try:
+        s.send("hello")
+        on_disk: list[bytes] = []
+
+        def on_piece(_piece: str) -> None:
+            if not on_disk:  # the reply's turn is on disk (empty, unfinished); then the disk goes away
+                on_disk.append(s.path.read_bytes())
+                _break_by_directory(s)
+
+        with pytest.raises(ChatError) as failed:
+            s.reply(on_piece, threading.Event())
+        assert "\n" not in str(failed.value)
+        assert dump_chat(s.chat) == dump_chat(parse_chat(on_disk[0], s.path))
+        assert s.chat.turns[-1].unfinished and s.chat.turns[-1].text == ""
     finally:
         s.close()

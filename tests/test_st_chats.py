@@ -20,8 +20,8 @@ from session_support import make_card, write_world
 
 from rpchat.cards import load_card
 from rpchat.cards.library import list_cards
-from rpchat.chat.library import ChatEntry, list_chats
-from rpchat.chat.store import export_st_chat, load_chat
+from rpchat.chat.library import ChatEntry, export_st_chat, list_chats
+from rpchat.chat.store import load_chat
 from rpchat.config import Config, save_config
 from rpchat.errors import ChatError
 from rpchat.paths import profile

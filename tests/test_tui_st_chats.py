@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from session_support import make_card, tiny_config, wait_for, write_profile_config
 
-from rpchat.chat.store import import_st_chat, load_chat
+from rpchat.chat.library import import_st_chat
+from rpchat.chat.store import load_chat
 from rpchat.paths import profile
 from rpchat.personas import Persona, PersonaBook
 from rpchat.tui.app import RpchatApp

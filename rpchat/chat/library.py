@@ -21,9 +21,10 @@ from datetime import datetime
 from pathlib import Path
 
 from rpchat.chat.model import Chat
-from rpchat.chat.store import MAX_CHAT_BYTES, ChatStore, folder_lock, salvage_chat
+from rpchat.chat.recent import LastChat, follow_moves, recorded_chat
+from rpchat.chat.store import MAX_CHAT_BYTES, ChatStore, folder_lock, load_chat, salvage_chat, save_chat
 from rpchat.errors import ChatError
-from rpchat.paths import profile
+from rpchat.paths import Paths, profile
 from rpchat.userfile import read_capped
 
 _MAX_NAME = 100
@@ -151,6 +152,21 @@ def latest_chat(card_path: Path, name: str | None = None) -> Path | None:
     return files[0] if files else None
 
 
+def last_chat(paths: Paths | None = None) -> LastChat | None:
+    """The chat to resume: the one recorded, with the card that owns its folder now (the recorded card
+    may have been renamed). None when nothing was recorded or the chat file is gone."""
+    from rpchat.cards.library import card_files
+
+    found = recorded_chat(paths)
+    if found is None or not found.chat.is_file():
+        return None
+    if found.card.is_file():
+        return found
+    # The card file was renamed or deleted outside rpchat: the card whose folder holds the chat.
+    owner = next((p for p in card_files() if chats_folder(p) == found.chat.parent), None)
+    return LastChat(owner, found.chat) if owner is not None else None
+
+
 def _name(card_path: Path, name: str | None) -> str:
     if name is not None:
         return name
@@ -169,8 +185,6 @@ def move_chats(old_card: Path, new_card: Path, name: str, root: Path | None = No
     Each file is renamed, never copied, so at every moment it is in exactly one folder and a crash
     loses nothing. Returns where each moved chat file went.
     """
-    from rpchat.chat.recent import follow_moves
-
     dest = chats_folder(new_card, root)
     moved: dict[Path, Path] = {}
     for folder in chat_folders(old_card, name, root):
@@ -198,14 +212,38 @@ def move_chats(old_card: Path, new_card: Path, name: str, root: Path | None = No
 
 def save_branch(chat: Chat, upto: int, parent_path: Path) -> tuple[Chat, ChatStore]:
     """Branch ``chat`` after turn ``upto`` into a new file beside its parent; returns it and its store."""
-    branch = chat.branch(upto)
-    parent = branch.settings.get("parent")
-    if isinstance(parent, dict):
-        parent["file"] = parent_path.name
-    # SillyTavern links a branch to its parent through main_chat (the file name without .jsonl).
-    branch.metadata["main_chat"] = parent_path.stem
+    branch = chat.branch(upto, parent_path.name)
     stamp = datetime.now().strftime("%Y-%m-%d@%Hh%Mm%Ss")
     path = unique_path(parent_path.parent / f"Branch #{upto} - {stamp}.jsonl")
     store = ChatStore(path)
     store.save(branch)
     return branch, store
+
+
+# --- SillyTavern import and export ---------------------------------------------------------------
+
+
+def import_st_chat(src: Path, dest_dir: Path, character: str | None = None, folder: Path | None = None) -> Path:
+    """Validate a SillyTavern chat and copy it into ``dest_dir/<character>/``; returns the new path.
+
+    ``character`` (a card's name) files the chat under that card; the chat's character turns then carry
+    that name too, so the file says who speaks. By default the chat's own character_name decides.
+    ``folder``, when given, is the exact folder (a library card's own, `chats_folder`).
+    """
+    src = Path(src)
+    chat = load_chat(src)
+    if character:
+        chat.rename_character(character)
+    if folder is None:
+        folder = Path(dest_dir) / safe_name(chat.character_name or src.parent.name)
+    target = unique_path(Path(folder) / f"{safe_name(src.stem)}.jsonl")
+    ChatStore(target).save(chat)
+    return target
+
+
+def export_st_chat(chat: Chat, dest: Path) -> None:
+    """Write a plain SillyTavern chat file (without rpchat's own keys) to ``dest``."""
+    dest = Path(dest)
+    if dest.is_dir():
+        dest = new_chat_path(chat.character_name, folder=dest)
+    save_chat(chat.without_own_keys(), dest)

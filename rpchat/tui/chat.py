@@ -22,7 +22,7 @@ from textual.widgets import Footer, Static, TextArea
 from rpchat.chat.model import Turn
 from rpchat.engine.base import PromptProgress, Result, format_seconds, throttle
 from rpchat.errors import RpchatError
-from rpchat.session import RoleplaySession, settings_banned
+from rpchat.session import RoleplaySession
 from rpchat.tui.avatar import AvatarView
 from rpchat.tui.bindings import bindings_for
 from rpchat.tui.messages import (
@@ -564,20 +564,15 @@ class ChatScreen(Screen[None]):
 
     def settings_changed(self, config: Any) -> None:
         """Apply new settings (format, preset, reply budget) from the next reply on."""
-        from rpchat.engine.recognize import session_choices
-
+        before = self.session.choices
         try:
-            choices, fmt, preset = session_choices(config, chat_length=(self.session.chat.length,))
+            choices = self.session.use_settings(config)
         except RpchatError as e:
             self.notify(str(e), severity="error", markup=False)
             return
-        if choices != self.session.choices:
+        if choices != before:
             for notice in choices.notices:  # e.g. "Recognised Limamono-7B ..." after picking another model
                 self.notify(notice, markup=False)
-        self.session.fmt, self.session.choices = fmt, choices
-        self.session.sampling, self.session.preset_name = preset.sampling, preset.name
-        self.session.max_new = config.max_new_tokens
-        self.session.banned_phrases = settings_banned(config, remote=config.engine.kind == "remote")
         self.update_sidebar()
         self.update_status()
         self.measure()
@@ -741,7 +736,7 @@ class ChatScreen(Screen[None]):
         """Write this chat as a SillyTavern .jsonl file (what `rpchat chat export` does)."""
         from pathlib import Path
 
-        from rpchat.chat.store import export_st_chat
+        from rpchat.chat.library import export_st_chat
         from rpchat.tui.dialogs import save_to_path
 
         chat = self.session.chat

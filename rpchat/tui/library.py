@@ -405,8 +405,8 @@ class LibraryScreen(Screen[None]):
 
     def action_resume_chat(self) -> None:
         """Open the chat used last (remembered across restarts); without one, the card's newest chat."""
-        from rpchat.chat.library import latest_chat
-        from rpchat.chat.recent import last_chat, recorded_chat
+        from rpchat.chat.library import last_chat, latest_chat
+        from rpchat.chat.recent import recorded_chat
 
         last = last_chat(self.rp_app.paths)
         if last is not None:
@@ -495,8 +495,7 @@ class LibraryScreen(Screen[None]):
     # --- import / export (what `rpchat chat import|export` and `rpchat card convert` do) ---------------
     def action_import_chat(self) -> None:
         """Copy a SillyTavern chat into the selected card's chats."""
-        from rpchat.chat.library import chats_folder
-        from rpchat.chat.store import import_st_chat
+        from rpchat.chat.library import chats_folder, import_st_chat
         from rpchat.paths import profile
 
         entry = self._usable()
@@ -542,7 +541,8 @@ class LibraryScreen(Screen[None]):
         self.app.push_screen(ChatsDialog(entry.name, chats, export=True), chosen)
 
     def _export_chat(self, path: Path) -> None:
-        from rpchat.chat.store import export_st_chat, load_chat
+        from rpchat.chat.library import export_st_chat
+        from rpchat.chat.store import load_chat
 
         save_to_path(self, "Export the chat as SillyTavern .jsonl", lambda dest: export_st_chat(load_chat(path), dest),
                      value=str(Path.cwd() / path.name), suffixes=(".jsonl",),
