@@ -6,6 +6,7 @@ through typed messages posted with `post_message`; the screen never blocks on th
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import threading
 import time
@@ -13,34 +14,39 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from textual import events, on, work
 from textual.app import ComposeResult
-from textual.binding import Binding, BindingType
+from textual.binding import BindingType
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Static, TextArea
 
+from rpchat.chat.library import chats_folder
 from rpchat.chat.model import Turn
 from rpchat.engine.base import PromptProgress, Result, format_seconds, throttle
 from rpchat.errors import RpchatError
-from rpchat.session import RoleplaySession, settings_banned
+from rpchat.personas import PersonaBook
+from rpchat.session import RoleplaySession, pick_persona, settings_banned
 from rpchat.tui.avatar import AvatarView
 from rpchat.tui.bindings import bindings_for
+from rpchat.tui.card_editor import SavedCard, edit_card
+from rpchat.tui.host import Host, host_of
+from rpchat.tui.inspector import PromptInspector
 from rpchat.tui.messages import (
     PromptMeasured,
     PromptProgressed,
     ReplyFailed,
     ReplyFinished,
+    SettingsChanged,
     StateSaved,
     TokensArrived,
 )
+from rpchat.tui.persona_editor import PersonaChoice, PersonaEditor
 from rpchat.tui.prose import clean
 from rpchat.tui.statusline import StatusLine, StatusPart
 from rpchat.tui.transcript import Transcript, TurnView
 
 if TYPE_CHECKING:
     from textual.timer import Timer
-
-    from rpchat.tui.app import RpchatApp
 
 
 class ChatInput(TextArea):
@@ -113,10 +119,7 @@ class EditBox(ChatInput):
     EditBox { border: round $accent; margin-bottom: 1; border-subtitle-color: $accent; }
     """
     # Shown in the footer instead of the message cursor's "Edit turn" (Enter) and the screen's "Stop" (Esc).
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("enter", "save", "Save edit"),
-        Binding("escape", "cancel", "Cancel edit"),
-    ]
+    BINDINGS: ClassVar[list[BindingType]] = bindings_for("edit")
 
     class Cancelled(Message):
         """Esc in the edit box: close it, keeping the turn as it was."""
@@ -200,8 +203,8 @@ class ChatScreen(Screen[None]):
         self._progress_timer: Timer | None = None
 
     @property
-    def rp_app(self) -> RpchatApp:
-        return self.app  # type: ignore[return-value]
+    def host(self) -> Host:
+        return host_of(self)
 
     # --- layout ----------------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -246,6 +249,8 @@ class ChatScreen(Screen[None]):
         self.show_chat()
         self.input.focus()
         self.watch(self.app, "engine_state", self._engine_changed)
+        self.watch(self.app, "load_progress", lambda _: self.update_status(), init=False)
+        self.watch(self.app, "load_stage", lambda _: self.update_status(), init=False)
         self.watch(self.app, "theme", lambda _: self.show_chat(), init=False)
         for warning in self.session.chat.warnings:
             self.notify(warning, severity="warning", markup=False)
@@ -255,7 +260,7 @@ class ChatScreen(Screen[None]):
 
     def show_chat(self) -> None:
         """Render the whole chat again (after open, delete, branch, theme change)."""
-        self.transcript.show_turns(self.session.chat.turns, self.rp_app.prose_styles(),
+        self.transcript.show_turns(self.session.chat.turns, self.host.prose_styles(),
                                    first_kept=self._first_kept())
         self.update_sidebar()
         self.update_status()
@@ -293,12 +298,12 @@ class ChatScreen(Screen[None]):
             self.notify(notice, severity="warning", markup=False)
 
     def _key(self, binding_id: str) -> str:
-        return self.rp_app.key_for(binding_id)
+        return self.host.key_for(binding_id)
 
     def update_status(self) -> None:
         """model | backend | ctx used/n_ctx | reading progress, or the last reply's cost | tok/s | format |
         preset | length, fitted to the width: the least important parts are shortened or dropped first."""
-        app = self.rp_app
+        app = self.host
         parts: list[StatusPart] = []
         info = app.engine_info
         if app.engine_state == "ready" and info is not None:
@@ -365,7 +370,7 @@ class ChatScreen(Screen[None]):
 
     def _engine_changed(self, state: str) -> None:
         if state == "ready":
-            self.session.engine = self.rp_app.engine
+            self.session.engine = self.host.engine
             # After the first paint: building the prompt of a long chat competes for the GIL.
             self.set_timer(0.3, self.measure)
         elif not self.generating:
@@ -397,14 +402,14 @@ class ChatScreen(Screen[None]):
         if self.generating:
             self.notify("Already writing.", severity="warning")
             return
-        if self.rp_app.engine_state != "ready" or self.rp_app.engine is None:
-            if self.rp_app.engine_state == "loading":
+        if self.host.engine_state != "ready" or self.host.engine is None:
+            if self.host.engine_state == "loading":
                 msg = "The model is still loading; your message is saved. Press regenerate when it is ready."
             else:
-                msg = self.rp_app.engine_problem or "No model is loaded."
+                msg = self.host.engine_problem or "No model is loaded."
             self.notify(msg, severity="warning", markup=False)
             return
-        self.session.engine = self.rp_app.engine
+        self.session.engine = self.host.engine
         chat = self.session.chat
         last = len(chat.turns) - 1
         if mode in ("regenerate", "continue") and (
@@ -541,7 +546,7 @@ class ChatScreen(Screen[None]):
         self._show_notices()
         if message.first_kept != self.transcript.first_kept and not self.generating:
             self.transcript.first_kept = message.first_kept
-            self.transcript.show_turns(self.session.chat.turns, self.rp_app.prose_styles(), message.first_kept)
+            self.transcript.show_turns(self.session.chat.turns, self.host.prose_styles(), message.first_kept)
         self.update_status()
 
     # --- actions (keys and command palette) ------------------------------------------------------------
@@ -562,10 +567,11 @@ class ChatScreen(Screen[None]):
         """The app is quitting: stop the reply; the session keeps it, marked unfinished."""
         self._cancel.set()
 
-    def settings_changed(self, config: Any) -> None:
+    def on_settings_changed(self, message: SettingsChanged) -> None:
         """Apply new settings (format, preset, reply budget) from the next reply on."""
         from rpchat.engine.recognize import session_choices
 
+        config = message.config
         try:
             choices, fmt, preset = session_choices(config, chat_length=(self.session.chat.length,))
         except RpchatError as e:
@@ -582,8 +588,16 @@ class ChatScreen(Screen[None]):
         self.update_status()
         self.measure()
 
-    def card_changed(self, saved: Any) -> None:
-        """The card was edited and saved: use it for the sidebar and the next prompt."""
+    def _card_saved(self, saved: SavedCard) -> None:
+        # The card was edited and saved: use it for the sidebar and the next prompt.
+        session = self.session
+        if saved.renamed_from is not None and saved.renamed_from == session.card_path:
+            # The renamed card's chats moved to its new folder: this chat goes on saving there.
+            session.card_path = saved.path
+            moved = chats_folder(saved.path) / session.store.path.name
+            if not session.store.path.exists() and moved.is_file():
+                session.store.path = moved
+            self.host.remember_chat(session)
         self.session.card, self.session.card_path = saved.card, saved.path
         self.query_one(AvatarView).set_image(self.session.card.avatar)
         self.query_one("#char-name", Static).update(clean(self.session.card.display_name))  # a rename
@@ -659,13 +673,51 @@ class ChatScreen(Screen[None]):
             self._turn_op("edit", index)
 
     def action_edit_persona(self) -> None:
-        self.rp_app.open_persona_editor(self)
+        """Pick the persona and edit the scenario of this chat."""
+        host, session = self.host, self.session
+        book = host.personas
+        if book.find(session.persona.name) is None:
+            # The name this chat's user plays (an imported chat's user_name) is offered as a persona too,
+            # so applying the editor never swaps it for the default by itself.
+            book = dataclasses.replace(book, personas=[*book.personas, session.persona])
+
+        def done(choice: PersonaChoice | None) -> None:
+            try:
+                host.personas = PersonaBook.load(host.paths.personas_file)  # the editor saved its changes
+                if choice is None:
+                    return
+                session.set_persona(pick_persona(host.personas, choice.persona))
+                session.set_scenario(choice.scenario)
+            except RpchatError as e:
+                self.notify(str(e), severity="error", markup=False)
+                return
+            self.show_chat()  # the user's turns now carry the persona's name
+            self.measure()
+
+        self.app.push_screen(PersonaEditor(book, persona=session.persona.name, scenario=session.chat.scenario,
+                                           card_scenario=session.card.scenario), done)
 
     def action_edit_card(self) -> None:
-        self.rp_app.open_card_editor(self.session.card_path, self)
+        if self.generating:
+            # A rename moves the chat file that the reply is being written to.
+            self.notify("Wait for the reply to finish.", severity="warning")
+            return
+        edit_card(self, self.session.card_path, self._card_saved)
 
     def action_inspect_prompt(self) -> None:
-        self.rp_app.open_prompt_inspector(self)
+        """Show the exact prompt the next reply would get."""
+        session = self.session
+        if self.generating:
+            self.notify("Wait for the reply to finish.", severity="warning")
+            return
+        try:
+            built = session.build("reply")
+        except RpchatError as e:
+            self.notify(str(e), severity="error", markup=False)
+            return
+        n_ctx = session.engine.n_ctx if session.engine is not None else None
+        origins = session.choices.origins() if session.choices is not None else None
+        self.app.push_screen(PromptInspector(built, n_ctx=n_ctx, max_new=session.max_new, origins=origins))
 
     def action_edit_note(self) -> None:
         """Edit this chat's author's note (palette)."""

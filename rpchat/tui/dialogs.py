@@ -12,13 +12,14 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from textual import on
 from textual.app import ComposeResult
-from textual.binding import Binding, BindingType
+from textual.binding import BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, Input, Static
 
 from rpchat.errors import RpchatError
 from rpchat.text import strip_controls
+from rpchat.tui.bindings import bindings_for
 
 DIALOG_CSS = """
 {name} {{
@@ -65,14 +66,7 @@ class ConfirmDialog(ModalScreen[bool]):
     """Ask a yes/no question; dismisses with True for yes, False for no or Esc."""
 
     DEFAULT_CSS = DIALOG_CSS.format(name="ConfirmDialog")
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "answer(False)", "Cancel", id="dialog.cancel"),
-        Binding("y", "answer(True)", "Yes", show=False, id="dialog.yes"),
-        Binding("n", "answer(False)", "No", show=False, id="dialog.no"),
-        # As in most dialogs, the arrows move between the buttons (Tab still does too).
-        Binding("left", "move_button(-1)", "Button to the left", show=False, id="dialog.left"),
-        Binding("right", "move_button(1)", "Button to the right", show=False, id="dialog.right"),
-    ]
+    BINDINGS: ClassVar[list[BindingType]] = bindings_for("confirm")
 
     def __init__(self, message: str, *, title: str = "Confirm", yes: str = "Yes", no: str = "No",
                  danger: bool = False) -> None:
@@ -112,7 +106,7 @@ class LinePrompt(ModalScreen[_T | None], Generic[_T]):
     """Ask for one line; `check` refuses bad values in place, `result_value` converts a good one."""
 
     DEFAULT_CSS = DIALOG_CSS.format(name="LinePrompt")
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel", id="dialog.cancel")]
+    BINDINGS: ClassVar[list[BindingType]] = bindings_for("prompt")
     SELECT_ON_FOCUS: ClassVar[bool] = True  # typing replaces the suggested value
 
     def __init__(self, title: str, value: str = "", *, placeholder: str = "", allow_empty: bool = False,
@@ -226,7 +220,7 @@ class ErrorDialog(ModalScreen[None]):
     ErrorDialog > Vertical { border: thick $error 70%; }
     ErrorDialog .dialog-title { color: $error; }
     """
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "close", "Close", id="dialog.close")]
+    BINDINGS: ClassVar[list[BindingType]] = bindings_for("error")
 
     def __init__(self, message: str, *, title: str = "Error") -> None:
         super().__init__()

@@ -11,13 +11,14 @@ from typing import ClassVar
 
 from textual import on
 from textual.app import ComposeResult
-from textual.binding import Binding, BindingType
+from textual.binding import BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static, TextArea
 
 from rpchat.chat.model import NOTE_POSITIONS, ROLES, AuthorsNote
 from rpchat.text import strip_controls
+from rpchat.tui.bindings import bindings_for
 from rpchat.tui.dialogs import DIALOG_CSS
 from rpchat.tui.persona_editor import kept_or_edited
 
@@ -40,10 +41,7 @@ class AuthorsNoteDialog(ModalScreen[AuthorsNote | None]):
     AuthorsNoteDialog .note-row Select { width: 1fr; }
     AuthorsNoteDialog .note-help { color: $text-muted; height: auto; }
     """
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "cancel", "Cancel", id="dialog.cancel"),
-        Binding("ctrl+s", "save", "Save", id="dialog.save"),
-    ]
+    BINDINGS: ClassVar[list[BindingType]] = bindings_for("note")
 
     def __init__(self, note: AuthorsNote) -> None:
         super().__init__()

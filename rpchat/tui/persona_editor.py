@@ -14,7 +14,7 @@ from typing import ClassVar
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
-from textual.binding import Binding, BindingType
+from textual.binding import BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Footer, Label, OptionList, Static, TextArea
@@ -23,6 +23,7 @@ from textual.widgets.option_list import Option
 from rpchat.errors import RpchatError
 from rpchat.personas import PersonaBook
 from rpchat.text import strip_controls
+from rpchat.tui.bindings import bindings_for
 from rpchat.tui.dialogs import ConfirmDialog, TextPrompt
 
 
@@ -64,11 +65,7 @@ class PersonaEditor(ModalScreen["PersonaChoice | None"]):
     PersonaEditor #buttons { height: auto; align-horizontal: right; }
     PersonaEditor #buttons Button { margin-left: 2; }
     """
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("ctrl+s", "apply", "Apply", id="persona.apply"),
-        Binding("escape", "cancel", "Cancel", id="persona.cancel"),
-        Binding("ctrl+n", "new_persona", "New persona", id="persona.new"),
-    ]
+    BINDINGS: ClassVar[list[BindingType]] = bindings_for("persona_editor")
 
     def __init__(self, book: PersonaBook | None = None, *, persona: str | None = None,
                  scenario: str | None = None, card_scenario: str = "") -> None:

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from rich.text import Text
 from textual import on, work
 from textual.app import App, ComposeResult
-from textual.binding import Binding, BindingType
+from textual.binding import BindingType
 from textual.containers import Horizontal, HorizontalGroup
 from textual.message import Message
 from textual.screen import Screen
@@ -41,6 +41,7 @@ from rpchat.paths import Paths, profile
 from rpchat.prompt.formats import import_format, list_formats, load_format, load_formats
 from rpchat.session import settings_banned
 from rpchat.text import strip_controls
+from rpchat.tui.bindings import bindings_for
 from rpchat.tui.sampler_form import SamplerForm
 from rpchat.tui.themes import prose_styles
 
@@ -161,10 +162,7 @@ class SettingsScreen(Screen["Config | None"]):
     SettingsScreen #buttons { height: auto; align-horizontal: right; padding: 0 1; }
     SettingsScreen #buttons Button { margin-left: 2; }
     """
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("ctrl+s", "save", "Save", id="settings.save"),
-        Binding("escape", "cancel", "Cancel", id="settings.cancel"),
-    ]
+    BINDINGS: ClassVar[list[BindingType]] = bindings_for("settings")
 
     class ModelsScanned(Message):
         """The models folder scan finished."""
