@@ -21,7 +21,7 @@ from textual.widgets.option_list import Option
 
 from rpchat.cards import CardEntry, delete_card, duplicate_card, import_card, list_cards, load_card
 from rpchat.cards.library import card_files
-from rpchat.chat.library import ChatEntry
+from rpchat.chat.library import ChatEntry, count_chats
 from rpchat.errors import RpchatError
 from rpchat.tui.avatar import AvatarView
 from rpchat.tui.bindings import bindings_for
@@ -298,10 +298,9 @@ class LibraryScreen(Screen[None]):
         chats.update(self._chats_line(entry))
 
     def _chats_line(self, entry: CardEntry) -> str:
-        from rpchat.chat.library import list_chats
-
+        # Runs on every highlight: count the chat files, never parse them (a card may have many big chats).
         try:
-            count = len(list_chats(entry.path, entry.name))
+            count = count_chats(entry.path, entry.name)
         except (RpchatError, OSError):
             count = 0
         resume, new = self.host.key_for("resume_chat"), self.host.key_for("new_chat")
