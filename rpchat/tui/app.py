@@ -35,6 +35,7 @@ from rpchat.tui.commands import RpchatCommands
 from rpchat.tui.host import Host
 from rpchat.tui.library import LibraryScreen
 from rpchat.tui.messages import ModelFailed, ModelLoaded, ModelLoading, SettingsChanged
+from rpchat.tui.themes import STYLESHEET
 
 EngineFactory = Callable[[Config], Engine]
 
@@ -45,14 +46,7 @@ class RpchatApp(App[None]):
     TITLE = "rpchat"
     BINDINGS: ClassVar[list[BindingType]] = bindings_for("app")
     COMMANDS = App.COMMANDS | {RpchatCommands}
-    CSS = """
-    Screen { background: $background; }
-    /* Toasts never cover where the user types: in a chat they stack up from above the input at its
-       tallest (footer 1 + status 1 + ChatInput max-height 10), newest lowest; in the library they sit
-       above the model bar. */
-    ChatScreen ToastRack { margin-bottom: 12; }
-    LibraryScreen ToastRack { margin-bottom: 2; }
-    """
+    CSS_PATH = STYLESHEET
 
     engine_state: reactive[str] = reactive("idle")  # idle, loading, ready, failed, missing
     load_progress: reactive[float] = reactive(0.0)

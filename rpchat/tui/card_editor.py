@@ -151,25 +151,6 @@ class GreetingList(Vertical):
 class CardEditor(Screen["SavedCard | None"]):
     """Edit all fields of a card and save it."""
 
-    DEFAULT_CSS = """
-    CardEditor { background: $background; }
-    CardEditor #editor-title { text-style: bold; color: $primary; padding: 0 1; }
-    CardEditor #tabs { height: 1fr; }
-    CardEditor ContentSwitcher { height: 1fr; }
-    CardEditor TabPane { height: 1fr; padding: 0 1; }
-    CardEditor .field { height: auto; margin-bottom: 1; }
-    CardEditor .field-label { width: 14; color: $text-muted; }
-    CardEditor .field Input { width: 1fr; }
-    CardEditor .area-label { color: $text-muted; }
-    CardEditor TabPane TextArea { height: 1fr; min-height: 4; }
-    CardEditor #basics { height: 1fr; }
-    CardEditor #basics-fields { width: 1fr; }
-    CardEditor #avatar-side { width: 26; height: auto; align-horizontal: center; }
-    CardEditor AvatarView { width: 24; height: 12; }
-    CardEditor #problems { color: $error; height: auto; padding: 0 1; }
-    CardEditor #buttons { height: auto; align-horizontal: right; padding: 0 1; }
-    CardEditor #buttons Button { margin-left: 2; }
-    """
     BINDINGS: ClassVar[list[BindingType]] = bindings_for("card_editor")
 
     # Typing should go into the name at once, not into the tab strip.

@@ -176,17 +176,6 @@ class ChatScreen(Screen[None]):
     # Textual types it `ClassVar[...] | None`, which mypy takes for an instance variable: no annotation here.
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]  # noqa: RUF012
 
-    DEFAULT_CSS = """
-    ChatScreen #sidebar { width: 30; padding: 0 1; border-right: vkey $primary 40%; }
-    ChatScreen #sidebar AvatarView { width: 28; height: 14; }
-    ChatScreen #sidebar Static { margin-top: 1; }
-    ChatScreen #char-name { text-style: bold; color: $primary; }
-    ChatScreen #length { color: $accent; }
-    ChatScreen #worlds { color: $text-muted; }
-    ChatScreen #main { width: 1fr; }
-    ChatScreen #status { height: 1; background: $panel; color: $text-muted; padding: 0 1; }
-    ChatScreen.-narrow #sidebar { display: none; }
-    """
 
     def __init__(self, session: RoleplaySession) -> None:
         super().__init__()

@@ -60,12 +60,6 @@ def help_table(keymap: dict[str, str]) -> Group:
 class HelpScreen(ModalScreen[None]):
     """Lists every key; Esc or F1 closes it."""
 
-    DEFAULT_CSS = """
-    HelpScreen { align: center middle; }
-    HelpScreen > Vertical { width: 90; max-width: 95%; height: 90%; border: thick $primary 60%;
-                            background: $surface; padding: 0 1; }
-    HelpScreen #help-title { text-style: bold; color: $primary; }
-    """
     BINDINGS: ClassVar[list[BindingType]] = bindings_for("help")
 
     def compose(self) -> ComposeResult:

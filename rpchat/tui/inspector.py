@@ -80,18 +80,6 @@ def segments_text(built: BuiltPrompt) -> Text:
 class PromptInspector(ModalScreen[None]):
     """Shows a `BuiltPrompt` exactly; ``t`` toggles between plain text and the template view."""
 
-    DEFAULT_CSS = """
-    PromptInspector { align: center middle; }
-    PromptInspector > Vertical {
-        width: 95%; height: 95%; border: thick $primary 60%; background: $surface; padding: 0 1;
-    }
-    PromptInspector #inspector-title { text-style: bold; color: $primary; }
-    PromptInspector #summary, PromptInspector #lore, PromptInspector #origins { height: auto; color: $text-muted; }
-    PromptInspector #views { height: 1fr; }
-    PromptInspector #prompt-text { height: 1fr; }
-    PromptInspector #buttons { height: auto; align-horizontal: right; }
-    PromptInspector #buttons Button { margin-left: 2; }
-    """
     BINDINGS: ClassVar[list[BindingType]] = bindings_for("inspector")
 
     def __init__(self, built: BuiltPrompt, *, n_ctx: int | None = None, max_new: int | None = None,

@@ -66,13 +66,6 @@ _ISO_MINUTE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d")
 class ChatsDialog(ModalScreen["tuple[str, Path | None] | None"]):
     """A card's chats: start a new one, resume one (Enter), or branch one (b)."""
 
-    DEFAULT_CSS = """
-    ChatsDialog { align: center middle; }
-    ChatsDialog > Vertical { width: 90; max-width: 95%; height: 80%; border: thick $primary 60%;
-                             background: $surface; padding: 0 1; }
-    ChatsDialog #chats-title { text-style: bold; color: $primary; }
-    ChatsDialog OptionList { height: 1fr; }
-    """
     BINDINGS: ClassVar[list[BindingType]] = bindings_for("chats")
 
     def __init__(self, name: str, chats: list[ChatEntry], last: Path | None = None, *, export: bool = False) -> None:
@@ -155,19 +148,6 @@ class LibraryScreen(Screen[None]):
     SCOPES = ("library",)
     AUTO_FOCUS = "#filter"
 
-    DEFAULT_CSS = """
-    LibraryScreen #title { text-style: bold; color: $primary; padding: 0 1; }
-    LibraryScreen #filter { margin: 0 1; }
-    LibraryScreen #cards { width: 2fr; height: 1fr; margin: 0 1; }
-    LibraryScreen #detail { width: 3fr; height: 1fr; padding: 0 1; }
-    LibraryScreen #detail AvatarView { width: 32; height: 16; }
-    LibraryScreen #card-name { text-style: bold; color: $primary; margin-top: 1; }
-    LibraryScreen #card-tags { color: $accent; }
-    LibraryScreen #card-notes { margin-top: 1; }
-    LibraryScreen #model-bar { height: 1; padding: 0 1; background: $panel; }
-    LibraryScreen #model-text { width: 1fr; color: $text-muted; }
-    LibraryScreen #model-progress { width: 30; }
-    """
 
     def __init__(self) -> None:
         super().__init__()

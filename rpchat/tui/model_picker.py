@@ -49,13 +49,6 @@ def _size(n: int) -> str:
 class ModelPicker(ModalScreen["Path | None"]):
     """Lists models; Enter loads the one under the cursor."""
 
-    DEFAULT_CSS = """
-    ModelPicker { align: center middle; }
-    ModelPicker > #picker { width: 96%; height: 90%; border: thick $primary 60%; background: $surface; }
-    ModelPicker #picker-title { text-style: bold; color: $primary; padding: 0 1; }
-    ModelPicker #picker-note { color: $text-muted; padding: 0 1; height: auto; }
-    ModelPicker DataTable { height: 1fr; }
-    """
     BINDINGS: ClassVar[list[BindingType]] = bindings_for("picker")
 
     class Scanned(Message):

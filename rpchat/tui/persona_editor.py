@@ -46,25 +46,6 @@ def kept_or_edited(original: str, shown: str) -> str:
 class PersonaEditor(ModalScreen["PersonaChoice | None"]):
     """Pick and edit personas, and this chat's scenario."""
 
-    DEFAULT_CSS = """
-    PersonaEditor { align: center middle; }
-    PersonaEditor > Vertical {
-        width: 95%; height: 95%; border: thick $primary 60%; background: $surface; padding: 0 1;
-    }
-    PersonaEditor .title { text-style: bold; color: $primary; }
-    PersonaEditor .section { color: $text-muted; margin-top: 1; }
-    PersonaEditor #top { height: 3fr; min-height: 6; }
-    PersonaEditor #persona-side { width: 34; }
-    PersonaEditor #personas { height: 1fr; }
-    PersonaEditor #persona-buttons { height: auto; }
-    PersonaEditor #persona-buttons Button { margin-right: 1; min-width: 0; width: auto; }
-    PersonaEditor #persona-main { width: 1fr; padding-left: 1; }
-    PersonaEditor #description { height: 1fr; }
-    PersonaEditor #scenario { height: 2fr; min-height: 3; }
-    PersonaEditor #card-scenario { height: auto; max-height: 4; color: $text-muted; }
-    PersonaEditor #buttons { height: auto; align-horizontal: right; }
-    PersonaEditor #buttons Button { margin-left: 2; }
-    """
     BINDINGS: ClassVar[list[BindingType]] = bindings_for("persona_editor")
 
     def __init__(self, book: PersonaBook | None = None, *, persona: str | None = None,
