@@ -32,10 +32,17 @@ from rpchat.text import strip_controls
 from rpchat.tui.bindings import BY_ID, bindings_for, check_keymap, effective_key
 from rpchat.tui.chat import ChatScreen
 from rpchat.tui.commands import RpchatCommands
+from rpchat.tui.help import HelpScreen
 from rpchat.tui.host import Host
 from rpchat.tui.library import LibraryScreen
 from rpchat.tui.messages import ModelFailed, ModelLoaded, ModelLoading, SettingsChanged
-from rpchat.tui.themes import STYLESHEET
+from rpchat.tui.themes import (
+    STYLESHEET,
+    install_themes,
+    prose_styles,
+    prose_variable_defaults,
+    remember_theme,
+)
 
 EngineFactory = Callable[[Config], Engine]
 
@@ -78,13 +85,9 @@ class RpchatApp(App[None]):
 
     # --- start -------------------------------------------------------------------------------------------
     def get_theme_variable_defaults(self) -> dict[str, str]:
-        from rpchat.tui.themes import prose_variable_defaults
-
         return prose_variable_defaults()
 
     def on_mount(self) -> None:
-        from rpchat.tui.themes import install_themes
-
         notice = install_themes(self, self.config.theme, self.paths)
         if notice:
             self._notices.append(notice)
@@ -103,8 +106,6 @@ class RpchatApp(App[None]):
     def watch_theme(self, name: str) -> None:
         # Remember a theme picked from the palette; the config file is the source of truth.
         if self._started and name != self.config.theme and self.get_theme(name) is not None:
-            from rpchat.tui.themes import remember_theme
-
             self.config.theme = name
             try:
                 remember_theme(name, self.paths)
@@ -186,8 +187,6 @@ class RpchatApp(App[None]):
     # --- shared helpers for screens -----------------------------------------------------------------------
     def prose_styles(self) -> dict[str, Style]:
         """Rich styles for roleplay prose under the current theme (cached per theme)."""
-        from rpchat.tui.themes import prose_styles
-
         name = self.theme
         if self._prose_cache is None or self._prose_cache[0] != name:
             self._prose_cache = (name, prose_styles(self.current_theme))
@@ -225,8 +224,6 @@ class RpchatApp(App[None]):
 
     # --- other screens ------------------------------------------------------------------------------------
     def action_show_help(self) -> None:
-        from rpchat.tui.help import HelpScreen
-
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen())
 

@@ -29,6 +29,7 @@ from rpchat.session import RoleplaySession, pick_persona, settings_banned
 from rpchat.tui.avatar import AvatarView
 from rpchat.tui.bindings import bindings_for
 from rpchat.tui.card_editor import SavedCard, edit_card
+from rpchat.tui.dialogs import ConfirmDialog, PathPrompt, TextPrompt, save_to_path
 from rpchat.tui.host import Host, host_of
 from rpchat.tui.inspector import PromptInspector
 from rpchat.tui.messages import (
@@ -40,6 +41,7 @@ from rpchat.tui.messages import (
     StateSaved,
     TokensArrived,
 )
+from rpchat.tui.note_dialog import AuthorsNoteDialog
 from rpchat.tui.persona_editor import PersonaChoice, PersonaEditor
 from rpchat.tui.prose import clean
 from rpchat.tui.statusline import StatusLine, StatusPart
@@ -710,8 +712,6 @@ class ChatScreen(Screen[None]):
 
     def action_edit_note(self) -> None:
         """Edit this chat's author's note (palette)."""
-        from rpchat.tui.note_dialog import AuthorsNoteDialog
-
         session = self.session
 
         def done(note: Any) -> None:
@@ -730,8 +730,6 @@ class ChatScreen(Screen[None]):
     # --- world info (palette only) ---------------------------------------------------------------------
     def action_attach_world(self) -> None:
         """Ask for a lorebook / world-info JSON and attach a copy of it to this chat."""
-        from rpchat.tui.dialogs import PathPrompt
-
         session = self.session
 
         def chosen(path: Any) -> None:
@@ -752,8 +750,6 @@ class ChatScreen(Screen[None]):
 
     def action_detach_world(self) -> None:
         """Detach a world: the only one at once, or the one named in a prompt when several."""
-        from rpchat.tui.dialogs import TextPrompt
-
         session = self.session
         worlds = session.worlds
         if not worlds:
@@ -783,8 +779,6 @@ class ChatScreen(Screen[None]):
         from pathlib import Path
 
         from rpchat.chat.store import export_st_chat
-        from rpchat.tui.dialogs import save_to_path
-
         chat = self.session.chat
         save_to_path(self, "Export this chat as SillyTavern .jsonl", lambda dest: export_st_chat(chat, dest),
                      value=str(Path.cwd() / self.session.path.name), suffixes=(".jsonl",),
@@ -806,8 +800,6 @@ class ChatScreen(Screen[None]):
 
     def action_chat_banned(self) -> None:
         """Edit the phrases this chat bans on top of Settings' list (separated by |)."""
-        from rpchat.tui.dialogs import TextPrompt
-
         def done(text: str | None) -> None:
             if text is None:
                 return
@@ -878,8 +870,6 @@ class ChatScreen(Screen[None]):
             self.notify(str(e), severity="error", markup=False)
 
     def _confirm_delete(self, index: int) -> None:
-        from rpchat.tui.dialogs import ConfirmDialog
-
         turn = self.session.chat.turns[index]
         preview = " ".join(turn.text.split())
         preview = preview[:80] + ("..." if len(preview) > 80 else "")

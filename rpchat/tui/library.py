@@ -19,10 +19,13 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Input, OptionList, ProgressBar, Static
 from textual.widgets.option_list import Option
 
-from rpchat.cards import CardEntry, delete_card, duplicate_card, import_card, list_cards, load_card
+from rpchat.cards import CardEntry, delete_card, duplicate_card, import_card, list_cards, load_card, save_card
 from rpchat.cards.library import card_files
-from rpchat.chat.library import ChatEntry, count_chats
+from rpchat.chat.library import ChatEntry, chats_folder, count_chats, latest_chat, list_chats
+from rpchat.chat.recent import last_chat, recorded_chat
+from rpchat.chat.store import export_st_chat, import_st_chat, load_chat
 from rpchat.errors import RpchatError
+from rpchat.paths import profile
 from rpchat.tui.avatar import AvatarView
 from rpchat.tui.bindings import bindings_for
 from rpchat.tui.card_editor import SavedCard, edit_card
@@ -183,7 +186,6 @@ class LibraryScreen(Screen[None]):
 
     def on_screen_resume(self) -> None:
         # Chats may have been added, and the card edited or renamed, while the chat screen was open.
-        from rpchat.chat.recent import recorded_chat
 
         if self._files == self._card_files():
             self._show_detail()  # no card changed: only the chat count may have
@@ -330,8 +332,6 @@ class LibraryScreen(Screen[None]):
         return entry
 
     def action_open_card(self) -> None:
-        from rpchat.chat.library import list_chats
-
         entry = self._usable()
         if entry is None:
             return
@@ -355,16 +355,12 @@ class LibraryScreen(Screen[None]):
             else:
                 self.host.open_chat(entry.path, path)
 
-        from rpchat.chat.recent import recorded_chat
 
         last = recorded_chat(self.host.paths)
         self.app.push_screen(ChatsDialog(entry.name, chats, last.chat if last else None), chosen)
 
     def action_resume_chat(self) -> None:
         """Open the chat used last (remembered across restarts); without one, the card's newest chat."""
-        from rpchat.chat.library import latest_chat
-        from rpchat.chat.recent import last_chat, recorded_chat
-
         last = last_chat(self.host.paths)
         if last is not None:
             self.host.open_chat(last.card, last.chat)
@@ -452,10 +448,6 @@ class LibraryScreen(Screen[None]):
     # --- import / export (what `rpchat chat import|export` and `rpchat card convert` do) ---------------
     def action_import_chat(self) -> None:
         """Copy a SillyTavern chat into the selected card's chats."""
-        from rpchat.chat.library import chats_folder
-        from rpchat.chat.store import import_st_chat
-        from rpchat.paths import profile
-
         entry = self._usable()
         if entry is None:
             return
@@ -478,8 +470,6 @@ class LibraryScreen(Screen[None]):
 
     def action_export_chat(self) -> None:
         """Pick one of the selected card's chats and write it as a SillyTavern chat."""
-        from rpchat.chat.library import list_chats
-
         entry = self._usable()
         if entry is None:
             return
@@ -499,16 +489,12 @@ class LibraryScreen(Screen[None]):
         self.app.push_screen(ChatsDialog(entry.name, chats, export=True), chosen)
 
     def _export_chat(self, path: Path) -> None:
-        from rpchat.chat.store import export_st_chat, load_chat
-
         save_to_path(self, "Export the chat as SillyTavern .jsonl", lambda dest: export_st_chat(load_chat(path), dest),
                      value=str(Path.cwd() / path.name), suffixes=(".jsonl",),
                      message=f"{path.name}, without rpchat's own settings, as SillyTavern reads it.")
 
     def action_export_card(self) -> None:
         """Save the selected card as .png, .json or .charx (converting as needed)."""
-        from rpchat.cards import save_card
-
         entry = self._usable()
         if entry is None:
             return
