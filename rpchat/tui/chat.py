@@ -10,6 +10,7 @@ import dataclasses
 import gc
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from textual import events, on, work
@@ -21,7 +22,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static, TextArea
 
 from rpchat.chat.library import chats_folder
-from rpchat.chat.model import Turn
+from rpchat.chat.model import AuthorsNote, Turn
 from rpchat.engine.base import PromptProgress, Result, format_seconds, throttle
 from rpchat.errors import RpchatError
 from rpchat.personas import PersonaBook
@@ -714,7 +715,7 @@ class ChatScreen(Screen[None]):
         """Edit this chat's author's note (palette)."""
         session = self.session
 
-        def done(note: Any) -> None:
+        def done(note: AuthorsNote | None) -> None:
             if note is None or session is not self.session:
                 return
             try:
@@ -732,7 +733,7 @@ class ChatScreen(Screen[None]):
         """Ask for a lorebook / world-info JSON and attach a copy of it to this chat."""
         session = self.session
 
-        def chosen(path: Any) -> None:
+        def chosen(path: Path | None) -> None:
             if path is None or session is not self.session:
                 return
             try:
@@ -776,8 +777,6 @@ class ChatScreen(Screen[None]):
 
     def action_export_chat(self) -> None:
         """Write this chat as a SillyTavern .jsonl file (what `rpchat chat export` does)."""
-        from pathlib import Path
-
         from rpchat.chat.store import export_st_chat
         chat = self.session.chat
         save_to_path(self, "Export this chat as SillyTavern .jsonl", lambda dest: export_st_chat(chat, dest),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from rich.text import Text
 from textual import on
@@ -381,11 +381,11 @@ class LibraryScreen(Screen[None]):
             self.host.open_chat(entry.path, None)
 
     def action_import_card(self) -> None:
-        def chosen(path: Any) -> None:
+        def chosen(path: Path | None) -> None:
             if path is None:
                 return
             try:
-                dest = import_card(Path(path))
+                dest = import_card(path)
             except RpchatError as e:
                 self.notify(str(e), severity="error", markup=False)
                 return
