@@ -73,6 +73,7 @@ def test_regular_wheel_ships_cards_and_themes(tmp_path: Path) -> None:
     assert len(themes) >= 4
     assert any(n.startswith("rpchat/prompt/formats/") and n.endswith(".yaml") for n in names)
     assert any(n.startswith("rpchat/engine/preset_files/") and n.endswith(".yaml") for n in names)
+    assert "rpchat/tui/rpchat.tcss" in names  # the screens' shared style sheet
 
 
 def test_bundled_dir_found_from_an_installed_wheel(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from rpchat.cards.model import Card
 from rpchat.paths import profile
 from rpchat.tui.card_editor import CardEditor, GreetingList, SavedCard
 from rpchat.tui.dialogs import ConfirmDialog
-from rpchat.tui.themes import install_themes, prose_variable_defaults
+from rpchat.tui.themes import STYLESHEET, install_themes, prose_variable_defaults
 
 HOSTILE = "[bold red]shout[/] \x1b[2J cleared?"
 
@@ -34,6 +34,8 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 class Host(App[None]):
+    CSS_PATH = STYLESHEET  # the app's sheet, which styles every screen
+
     def __init__(self, make: Callable[[], Screen[Any]]) -> None:
         super().__init__()
         self.make = make

@@ -16,7 +16,7 @@ from rpchat.config import Config, EngineConfig, load_config, save_config
 from rpchat.engine.presets import load_preset
 from rpchat.paths import profile
 from rpchat.tui.settings import SettingsScreen
-from rpchat.tui.themes import install_themes, prose_variable_defaults
+from rpchat.tui.themes import STYLESHEET, install_themes, prose_variable_defaults
 
 
 @pytest.fixture(autouse=True)
@@ -26,6 +26,8 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 class Host(App[None]):
+    CSS_PATH = STYLESHEET  # the app's sheet, which styles every screen
+
     def __init__(self, make: Callable[[], SettingsScreen]) -> None:
         super().__init__()
         self.make = make

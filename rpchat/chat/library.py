@@ -146,6 +146,11 @@ def list_chats(card_path: Path, name: str | None = None) -> list[ChatEntry]:
     return entries
 
 
+def count_chats(card_path: Path, name: str | None = None) -> int:
+    """How many chats the card has (what `list_chats` would list), without reading any of them."""
+    return len(_chat_files(chat_folders(card_path, _name(card_path, name))))
+
+
 def latest_chat(card_path: Path, name: str | None = None) -> Path | None:
     """The card's most recently changed chat file, or None when there is none."""
     files = _chat_files(chat_folders(card_path, _name(card_path, name)))
