@@ -493,9 +493,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         turns=args.turns,
         n_threads=args.threads,
         gen_tokens=args.tokens,
-        tui=not args.no_tui,
         log=log,
     )
+    if not args.no_tui:
+        from rpchat.tui.bench import run_tui_bench  # the TUI's own figures: the core bench never imports it
+
+        result["tui"] = run_tui_bench()
+        if log is not None:
+            log("headless TUI measured")
     if args.json:
         print(json.dumps(result, indent=2))
     else:
