@@ -1,6 +1,7 @@
 """The user's settings: one typed schema, stored as YAML in the config dir.
 
-Each field's comment is its documentation; `rpchat config` and the settings screen show them.
+Each field's comment is its documentation. Users change settings in the TUI's settings screen, or by
+editing ``config.yaml`` in the config dir (`rpchat doctor` prints where).
 """
 
 from __future__ import annotations
