@@ -362,3 +362,42 @@ def test_a_cpu_reads_big_models_in_micro_batches_esc_can_stop_between() -> None:
     assert prompt_micro_batch(512, 70_000_000_000, 80, gpu=False) == 64  # never below 64
     assert prompt_micro_batch(16, *seven_b, gpu=False) == 16  # never above n_batch
     assert prompt_micro_batch(512, 0, 0, gpu=False) == 512  # unknown size: llama.cpp's default
+
+
+def _flash_attn_logged() -> str:
+    """What llama.cpp says the last context it created uses: enabled, disabled or auto."""
+    from rpchat.paths import profile
+
+    lines = (profile().log_dir / "llama.log").read_text(encoding="utf-8").splitlines()
+    return [ln for ln in lines if ln.startswith("llama_context: flash_attn")][-1].split("=")[-1].strip()
+
+
+@pytest.mark.parametrize(("setting", "logged"), [("off", "disabled"), ("on", "enabled"), ("auto", "auto")])
+def test_flash_attention_setting_reaches_llama_cpp(tiny_model: Path, setting: str, logged: str) -> None:
+    make_engine(tiny_model, flash_attn=setting).close()
+    assert _flash_attn_logged() == logged
+
+
+def test_flash_attention_off_from_the_config_reaches_llama_cpp(tiny_model: Path, tmp_path: Path) -> None:
+    """`flash_attn: off` in config.yaml is forced off (unticked used to mean auto); old bools still read."""
+    import os
+    import subprocess
+    import sys
+
+    from session_support import make_card
+
+    from rpchat.config import load_config
+    from rpchat.paths import profile
+
+    paths = profile()
+    paths.config_file.parent.mkdir(parents=True, exist_ok=True)
+    for old, new in ((False, "auto"), (True, "on")):
+        paths.config_file.write_text(f"engine:\n  flash_attn: {str(old).lower()}\n", encoding="utf-8")
+        assert load_config(paths).engine.flash_attn == new
+    paths.config_file.write_text(f"engine:\n  model: {tiny_model}\n  n_ctx: 512\n  flash_attn: 'off'\n"
+                                 "max_new_tokens: 2\n", encoding="utf-8")
+    card = make_card(tmp_path)
+    res = subprocess.run([sys.executable, "-m", "rpchat", "reply", str(card), "--chat", str(tmp_path / "c.jsonl"),
+                          "--say", "Hi"], capture_output=True, text=True, env=dict(os.environ), timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert _flash_attn_logged() == "disabled"
