@@ -15,10 +15,10 @@ from rpchat.cards import (
     import_card,
     list_cards,
     load_card,
-    safe_filename,
     save_card,
 )
 from rpchat.errors import CardError
+from rpchat.filenames import safe_name
 from rpchat.paths import bundled_dir, profile
 
 
@@ -147,9 +147,9 @@ def test_delete_refuses_symlink_and_traversal(tmp_path):
     ],
 )
 def test_safe_filename(name, expected):
-    assert safe_filename(name) == expected
+    assert safe_name(name, "card") == expected
 
 
 def test_safe_filename_length_cap():
-    stem = safe_filename("\u96ea" * 500)
+    stem = safe_name("\u96ea" * 500)
     assert len(stem) <= 80 and len(stem.encode()) <= 200

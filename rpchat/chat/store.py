@@ -22,6 +22,7 @@ from typing import Any
 from rpchat.atomic import clean_stale_temps, write_atomic
 from rpchat.chat.model import Chat, Turn
 from rpchat.errors import ChatError
+from rpchat.filenames import safe_name, unique_path
 from rpchat.userfile import read_capped
 
 # A months-long chat with many swipes stays far below these; they only stop hostile files.
@@ -532,7 +533,6 @@ def import_st_chat(src: Path, dest_dir: Path, character: str | None = None, fold
     that name too, so the file says who speaks. By default the chat's own character_name decides.
     ``folder``, when given, is the exact folder (a library card's own, `chats_folder`).
     """
-    from rpchat.chat.library import safe_name, unique_path
 
     src = Path(src)
     chat = load_chat(src)
