@@ -69,7 +69,12 @@ def run(engine: LocalEngine, prompt: list[Segment], sampling: Sampling = GREEDY,
 
 def test_load_reports_model_and_context(engine: LocalEngine) -> None:
     assert engine.info.model_name == "tiny-llama"
-    assert engine.info.backend == "CPU"
+    import llama_cpp
+
+    if llama_cpp.llama_supports_gpu_offload():  # a GPU build offloads every layer by default
+        assert engine.info.gpu_layers > 0 and engine.info.backend != "CPU"
+    else:
+        assert engine.info.gpu_layers == 0 and engine.info.backend == "CPU"
     assert engine.info.total_layers == 2
     assert engine.n_ctx == 2048
     assert engine.info.notice is None
