@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import pytest
 
@@ -20,12 +19,6 @@ from rpchat.cards import (
 from rpchat.errors import CardError
 from rpchat.filenames import safe_name
 from rpchat.paths import bundled_dir, profile
-
-
-@pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
 
 
 def test_lists_bundled_and_user_cards(tmp_path):

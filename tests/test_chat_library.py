@@ -22,11 +22,6 @@ from rpchat.filenames import safe_name
 from rpchat.paths import profile
 
 
-@pytest.fixture(autouse=True)
-def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
-
-
 @pytest.mark.parametrize(
     "hostile",
     [

@@ -20,11 +20,6 @@ from rpchat.chat import Chat, ChatConflictError, ChatStore, load_chat, save_chat
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True)
-def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
-
-
 def texts(chat: Chat) -> list[str]:
     return [t.text for t in chat.turns]
 

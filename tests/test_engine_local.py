@@ -19,11 +19,6 @@ from rpchat.prompt.segments import Segment
 GREEDY = Sampling(temperature=0.0, max_tokens=8)
 
 
-@pytest.fixture(autouse=True)
-def _profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
-
-
 def make_engine(model: Path, **kw: object) -> LocalEngine:
     settings = {"n_ctx": 2048, "n_threads": 2, "use_extra_bufts": True, **kw}
     engine = LocalEngine(LocalSettings(model, **settings))  # type: ignore[arg-type]

@@ -6,8 +6,6 @@ import json
 import sys
 from pathlib import Path
 
-import pytest
-
 from rpchat.engine import preflight
 from rpchat.engine.base import Sampling
 from rpchat.engine.llama import LocalEngine, LocalSettings
@@ -15,11 +13,6 @@ from rpchat.prompt.segments import Segment
 
 CRASH = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"]
 NEVER_RUN = [sys.executable, "-c", "raise SystemExit('the verdict should have been remembered')"]
-
-
-@pytest.fixture(autouse=True)
-def _profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
 
 
 def test_real_probe_gives_a_verdict_and_is_remembered(tmp_path: Path) -> None:

@@ -382,10 +382,7 @@ def test_chain_without_model_needs_n_vocab() -> None:
         SamplerChain(None, None, Sampling(dry_multiplier=0.8), n_vocab=10)
 
 
-def test_every_shipped_preset_samples_on_a_real_model(
-    llm: L.Llama, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path))
+def test_every_shipped_preset_samples_on_a_real_model(llm: L.Llama) -> None:
     tokens, _ = evaluate(llm, PROMPTS[1])
     for preset in list_presets():
         with SamplerChain(llm.model, llm.ctx, preset.sampling, tokens) as c:

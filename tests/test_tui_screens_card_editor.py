@@ -27,12 +27,6 @@ from rpchat.tui.themes import install_themes, prose_variable_defaults
 HOSTILE = "[bold red]shout[/] \x1b[2J cleared?"
 
 
-@pytest.fixture(autouse=True)
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path))
-    return tmp_path
-
-
 class Host(App[None]):
     def __init__(self, make: Callable[[], Screen[Any]]) -> None:
         super().__init__()
@@ -76,7 +70,7 @@ def text_chunks(path: Path) -> dict[str, dict[str, Any]]:
 
 
 @pytest.fixture
-def card_file(home: Path) -> Path:
+def card_file(tmp_path: Path) -> Path:
     card = Card(
         name="Marisol",
         description=HOSTILE,

@@ -19,12 +19,6 @@ from rpchat.tui.settings import SettingsScreen
 from rpchat.tui.themes import install_themes, prose_variable_defaults
 
 
-@pytest.fixture(autouse=True)
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path))
-    return tmp_path
-
-
 class Host(App[None]):
     def __init__(self, make: Callable[[], SettingsScreen]) -> None:
         super().__init__()
