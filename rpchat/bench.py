@@ -98,13 +98,12 @@ def run_bench(
     sampling: Sampling | None = None,
     reference: bool = True,
     speed_rounds: int = 3,
-    tui: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run the scripted chat and return the figures as a JSON-able dict (see `format_bench`).
 
-    ``model_path`` None uses the demo model; ``tui`` adds the headless TUI timings; ``log`` gets
-    one line per step.
+    ``model_path`` None uses the demo model; ``log`` gets one line per step. The headless TUI timings
+    are not here: the core never imports the TUI, so `rpchat bench` adds them (`rpchat.tui.bench`).
     """
     say = log or (lambda _msg: None)
     if model_path is None:
@@ -182,11 +181,6 @@ def run_bench(
     say("overflow measured")
     out["reopen"] = _reopen(Path(model_path), threads, REOPEN_TOKENS)
     say("reopen after restart measured")
-    if tui:
-        from rpchat.tui.bench import run_tui_bench  # only here: the core never needs Textual
-
-        out["tui"] = run_tui_bench()
-        say("headless TUI measured")
     return out
 
 

@@ -693,7 +693,7 @@ def make_engine(config: Config, *, model: Path | None = None, url: str | None = 
         n_threads=eng.n_threads,
         n_batch=eng.n_batch,
         n_gpu_layers=eng.n_gpu_layers,
-        flash_attn=eng.flash_attn or None,
+        flash_attn=eng.flash_attn,
         kv_type=eng.kv_type,
         lora_path=Path(eng.lora).expanduser() if eng.lora else None,
     )

@@ -15,16 +15,11 @@ from rpchat.chat import (
     list_chats,
     load_chat,
     new_chat_path,
-    safe_name,
     save_branch,
     save_chat,
 )
+from rpchat.filenames import safe_name
 from rpchat.paths import profile
-
-
-@pytest.fixture(autouse=True)
-def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
 
 
 @pytest.mark.parametrize(
@@ -48,7 +43,7 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 )
 def test_hostile_names_stay_one_safe_part_inside_chats_dir(hostile: str) -> None:
     name = safe_name(hostile)
-    assert name and len(name) <= 100
+    assert name and len(name) <= 80 and len(name.encode()) <= 200
     assert "/" not in name and "\\" not in name and "\x00" not in name and "\x1b" not in name
     assert "\u202e" not in name and not name.startswith(".") and not name.endswith((".", " "))
     assert name.split(".")[0].upper() not in {"CON", "NUL", "PRN", "AUX"}
@@ -277,3 +272,23 @@ def test_saving_an_edited_bundled_card_makes_a_new_character_without_chats() -> 
     copy = save_edited_card(replace(before, description="My version."), before, bundled.path)
     assert copy.parent == profile().cards_dir and list_chats(copy) == []
     assert [e.path for e in list_chats(bundled.path)] == [chat]
+
+
+def test_a_long_wide_character_name_still_fits_a_file_name() -> None:
+    """100 four-byte characters were kept whole (400 bytes): more than a file system allows in one name."""
+    path = new_chat_path("\U0001F600" * 100)
+    save_chat(Chat.start("x", "Theo", ["Hi."]), path)
+    assert path.is_file() and len(path.parent.name.encode()) <= 200 and len(path.name.encode()) <= 255
+
+
+def test_chat_import_leaves_a_symlink_of_the_same_name_alone(tmp_path: Path) -> None:
+    from rpchat.chat.store import import_st_chat
+
+    src = tmp_path / "story.jsonl"
+    save_chat(Chat.start("Marisol", "Theo", ["Hi."]), src)
+    folder = tmp_path / "chats"
+    folder.mkdir()
+    (folder / "story.jsonl").symlink_to(tmp_path / "elsewhere.jsonl")  # dangling
+    target = import_st_chat(src, tmp_path, folder=folder)
+    assert target == folder / "story (2).jsonl"
+    assert (folder / "story.jsonl").is_symlink() and not (tmp_path / "elsewhere.jsonl").exists()

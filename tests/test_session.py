@@ -18,17 +18,11 @@ from rpchat.session import RoleplaySession, make_engine, open_chat_session
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
-    return tmp_path
-
-
-@pytest.fixture
-def session(home: Path, tiny_model: Path) -> Iterator[RoleplaySession]:
+def session(tmp_path: Path, tiny_model: Path) -> Iterator[RoleplaySession]:
     config = tiny_config(tiny_model)
     engine = make_engine(config)
     engine.load()
-    s = open_chat_session(make_card(home), config=config, personas=PersonaBook(), engine=engine)
+    s = open_chat_session(make_card(tmp_path), config=config, personas=PersonaBook(), engine=engine)
     yield s
     s.close()
 
@@ -215,12 +209,12 @@ def test_length_cycle_follows_the_format_so_every_choice_builds(session: Rolepla
         session.set_length("enormous")
 
 
-def test_build_fits_context_with_engine_counts(home: Path, tiny_model: Path) -> None:
+def test_build_fits_context_with_engine_counts(tmp_path: Path, tiny_model: Path) -> None:
     config = tiny_config(tiny_model)
     config.engine.n_ctx = 512
     engine = make_engine(config)
     engine.load()
-    s = open_chat_session(make_card(home), config=config, personas=PersonaBook(), engine=engine)
+    s = open_chat_session(make_card(tmp_path), config=config, personas=PersonaBook(), engine=engine)
     for i in range(40):
         s.chat.add(i % 2 == 0, f"Turn {i}: the island and the beach and the world.")
     built = s.build("reply")
@@ -271,22 +265,22 @@ def test_engine_failure_keeps_partial_reply(session: RoleplaySession) -> None:
     assert reply.unfinished and reply.text == "".join(pieces).strip()
 
 
-def test_reply_without_engine_is_an_engine_error(home: Path, tiny_model: Path) -> None:
-    s = open_chat_session(make_card(home), config=tiny_config(tiny_model), personas=PersonaBook())
+def test_reply_without_engine_is_an_engine_error(tmp_path: Path, tiny_model: Path) -> None:
+    s = open_chat_session(make_card(tmp_path), config=tiny_config(tiny_model), personas=PersonaBook())
     s.send("Hello")
     with pytest.raises(EngineError):
         s.reply(lambda p: None)
     assert len(on_disk(s).turns) == 2
 
 
-def test_open_chat_session_creates_a_missing_chat_file_and_resumes_it(home: Path, tiny_model: Path) -> None:
-    chat_path = home / "chat.jsonl"
+def test_open_chat_session_creates_a_missing_chat_file_and_resumes_it(tmp_path: Path, tiny_model: Path) -> None:
+    chat_path = tmp_path / "chat.jsonl"
     config = tiny_config(tiny_model, max_new=8)
     engine = make_engine(config, n_ctx=512)
     engine.load()
     with pytest.raises(ChatError, match="chat.jsonl"):
-        open_chat_session(make_card(home), chat_path, config=config, personas=PersonaBook())  # the app's way
-    s = open_chat_session(make_card(home), chat_path, config=config, personas=PersonaBook(), engine=engine,
+        open_chat_session(make_card(tmp_path), chat_path, config=config, personas=PersonaBook())  # the app's way
+    s = open_chat_session(make_card(tmp_path), chat_path, config=config, personas=PersonaBook(), engine=engine,
                           user="Theo", create_missing=True)  # `rpchat reply`'s way
     try:
         assert load_chat(chat_path).turns[0].text.startswith("*throws a blanket over Theo")
@@ -297,7 +291,7 @@ def test_open_chat_session_creates_a_missing_chat_file_and_resumes_it(home: Path
     finally:
         s.close()
     # Resuming the same file continues it, as the same persona.
-    s2 = open_chat_session(make_card(home), chat_path, config=config, personas=PersonaBook())
+    s2 = open_chat_session(make_card(tmp_path), chat_path, config=config, personas=PersonaBook())
     assert len(s2.chat.turns) == 3 and s2.persona.name == "Theo"
 
 

@@ -14,14 +14,8 @@ from rpchat.personas import Persona, PersonaBook
 from rpchat.session import open_chat_session
 
 
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path))
-    return tmp_path
-
-
-def test_send_that_cannot_be_saved_is_not_kept_so_a_retry_does_not_duplicate(home: Path) -> None:
-    s = open_chat_session(make_card(home), personas=PersonaBook())
+def test_send_that_cannot_be_saved_is_not_kept_so_a_retry_does_not_duplicate(tmp_path: Path) -> None:
+    s = open_chat_session(make_card(tmp_path), personas=PersonaBook())
     before = len(s.chat.turns)
     s.path.unlink()
     s.path.mkdir()  # the chat file's place is taken: every save fails
@@ -33,8 +27,8 @@ def test_send_that_cannot_be_saved_is_not_kept_so_a_retry_does_not_duplicate(hom
     assert [t.text for t in s.chat.turns].count("hello") == 1
 
 
-def test_delete_that_cannot_be_saved_keeps_the_turn(home: Path) -> None:
-    s = open_chat_session(make_card(home), personas=PersonaBook())
+def test_delete_that_cannot_be_saved_keeps_the_turn(tmp_path: Path) -> None:
+    s = open_chat_session(make_card(tmp_path), personas=PersonaBook())
     s.send("keep me")
     s.path.unlink()
     s.path.mkdir()
@@ -45,7 +39,7 @@ def test_delete_that_cannot_be_saved_keeps_the_turn(home: Path) -> None:
 
 @pytest.mark.parametrize("mode", ["reply", "regenerate", "continue"])
 def test_reply_that_cannot_open_its_turn_on_disk_leaves_the_chat_as_it_was(
-    home: Path, tiny_model: Path, mode: str
+    tmp_path: Path, tiny_model: Path, mode: str
 ) -> None:
     import copy
     import threading
@@ -57,7 +51,7 @@ def test_reply_that_cannot_open_its_turn_on_disk_leaves_the_chat_as_it_was(
     config = tiny_config(tiny_model)
     engine = make_engine(config)
     engine.load()
-    s = open_chat_session(make_card(home), config=config, personas=PersonaBook(), engine=engine)
+    s = open_chat_session(make_card(tmp_path), config=config, personas=PersonaBook(), engine=engine)
     try:
         s.send("hello")
         if mode != "reply":
@@ -86,8 +80,8 @@ def _tiny_session(home: Path, tiny_model: Path, *, n_ctx: int, max_new: int):  #
     return open_chat_session(make_card(home), config=config, personas=PersonaBook(), engine=engine)
 
 
-def test_reply_budget_shrinks_to_the_room_left_in_the_context(home: Path, tiny_model: Path) -> None:
-    s = _tiny_session(home, tiny_model, n_ctx=512, max_new=400)
+def test_reply_budget_shrinks_to_the_room_left_in_the_context(tmp_path: Path, tiny_model: Path) -> None:
+    s = _tiny_session(tmp_path, tiny_model, n_ctx=512, max_new=400)
     try:
         s.send("the " * 40)
         built = s.build()
@@ -100,9 +94,9 @@ def test_reply_budget_shrinks_to_the_room_left_in_the_context(home: Path, tiny_m
 
 
 def test_a_last_exchange_that_fills_the_context_is_a_clear_error_not_a_failed_decode(
-    home: Path, tiny_model: Path
+    tmp_path: Path, tiny_model: Path
 ) -> None:
-    s = _tiny_session(home, tiny_model, n_ctx=512, max_new=400)
+    s = _tiny_session(tmp_path, tiny_model, n_ctx=512, max_new=400)
     try:
         s.send("lighthouse " * 400)
         turns = len(s.chat.turns)

@@ -23,8 +23,7 @@ from rpchat.tui.library import ChatsDialog, LibraryScreen
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model: Path) -> Path:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
+def home(tmp_path: Path, tiny_model: Path) -> Path:
     write_profile_config(tiny_config(tiny_model))
     profile().cards_dir.mkdir(parents=True)
     make_card(profile().cards_dir, "Zephyrine", tags=["sky", "pirate"])

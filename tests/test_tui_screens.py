@@ -30,12 +30,6 @@ from rpchat.tui.themes import STYLESHEET, install_themes, prose_variable_default
 HOSTILE = "[bold red]shout[/] \x1b[2J cleared?"
 
 
-@pytest.fixture(autouse=True)
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path))
-    return tmp_path
-
-
 class Host(App[None]):
     """A bare app that pushes one screen and records what it dismisses with."""
 

@@ -24,8 +24,7 @@ HIDDEN = "three silver moons"
 
 
 @pytest.fixture
-def chat_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model: Path) -> Path:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
+def chat_path(tiny_model: Path) -> Path:
     write_profile_config(tiny_config(tiny_model))
     PersonaBook(personas=[Persona("User"), Persona("Theo", "A castaway.")], default="User").save(
         profile().personas_file)

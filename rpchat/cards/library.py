@@ -11,8 +11,6 @@ a rename renames the file and moves its chats with it.
 from __future__ import annotations
 
 import os
-import re
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,18 +19,8 @@ from rpchat.cards import charx, jsoncard, png
 from rpchat.cards.cardfile import EXTENSIONS, card_format, load_card, read_capped, save_card
 from rpchat.cards.model import Card
 from rpchat.errors import CardError
+from rpchat.filenames import safe_name
 from rpchat.paths import bundled_dir, profile
-
-MAX_STEM = 80
-_WINDOWS_RESERVED = {
-    "con",
-    "prn",
-    "aux",
-    "nul",
-    *(f"com{i}" for i in range(1, 10)),
-    *(f"lpt{i}" for i in range(1, 10)),
-}
-_UNSAFE = re.compile(r'[/\\:*?"<>|]')
 
 
 @dataclass(frozen=True)
@@ -105,7 +93,7 @@ def save_edited_card(card: Card, previous: Card, path: Path | None, folder: Path
         save_card(card, dest)
         return dest
     path = Path(path)
-    renamed = card.name != previous.name and safe_filename(card.name) != path.stem
+    renamed = card.name != previous.name and safe_name(card.name, "card") != path.stem
     if renamed and path.parent.resolve() == folder.resolve():
         return rename_card(card, path, previous.display_name, folder)
     save_card(card, path)
@@ -152,10 +140,10 @@ def new_card_path(folder: Path, name: str, suffix: str, *, fresh_chats: bool) ->
     Its stem is one no other card file has (in any format, bundled cards included), so no two cards
     share a chat folder; with ``fresh_chats`` no chat folder exists under it yet either.
     """
-    from rpchat.chat.library import chats_folder, safe_name
+    from rpchat.chat.library import chats_folder
 
     taken = {safe_name(p.stem).casefold() for p in card_files() + _card_files(folder)}
-    stem = safe_filename(name)
+    stem = safe_name(name, "card")
     for n in range(1, 10_001):
         candidate = folder / (f"{stem}{suffix}" if n == 1 else f"{stem} ({n}){suffix}")
         if candidate.exists() or candidate.is_symlink() or safe_name(candidate.stem).casefold() in taken:
@@ -180,35 +168,6 @@ def delete_card(path: Path, folder: Path | None = None) -> None:
         raise CardError("no such file", path) from None
     except OSError as e:
         raise CardError(f"cannot delete: {e.strerror or type(e).__name__}", path) from None
-
-
-def safe_filename(name: str, default: str = "card") -> str:
-    """A file stem made from a card name that is safe on every OS and cannot leave its folder."""
-    text = unicodedata.normalize("NFC", name)
-    # Control, format (bidi overrides, zero-width) and separator characters never belong in a file name.
-    text = "".join("_" if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp") else c for c in text)
-    text = _UNSAFE.sub("_", text)
-    text = " ".join(text.split()).strip(" .")
-    text = text[:MAX_STEM].rstrip(" .")
-    while len(text.encode("utf-8")) > 200:
-        text = text[:-1]
-    if not text or set(text) <= {"_"}:
-        return default
-    if text.split(".")[0].lower() in _WINDOWS_RESERVED:
-        text = "_" + text
-    return text
-
-
-def unique_path(folder: Path, stem: str, suffix: str) -> Path:
-    """``folder/stem+suffix``, or ``stem (2)+suffix`` and so on when taken."""
-    candidate = folder / f"{stem}{suffix}"
-    n = 2
-    while candidate.exists() or candidate.is_symlink():
-        if n > 10_000:
-            raise CardError("too many files with this name", folder / f"{stem}{suffix}")
-        candidate = folder / f"{stem} ({n}){suffix}"
-        n += 1
-    return candidate
 
 
 def _card_files(folder: Path) -> list[Path]:

@@ -12,7 +12,6 @@ from rpchat.chat.library import (
     list_chats,
     move_chats,
     new_chat_path,
-    safe_name,
     save_branch,
 )
 from rpchat.chat.model import Chat, Turn
@@ -46,7 +45,6 @@ __all__ = [
     "move_chats",
     "new_chat_path",
     "parse_chat",
-    "safe_name",
     "salvage_chat",
     "save_branch",
     "save_chat",

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,14 +23,13 @@ from rpchat.chat.model import Chat
 from rpchat.chat.recent import LastChat, follow_moves, recorded_chat
 from rpchat.chat.store import MAX_CHAT_BYTES, ChatStore, folder_lock, load_chat, salvage_chat, save_chat
 from rpchat.errors import ChatError
+from rpchat.filenames import safe_name, unique_path
 from rpchat.paths import Paths, profile
 from rpchat.userfile import read_capped
 
-_MAX_NAME = 100
 _PREVIEW = 200
 # Copies rpchat keeps aside (see store.keep_aside / save_conflict_copy); not chats to list.
 _ASIDE = re.compile(r"\.(corrupt|conflict)-\d{8}T\d{6}(-\d+)?\.jsonl$")
-_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL"} | {f"{p}{i}" for p in ("COM", "LPT") for i in range(1, 10)}
 
 
 @dataclass(frozen=True)
@@ -45,22 +43,6 @@ class ChatEntry:
     error: str | None = None
     # Lines that cannot be read; opening the chat keeps the rest and sets the original aside.
     bad_lines: int = 0
-
-
-def safe_name(name: str) -> str:
-    """A file or folder name made from untrusted text: one path part, never hidden or reserved."""
-    kept = []
-    for ch in unicodedata.normalize("NFC", name):
-        cat = unicodedata.category(ch)
-        if cat in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"):
-            continue  # control, bidi overrides, surrogates: never in a file name
-        kept.append("_" if ch in '/\\:*?"<>|' else ch)
-    text = " ".join("".join(kept).split())
-    text = text.strip(" .")  # no "..", no hidden files, no trailing dots (Windows drops them)
-    text = text[:_MAX_NAME].rstrip(" .")
-    if not text or text.split(".")[0].upper() in _WINDOWS_RESERVED:
-        text = f"_{text}" if text else "unnamed"
-    return text
 
 
 def character_folder(character_name: str, root: Path | None = None) -> Path:
@@ -93,15 +75,6 @@ def _same_dir(a: Path, b: Path) -> bool:
         return os.path.samefile(a, b)  # a case-insensitive file system
     except OSError:
         return False
-
-
-def unique_path(path: Path) -> Path:
-    """``path``, or ``name (2).jsonl`` and so on when it is taken."""
-    candidate, n = path, 2
-    while candidate.exists():
-        candidate = path.with_name(f"{path.stem} ({n}){path.suffix}")
-        n += 1
-    return candidate
 
 
 def new_chat_path(character_name: str, folder: Path | None = None) -> Path:

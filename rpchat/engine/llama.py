@@ -24,6 +24,7 @@ from rpchat.errors import EngineError, ModelError
 from rpchat.paths import profile
 from rpchat.prompt.segments import Segment
 
+FLASH_ATTN = ("auto", "on", "off")  # auto: llama.cpp decides (on where the backend supports it)
 KV_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "bf16": 30}
 _SPECIAL_ATTRS = 1 | 8  # LLAMA_TOKEN_ATTR_UNKNOWN | CONTROL: what parse_special recognises in text
 _OOM_HINTS = ("out of memory", "failed to allocate", "unable to allocate", "cannot allocate", "bad_alloc")
@@ -38,7 +39,7 @@ class LocalSettings:
     n_threads: int | None = None  # None: the physical core count (best guess)
     n_batch: int = 512  # prompt tokens per llama_decode call (and per cancel check)
     n_gpu_layers: int | None = None  # None: all layers when the build can offload, else 0
-    flash_attn: bool | None = None  # None: llama.cpp decides
+    flash_attn: str = "auto"  # one of FLASH_ATTN
     kv_type: str = "f16"
     lora_path: Path | None = None
     lora_scale: float = 1.0

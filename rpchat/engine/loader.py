@@ -11,6 +11,7 @@ from rpchat.engine.base import EngineInfo, ProgressCallback
 from rpchat.engine.gguf_info import read_gguf_info
 from rpchat.engine.llama import (
     _SPECIAL_ATTRS,
+    FLASH_ATTN,
     KV_TYPES,
     default_threads,
     load_failure,
@@ -88,17 +89,18 @@ def load(engine: LocalEngine, progress: ProgressCallback | None) -> None:
         kv = KV_TYPES.get(s.kv_type.lower())
         if kv is None:
             raise ModelError(f"unknown kv_type {s.kv_type!r} (use one of {', '.join(KV_TYPES)})", path)
-        flash = s.flash_attn
-        if flash is None:
-            cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO
-        else:
-            cparams.flash_attn_type = (
-                llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
-            )
+        flash = s.flash_attn.lower()
+        if flash not in FLASH_ATTN:
+            raise ModelError(f"unknown flash_attn {s.flash_attn!r} (use one of {', '.join(FLASH_ATTN)})", path)
+        cparams.flash_attn_type = {
+            "auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
+            "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+            "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+        }[flash]
         cparams.type_k = kv
         # A quantized V cache needs flash attention; without it only K is quantized.
-        cparams.type_v = kv if (flash is not False or kv in (0, 1, 30)) else 1
-        if kv not in (0, 1, 30) and flash is None:
+        cparams.type_v = kv if (flash != "off" or kv in (0, 1, 30)) else 1
+        if kv not in (0, 1, 30) and flash == "auto":
             cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
         cparams.swa_full = True  # sliding-window models keep every cell, so prefix reuse stays exact
         cparams.no_perf = True

@@ -25,7 +25,8 @@ from textual.screen import Screen
 from textual.widgets import Button, Footer, Input, Label, OptionList, Static, TabbedContent, TabPane, TextArea
 from textual.widgets.option_list import Option
 
-from rpchat.cards.cardfile import load_card, read_capped
+from rpchat.cards.avatar import read_image
+from rpchat.cards.cardfile import load_card
 from rpchat.cards.library import is_bundled, save_edited_card
 from rpchat.cards.model import Card
 from rpchat.errors import RpchatError
@@ -310,7 +311,7 @@ class CardEditor(Screen["SavedCard | None"]):
             if path is None:
                 return
             try:
-                self._avatar = read_capped(path, 16 * 2**20)
+                self._avatar = read_image(path)
             except RpchatError as e:
                 self.notify(strip_controls(str(e)), severity="error")
                 return

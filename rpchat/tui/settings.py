@@ -20,7 +20,6 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import (
     Button,
-    Checkbox,
     DataTable,
     Footer,
     Input,
@@ -35,7 +34,7 @@ from textual.widgets import (
 from rpchat.config import API_KEY_ENV, Config, save_config
 from rpchat.engine.banned import clean_phrases, default_phrases
 from rpchat.engine.gguf_info import ModelInfo, scan_models
-from rpchat.engine.llama import KV_TYPES
+from rpchat.engine.llama import FLASH_ATTN, KV_TYPES
 from rpchat.engine.presets import SamplerPreset, import_preset, list_presets, load_preset, save_preset
 from rpchat.engine.remote import API_NAMES
 from rpchat.errors import ConfigError, RpchatError
@@ -192,7 +191,10 @@ class SettingsScreen(Screen["Config | None"]):
                 yield _field("KV cache type", Select([(k, k) for k in KV_TYPES], allow_blank=False,
                                                      value=eng.kv_type if eng.kv_type in KV_TYPES else "f16",
                                                      id="kv-type"))
-                yield _field("Flash attention", Checkbox("faster on GPUs", eng.flash_attn, id="flash-attn"))
+                yield _field("Flash attention", Select([(f, f) for f in FLASH_ATTN], allow_blank=False,
+                                                       value=eng.flash_attn if eng.flash_attn in FLASH_ATTN else "auto",
+                                                       tooltip="auto: llama.cpp decides (on where it is faster)",
+                                                       id="flash-attn"))
             with TabPane("Prompt & sampling", id="tab-prompt"):
                 yield _field("Prompt format", Select(_choices(_safe(list_formats), cfg.format), value=cfg.format,
                                                      allow_blank=False, id="format"),
@@ -409,7 +411,7 @@ class SettingsScreen(Screen["Config | None"]):
             remote_api=str(self.query_one("#remote-api", Select).value), api_key=value("api-key") or None,
             n_ctx=n_ctx or old.n_ctx, n_gpu_layers=gpu, n_threads=threads, n_batch=batch or old.n_batch,
             kv_type=str(self.query_one("#kv-type", Select).value),
-            flash_attn=self.query_one("#flash-attn", Checkbox).value,
+            flash_attn=str(self.query_one("#flash-attn", Select).value),
             models_dir=None if models_dir in ("", str(self._paths.models_dir)) else models_dir,
         )
         config = dataclasses.replace(
