@@ -282,7 +282,7 @@ def test_a_long_wide_character_name_still_fits_a_file_name() -> None:
 
 
 def test_chat_import_leaves_a_symlink_of_the_same_name_alone(tmp_path: Path) -> None:
-    from rpchat.chat.store import import_st_chat
+    from rpchat.chat.library import import_st_chat
 
     src = tmp_path / "story.jsonl"
     save_chat(Chat.start("Marisol", "Theo", ["Hi."]), src)

@@ -143,35 +143,35 @@ BREAKS = {"directory": _break_by_directory, "conflict": _break_by_another_progra
 
 @pytest.mark.parametrize("how", BREAKS)
 @pytest.mark.parametrize("mutation", MUTATIONS)
-def test_a_change_that_cannot_be_saved_leaves_the_chat_exactly_as_it_was(home: Path, mutation: str, how: str) -> None:
+def test_a_change_that_cannot_be_saved_leaves_the_chat_exactly_as_it_was(tmp_path: Path, mutation: str, how: str) -> None:
     from session_support import write_world
 
     from rpchat.chat.store import dump_chat
 
-    s = open_chat_session(make_card(home), personas=PersonaBook())
-    s.attach_world(write_world(home / "kraken.json", key="kraken", name="Kraken"))
+    s = open_chat_session(make_card(tmp_path), personas=PersonaBook())
+    s.attach_world(write_world(tmp_path / "kraken.json", key="kraken", name="Kraken"))
     s.send("Where am I?")
     if mutation == "swipe":
         s.delete(1)  # the greeting is last again: its alternate greeting is a swipe away
     before, turns, persona = dump_chat(s.chat), list(s.chat.turns), s.persona
     BREAKS[how](s)
     with pytest.raises(ChatError) as failed:
-        MUTATIONS[mutation](s, write_world(home / "gull.json"))
+        MUTATIONS[mutation](s, write_world(tmp_path / "gull.json"))
     assert "\n" not in str(failed.value) and str(s.path) in str(failed.value)
     assert dump_chat(s.chat) == before
     assert all(a is b for a, b in zip(s.chat.turns, turns, strict=True))  # the screen holds these objects
     assert s.persona == persona
     if how == "directory":
         s.path.rmdir()
-        MUTATIONS[mutation](s, home / "gull.json")  # the cause gone, the same change is saved once
+        MUTATIONS[mutation](s, tmp_path / "gull.json")  # the cause gone, the same change is saved once
         assert dump_chat(load_chat(s.path)) == dump_chat(s.chat) != before
 
 
-def test_a_branch_keeps_the_banned_phrases_and_model_choices_the_session_opened_with(home: Path) -> None:
+def test_a_branch_keeps_the_banned_phrases_and_model_choices_the_session_opened_with(tmp_path: Path) -> None:
     from rpchat.config import Config
 
     config = Config(banned_phrases=["ministrations"])
-    s = open_chat_session(make_card(home), config=config, personas=PersonaBook())
+    s = open_chat_session(make_card(tmp_path), config=config, personas=PersonaBook())
     s.banned_phrases = (*s.banned_phrases, "a shiver ran down")  # `rpchat reply --ban`
     s.send("hello")
     branch = s.branch(1)
@@ -183,7 +183,7 @@ def test_a_branch_keeps_the_banned_phrases_and_model_choices_the_session_opened_
     assert len(s.chat.turns) == 2 and len(load_chat(s.path).turns) == 2
 
 
-def test_a_reply_whose_last_save_fails_shows_what_the_file_holds(home: Path, tiny_model: Path) -> None:
+def test_a_reply_whose_last_save_fails_shows_what_the_file_holds(tmp_path: Path, tiny_model: Path) -> None:
     import threading
 
     from session_support import tiny_config
@@ -194,7 +194,7 @@ def test_a_reply_whose_last_save_fails_shows_what_the_file_holds(home: Path, tin
     config = tiny_config(tiny_model)
     engine = make_engine(config)
     engine.load()
-    s = open_chat_session(make_card(home), config=config, personas=PersonaBook(), engine=engine)
+    s = open_chat_session(make_card(tmp_path), config=config, personas=PersonaBook(), engine=engine)
     try:
         s.send("hello")
         on_disk: list[bytes] = []
