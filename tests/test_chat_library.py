@@ -158,7 +158,8 @@ def test_new_chats_go_to_the_folder_of_the_card_file() -> None:
 
 
 def test_renaming_a_card_renames_its_file_and_moves_its_chats() -> None:
-    from rpchat.cards import load_card, save_edited_card
+    from rpchat.cards import load_card
+    from rpchat.chat.library import save_edited_card
 
     card = _card("Seraphina")
     first, second = _chat_with(card, "one"), _chat_with(card, "two")
@@ -180,8 +181,9 @@ def test_renaming_a_card_renames_its_file_and_moves_its_chats() -> None:
 def test_a_rename_interrupted_at_any_step_leaves_every_chat_listed(monkeypatch: pytest.MonkeyPatch) -> None:
     from dataclasses import replace
 
-    from rpchat.cards import library as cards_library
-    from rpchat.cards import list_cards, load_card, save_edited_card
+    from rpchat.cards import list_cards, load_card
+    from rpchat.chat import library as chat_library
+    from rpchat.chat.library import save_edited_card
 
     card = _card("Seraphina")
     chat = _chat_with(card, "keep me")
@@ -195,7 +197,7 @@ def test_a_rename_interrupted_at_any_step_leaves_every_chat_listed(monkeypatch: 
 
     before = load_card(card)
     with monkeypatch.context() as patched, pytest.raises(KeyboardInterrupt):
-        patched.setattr(cards_library, "_move_chats", crash)
+        patched.setattr(chat_library, "_move_chats", crash)
         save_edited_card(replace(before, name="Luna"), before, card)
     assert card.exists() and (profile().cards_dir / "Luna.png").exists()
     assert chat in listed()
@@ -249,7 +251,8 @@ def test_chats_filed_under_the_character_name_belong_to_that_card() -> None:
 def test_renaming_moves_chats_filed_under_the_old_name_too() -> None:
     from dataclasses import replace
 
-    from rpchat.cards import load_card, save_edited_card
+    from rpchat.cards import load_card
+    from rpchat.chat.library import save_edited_card
 
     card = _card("Marisol", stem="marisol_vega")
     legacy = character_folder("Marisol") / "old.jsonl"
@@ -264,7 +267,8 @@ def test_renaming_moves_chats_filed_under_the_old_name_too() -> None:
 def test_saving_an_edited_bundled_card_makes_a_new_character_without_chats() -> None:
     from dataclasses import replace
 
-    from rpchat.cards import list_cards, load_card, save_edited_card
+    from rpchat.cards import list_cards, load_card
+    from rpchat.chat.library import save_edited_card
 
     bundled = next(e for e in list_cards() if e.bundled)
     chat = _chat_with(bundled.path, "with the bundled one")

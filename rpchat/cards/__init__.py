@@ -11,7 +11,6 @@ from rpchat.cards.library import (
     duplicate_card,
     import_card,
     list_cards,
-    save_edited_card,
 )
 from rpchat.cards.model import Card
 
@@ -29,5 +28,4 @@ __all__ = [
     "list_cards",
     "load_card",
     "save_card",
-    "save_edited_card",
 ]

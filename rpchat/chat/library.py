@@ -19,12 +19,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from rpchat.cards.cardfile import load_card, save_card
+from rpchat.cards.library import card_files, is_bundled, new_card_path
+from rpchat.cards.model import Card
 from rpchat.chat.model import Chat
 from rpchat.chat.recent import LastChat, follow_moves, recorded_chat
 from rpchat.chat.store import MAX_CHAT_BYTES, ChatStore, folder_lock, load_chat, salvage_chat, save_chat
-from rpchat.errors import ChatError
+from rpchat.errors import CardError, ChatError
 from rpchat.filenames import safe_name, unique_path
-from rpchat.paths import Paths, profile
+from rpchat.paths import Paths, named_chats_dir, profile
 from rpchat.userfile import read_capped
 
 _PREVIEW = 200
@@ -47,8 +50,7 @@ class ChatEntry:
 
 def character_folder(character_name: str, root: Path | None = None) -> Path:
     """The folder named after a character: where chats without a card of their own are filed."""
-    base = root if root is not None else profile().chats_dir
-    return base / safe_name(character_name)
+    return named_chats_dir(character_name, root)
 
 
 def chats_folder(card_path: Path, root: Path | None = None) -> Path:
@@ -62,11 +64,9 @@ def chat_folders(card_path: Path, name: str, root: Path | None = None) -> list[P
     own = chats_folder(card_path, root)
     named = character_folder(name, root)
     folders = [own]
-    if named.name != own.name and named.is_dir() and not _same_dir(named, own):
-        from rpchat.cards.library import card_files
-
-        if named.name not in {safe_name(p.stem) for p in card_files()}:
-            folders.append(named)
+    if (named.name != own.name and named.is_dir() and not _same_dir(named, own)
+            and named.name not in {safe_name(p.stem) for p in card_files()}):
+        folders.append(named)
     return folders
 
 
@@ -133,8 +133,6 @@ def latest_chat(card_path: Path, name: str | None = None) -> Path | None:
 def last_chat(paths: Paths | None = None) -> LastChat | None:
     """The chat to resume: the one recorded, with the card that owns its folder now (the recorded card
     may have been renamed). None when nothing was recorded or the chat file is gone."""
-    from rpchat.cards.library import card_files
-
     found = recorded_chat(paths)
     if found is None or not found.chat.is_file():
         return None
@@ -148,9 +146,6 @@ def last_chat(paths: Paths | None = None) -> LastChat | None:
 def _name(card_path: Path, name: str | None) -> str:
     if name is not None:
         return name
-    from rpchat.cards import load_card
-    from rpchat.errors import CardError
-
     try:
         return load_card(Path(card_path)).display_name
     except CardError:
@@ -225,3 +220,58 @@ def export_st_chat(chat: Chat, dest: Path) -> None:
     if dest.is_dir():
         dest = new_chat_path(chat.character_name, folder=dest)
     save_chat(chat.without_own_keys(), dest)
+
+
+# --- a card's edits that move its chats (the card editor saves through these) -----------------------
+
+
+def save_edited_card(card: Card, previous: Card, path: Path | None, folder: Path | None = None) -> Path:
+    """Save ``card`` from the editor (``previous`` is the card it opened) and return where it went.
+
+    A new card, or an edit of a bundled one, becomes a new file in the user's folder (a new character,
+    with no chats). Any other card is saved in place, except that a card in the user's folder whose name
+    changed is renamed after the new name, and its chats move along (`rename_card`).
+    """
+    folder = Path(folder) if folder is not None else profile().cards_dir
+    if path is None or is_bundled(path):
+        dest = new_card_path(folder, card.name, ".png", fresh_chats=True)
+        save_card(card, dest)
+        return dest
+    path = Path(path)
+    renamed = card.name != previous.name and safe_name(card.name, "card") != path.stem
+    if renamed and path.parent.resolve() == folder.resolve():
+        return rename_card(card, path, previous.display_name, folder)
+    save_card(card, path)
+    if previous.display_name != card.display_name:
+        _move_chats(path, path, previous.display_name)  # chats filed under the old name come along
+    return path
+
+
+def rename_card(card: Card, path: Path, old_name: str, folder: Path | None = None) -> Path:
+    """Save ``card`` (renamed; ``old_name`` is its display name before) under a file named after it and
+    move its chats there; returns the new path.
+
+    The steps are ordered so that a crash at any point loses no chat and leaves each one listed under a
+    card: the new file is written first, then the chats move, then the old file is removed.
+    """
+    folder = Path(folder) if folder is not None else profile().cards_dir
+    dest = new_card_path(folder, card.name, path.suffix.lower(), fresh_chats=True)
+    save_card(card, dest)
+    _move_chats(path, dest, old_name)
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise CardError(f"saved as {dest.name}, but the old file stays: {e.strerror or type(e).__name__}",
+                        path) from None
+    return dest
+
+
+def _move_chats(old: Path, new: Path, old_name: str) -> None:
+    try:
+        move_chats(old, new, old_name)
+    except OSError as e:
+        # The old card file is kept, so every chat is still listed under one of the two cards.
+        raise CardError(f"saved as {new.name}, but its chats could not all be moved: "
+                        f"{e.strerror or type(e).__name__}", old) from None

@@ -27,8 +27,9 @@ from textual.widgets.option_list import Option
 
 from rpchat.cards.avatar import read_image
 from rpchat.cards.cardfile import load_card
-from rpchat.cards.library import is_bundled, save_edited_card
+from rpchat.cards.library import is_bundled
 from rpchat.cards.model import Card
+from rpchat.chat.library import save_edited_card
 from rpchat.errors import RpchatError
 from rpchat.text import strip_controls
 from rpchat.tui.avatar import AvatarView
