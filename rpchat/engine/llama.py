@@ -15,7 +15,6 @@ from time import perf_counter
 
 from rpchat.engine import generation
 from rpchat.engine.base import EngineInfo, ProgressCallback, PromptProgressCallback, Result, Sampling
-from rpchat.engine.kvcache import KVCache
 from rpchat.engine.kvstate import KVStates
 from rpchat.engine.loader import LoadedModel, LocalSettings, load_model, round_ctx
 from rpchat.engine.tokenizer import Tokenizer
@@ -64,11 +63,6 @@ class LocalEngine:
     def loaded(self) -> LoadedModel | None:
         """The model and context once `load` has run (None before and after `close`)."""
         return self._loaded
-
-    @property
-    def kv_cache(self) -> KVCache:
-        """The KV cache's token bookkeeping (raises EngineError before `load`)."""
-        return self._require_loaded().cache
 
     @property
     def cached_tokens(self) -> list[int]:
