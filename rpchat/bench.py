@@ -22,7 +22,8 @@ from typing import Any
 from rpchat.cards.model import Card
 from rpchat.chat.model import Turn
 from rpchat.engine.base import Result, Sampling
-from rpchat.engine.llama import LocalEngine, LocalSettings, default_threads
+from rpchat.engine.llama import LocalEngine, LocalSettings
+from rpchat.engine.loader import default_threads
 from rpchat.personas import Persona
 from rpchat.prompt.builder import BuiltPrompt, build_prompt
 from rpchat.prompt.formats import load_format
@@ -191,8 +192,6 @@ def _reopen(model_path: Path, threads: int, n_tokens: int) -> dict[str, Any]:
     """Reopen a long chat after a restart: cold evaluation against a saved state read back from disk."""
     import tempfile
 
-    import llama_cpp
-
     from rpchat.engine.kvstate import KVStates
 
     story = " ".join(f"{USER_LINES[i % len(USER_LINES)]} ({i})" for i in range(n_tokens // 4))
@@ -224,7 +223,9 @@ def _reopen(model_path: Path, threads: int, n_tokens: int) -> dict[str, Any]:
             turn = tokens + second.tokenize(" And then? (next turn)")
             t3 = time.perf_counter()
             with second.lock:
-                second.kv_states.restore(second, llama_cpp, turn)
+                model = second.loaded
+                assert model is not None  # loaded above
+                second.kv_states.restore(model, turn, shift=second.settings.context_shift)
             t4 = time.perf_counter()
             second.reset_cache()
             reopen = second.generate_tokens(turn, probe)
@@ -420,7 +421,8 @@ def run_shape_bench(
     engine.load(lambda _v, stage="": stages.append(stage) if stage else None)
     out["load_s"] = round(time.perf_counter() - t0, 2)
     out["load_stages"] = stages
-    out["graph_nodes"] = engine._graph_nodes
+    loaded = engine.loaded
+    out["graph_nodes"] = loaded.graph_nodes if loaded is not None else 0
     say(f"loaded in {out['load_s']} s ({'; '.join(stages)})")
     words = (FILLER * (prompt_tokens // 40 + 1)).split()
     tokens = engine.tokenize(" ".join(words))[:prompt_tokens]

@@ -223,10 +223,11 @@ def _print_notices(session: RoleplaySession) -> None:
 
 def cmd_reply(args: argparse.Namespace) -> int:
     from rpchat.config import load_config
+    from rpchat.engine.factory import make_engine
     from rpchat.paths import profile
     from rpchat.personas import PersonaBook
     from rpchat.prompt.lorebook import load_lorebook
-    from rpchat.session import make_engine, open_chat_session
+    from rpchat.session import open_chat_session
 
     # A broken world file is refused before the chat file is created or the model loaded.
     for world in args.world or ():

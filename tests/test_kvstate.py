@@ -36,8 +36,10 @@ def evaluate(engine: LocalEngine, tokens: list[int], sampling: Sampling = GREEDY
 
     probe = engine.generate_tokens(tokens, Sampling(temperature=0.0, max_tokens=0))
     list(probe)
-    n_vocab = int(llama_cpp.llama_vocab_n_tokens(engine._vocab))
-    ptr = llama_cpp.llama_get_logits_ith(engine._ctx, -1)
+    model = engine.loaded
+    assert model is not None
+    n_vocab = int(llama_cpp.llama_vocab_n_tokens(model.tokenizer.vocab))
+    ptr = llama_cpp.llama_get_logits_ith(model.ctx, -1)
     logits = list(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float))[:n_vocab])
     gen = engine.generate_tokens(tokens, sampling)
     text = "".join(gen)

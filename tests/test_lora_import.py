@@ -138,7 +138,7 @@ def test_imported_adapter_matches_the_numpy_merge(dtype: str, tmp_path: Path, pr
     # It is now the engine's LoRA, on that base, and rpchat's own loader accepts it.
     cfg = load_config(profile())
     assert cfg.engine.lora == str(out.resolve()) and cfg.engine.model == str(base.resolve())
-    from rpchat.session import make_engine
+    from rpchat.engine.factory import make_engine
 
     engine = make_engine(cfg)
     engine.load()

@@ -103,7 +103,7 @@ def test_the_environment_key_is_sent_and_never_saved(profile_home: Path, monkeyp
     with HostileServer() as server:
         llama_routes(server)
         save_config(profile(), Config(engine=EngineConfig(kind="remote", remote_url=server.url)))
-        from rpchat.session import make_engine
+        from rpchat.engine.factory import make_engine
 
         engine = make_engine(load_config(profile()))
         engine.load()

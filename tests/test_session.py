@@ -12,9 +12,10 @@ from session_support import make_card, tiny_config
 from rpchat.chat.store import load_chat
 from rpchat.config import Config
 from rpchat.engine.base import Result
+from rpchat.engine.factory import make_engine
 from rpchat.errors import ChatError, EngineError
 from rpchat.personas import PersonaBook
-from rpchat.session import RoleplaySession, make_engine, open_chat_session
+from rpchat.session import RoleplaySession, open_chat_session
 
 
 @pytest.fixture

@@ -46,7 +46,7 @@ def test_reply_that_cannot_open_its_turn_on_disk_leaves_the_chat_as_it_was(
 
     from session_support import tiny_config
 
-    from rpchat.session import make_engine
+    from rpchat.engine.factory import make_engine
 
     config = tiny_config(tiny_model)
     engine = make_engine(config)
@@ -71,7 +71,7 @@ def _tiny_session(home: Path, tiny_model: Path, *, n_ctx: int, max_new: int):  #
 
     from session_support import tiny_config
 
-    from rpchat.session import make_engine
+    from rpchat.engine.factory import make_engine
 
     config = tiny_config(tiny_model, max_new=max_new)
     config.engine = dataclasses.replace(config.engine, n_ctx=n_ctx)
@@ -189,7 +189,7 @@ def test_a_reply_whose_last_save_fails_shows_what_the_file_holds(tmp_path: Path,
     from session_support import tiny_config
 
     from rpchat.chat.store import dump_chat, parse_chat
-    from rpchat.session import make_engine
+    from rpchat.engine.factory import make_engine
 
     config = tiny_config(tiny_model)
     engine = make_engine(config)

@@ -329,7 +329,7 @@ class RpchatApp(App[None]):
 
 
 def _default_engine(config: Config) -> Engine:
-    from rpchat.session import make_engine
+    from rpchat.engine.factory import make_engine
 
     return make_engine(config)
 

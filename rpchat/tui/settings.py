@@ -34,7 +34,7 @@ from textual.widgets import (
 from rpchat.config import API_KEY_ENV, Config, save_config
 from rpchat.engine.banned import clean_phrases, default_phrases
 from rpchat.engine.gguf_info import ModelInfo, scan_models
-from rpchat.engine.llama import FLASH_ATTN, KV_TYPES
+from rpchat.engine.loader import FLASH_ATTN, KV_TYPES
 from rpchat.engine.presets import SamplerPreset, import_preset, list_presets, load_preset, save_preset
 from rpchat.engine.remote import API_NAMES
 from rpchat.errors import ConfigError, RpchatError
