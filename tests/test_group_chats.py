@@ -14,13 +14,13 @@ from session_support import make_card
 from rpchat.chat.model import Turn
 from rpchat.chat.store import load_chat
 from rpchat.cli import main
+from rpchat.engine.factory import make_engine
 from rpchat.errors import ChatError
 from rpchat.group.library import chat_path, find_group, groups_dir
 from rpchat.group.model import load_group
-from rpchat.group.session import GroupSession
 from rpchat.group.turns import Member, natural_order
 from rpchat.paths import profile
-from rpchat.session import make_engine, open_chat_session
+from rpchat.session import RoleplaySession, open_chat_session
 
 NAME = "Marisol"
 
@@ -38,7 +38,7 @@ def _group(capsys: pytest.CaptureFixture[str], *extra: str) -> Path:
     return find_group("Island")
 
 
-def _session(engine: bool = True) -> GroupSession:
+def _session(engine: bool = True) -> RoleplaySession:
     from rpchat.config import load_config
 
     config = load_config(profile())
@@ -46,7 +46,7 @@ def _session(engine: bool = True) -> GroupSession:
     if eng is not None:
         eng.load()
     s = open_chat_session(None, config=config, engine=eng, group="Island")
-    assert isinstance(s, GroupSession)
+    assert s.cast is not None
     return s
 
 
@@ -173,7 +173,7 @@ def test_edit_delete_and_branch_work_per_message(home, capsys) -> None:
     s.edit(1, "*Oskar ties up the boat.*")
     assert load_chat(s.path).turns[1].text == "*Oskar ties up the boat.*"
     branch = s.branch(0)
-    assert isinstance(branch, GroupSession)
+    assert branch.cast is not None
     group = load_group(find_group("Island"))
     assert group.chat_id == branch.path.stem and branch.path.stem in group.chats and len(group.chats) == 2
     assert [t.name for t in load_chat(branch.path).turns] == ["Marisol"]
@@ -185,16 +185,19 @@ def test_members_join_and_leave_during_the_chat(home, capsys) -> None:
     _group(capsys)
     make_card(profile().cards_dir, "Wren", first_mes="", alternate_greetings=[])
     s = _session(engine=False)
-    wren = s.add_member("Wren")
-    assert load_group(s.group_file).members == ["marisol.png", "oskar.png", "wren.png"]
+    with s.change():
+        wren = s.cast.add_member("Wren")
+    assert load_group(s.cast.group_file).members == ["marisol.png", "oskar.png", "wren.png"]
     assert "Wren's Persona" in s.build().text
-    s.set_muted(wren, True)
+    with s.change():
+        s.cast.set_muted(wren, True)
     built = s.build()
     assert "Wren's Persona" not in built.text and "\nWren:" in built.stop
-    s.remove_member(wren)
-    assert load_group(s.group_file).members == ["marisol.png", "oskar.png"]
-    with pytest.raises(ChatError, match="at least two"):
-        s.remove_member(s.member("Oskar"))
+    with s.change():
+        s.cast.remove_member(wren)
+    assert load_group(s.cast.group_file).members == ["marisol.png", "oskar.png"]
+    with pytest.raises(ChatError, match="at least two"), s.change():
+        s.cast.remove_member(s.cast.member("Oskar"))
     assert main(["group", "remove", "Island", "Nobody"]) == 2
     assert "not in group Island" in capsys.readouterr().err
 
@@ -240,7 +243,7 @@ def test_sillytavern_group_import_and_export_round_trip(home, capsys, tmp_path) 
     s = _session_for("Forest")
     assert [t.name for t in s.chat.turns] == ["Marisol", "You", "Seraphina"]
     assert s.chat.note.text == "It is raining."  # the old group file's chat metadata came along
-    assert s.author(s.chat.turns[2]) is s.member("Seraphina")
+    assert s.cast.author(s.chat.turns[2]) is s.cast.member("Seraphina")
     assert "Seraphina's Persona" in s.build().text
     out = tmp_path / "out"
     assert main(["group", "export", "Forest", str(out), "--cards"]) == 0
@@ -256,9 +259,9 @@ def test_sillytavern_group_import_and_export_round_trip(home, capsys, tmp_path) 
         src / "characters" / "default_Seraphina.png").read_bytes()
 
 
-def _session_for(name: str) -> GroupSession:
+def _session_for(name: str) -> RoleplaySession:
     s = open_chat_session(None, engine=None, group=name)
-    assert isinstance(s, GroupSession)
+    assert s.cast is not None
     return s
 
 
@@ -278,18 +281,21 @@ def test_a_damaged_group_chat_keeps_every_readable_line(home, capsys) -> None:
 
 def test_a_renamed_card_stays_a_member_and_keeps_its_messages(home, capsys) -> None:
     from rpchat.cards import load_card
-    from rpchat.cards.library import rename_card
+    from rpchat.chat.library import rename_card
+    from rpchat.group.library import rename_member
 
     path = _group(capsys)
     s = _session(engine=False)
     card = load_card(profile().cards_dir / "oskar.png")
     card.name = "Oskar Lund"
     new = rename_card(card, profile().cards_dir / "oskar.png", "Oskar")
+    rename_member("oskar.png", new.name)  # what the card editor does after a rename
     assert load_group(path).members == ["marisol.png", new.name]
     chat = load_chat(s.path)
     assert chat.turns[1].unknown["original_avatar"] == new.name
-    s.reload_group()
-    assert s.author(s.chat.turns[1]) is s.member("Oskar Lund")
+    s.cast.reload()
+    s.reload_chat()
+    assert s.cast.author(s.chat.turns[1]) is s.cast.member("Oskar Lund")
 
 
 def test_each_members_greeting_swipes_through_its_alternates(home, capsys) -> None:

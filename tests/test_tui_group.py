@@ -70,7 +70,8 @@ def test_group_flow_in_the_app(home: Path) -> None:
             assert [t.name for t in _chat().turns[-3:]] == ["User", "Marisol", "Oskar"]
             assert screen.turn_views()[-1].avatar is not None
             # Manual: a message waits; Ctrl+K picks Oskar.
-            screen.session.set_strategy("manual")  # type: ignore[attr-defined]
+            with screen.session.change():
+                screen.session.cast.set_strategy("manual")
             screen.input.text = "Oskar?"
             await pilot.press("enter")
             await wait_for(pilot, lambda: isinstance(app.screen, SpeakerDialog))
@@ -82,7 +83,7 @@ def test_group_flow_in_the_app(home: Path) -> None:
             await wait_for(pilot, lambda: not screen.generating and len(_chat().turns) == 7)
             assert [t.name for t in _chat().turns[-2:]] == ["User", "Oskar"]
             # A swipe on Oskar's message regenerates as Oskar, even with Marisol picked last time.
-            screen.session.speak_as("Marisol")  # type: ignore[attr-defined]
+            screen.session.speak_as("Marisol")
             screen.action_swipe(1)
             await pilot.pause()
             await wait_for(pilot, lambda: not screen.generating)
@@ -90,7 +91,8 @@ def test_group_flow_in_the_app(home: Path) -> None:
             assert (last.name, len(last.swipes)) == ("Oskar", 2)
             assert screen.session.last_built.text.endswith("Oskar:")  # type: ignore[union-attr]
             # Pass the turn (empty Enter) in natural order: someone answers; Oskar spoke last, so Marisol does.
-            screen.session.set_strategy("natural")  # type: ignore[attr-defined]
+            with screen.session.change():
+                screen.session.cast.set_strategy("natural")
             screen.input.focus()
             await pilot.press("enter")
             await pilot.pause()

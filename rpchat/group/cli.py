@@ -51,18 +51,10 @@ def _say(text: str) -> None:
 
 
 def cmd_group(args: argparse.Namespace) -> int:
-    from rpchat.group.library import (
-        copy_member_cards,
-        create_group,
-        export_st_group,
-        find_group,
-        import_st_group,
-        list_groups,
-        load_members,
-        resolve_card,
-    )
+    from rpchat.group.library import create_group, find_group, list_groups, load_members, resolve_card
     from rpchat.group.model import save_group
-    from rpchat.group.session import GroupSession, open_group_session
+    from rpchat.group.transfer import copy_member_cards, export_st_group, import_st_group
+    from rpchat.session import open_chat_session
 
     cmd = args.group_command
     if cmd == "new":
@@ -106,22 +98,26 @@ def cmd_group(args: argparse.Namespace) -> int:
             copy_member_cards(group, args.dest)
         _say(f"wrote {len(files)} file(s) under {args.dest}")
         return 0
-    session = open_group_session(path)
-    assert isinstance(session, GroupSession)
-    if cmd == "add":
-        member = session.add_member(args.card)
-        _say(f"{member.name} joined {group.name}")
-    elif cmd == "order":
-        session.set_strategy(args.order)
-        _say(f"{group.name}: turn order {args.order}")
-    else:
-        member = session.member(args.member)
-        if cmd == "remove":
-            session.remove_member(member)
-            _say(f"{member.name} left {group.name}")
+    # Member changes go through the session's one mutation mechanism (saved, or put back).
+    session = open_chat_session(None, group=path)
+    cast = session.cast
+    assert cast is not None
+    with session.change():
+        if cmd == "add":
+            member = cast.add_member(args.card)
+            said = f"{member.name} joined {group.name}"
+        elif cmd == "order":
+            cast.set_strategy(args.order)
+            said = f"{group.name}: turn order {args.order}"
         else:
-            session.set_muted(member, cmd == "mute")
-            _say(f"{member.name} is {'muted' if cmd == 'mute' else 'speaking again'} in {group.name}")
+            member = cast.member(args.member)
+            if cmd == "remove":
+                cast.remove_member(member)
+                said = f"{member.name} left {group.name}"
+            else:
+                cast.set_muted(member, cmd == "mute")
+                said = f"{member.name} is {'muted' if cmd == 'mute' else 'speaking again'} in {group.name}"
+    _say(said)
     return 0
 
 
@@ -135,25 +131,23 @@ def check_card_or_group(args: argparse.Namespace) -> None:
 
 def check_speaker(session: Any, args: argparse.Namespace) -> None:
     """Before anything is sent: a group with manual turns needs ``--speaker``; a named speaker must be a member."""
-    from rpchat.group.session import GroupSession
-
-    if not isinstance(session, GroupSession):
+    cast = session.cast
+    if cast is None:
         return
     if args.speaker:
-        session.member(args.speaker)
-    elif session.group.strategy_name == "manual":
-        raise UsageError(f"group {session.group.name} takes manual turns: name who answers with --speaker")
+        cast.member(args.speaker)
+    elif cast.group.strategy_name == "manual":
+        raise UsageError(f"group {cast.group.name} takes manual turns: name who answers with --speaker")
 
 
 def reply_speakers(session: Any, args: argparse.Namespace) -> list[Any]:
     """Who answers `rpchat reply`: [None] for a 1:1 chat; in a group ``--speaker`` or the turn order."""
-    from rpchat.group.session import GroupSession
-
-    if not isinstance(session, GroupSession):
+    cast = session.cast
+    if cast is None:
         return [None]
     if args.speaker:
-        return [session.member(args.speaker)]
-    found = session.next_speakers()
+        return [cast.member(args.speaker)]
+    found: list[Any] = session.next_speakers()
     if not found:
-        raise UsageError(f"group {session.group.name} takes manual turns: name who answers with --speaker")
+        raise UsageError(f"group {cast.group.name} takes manual turns: name who answers with --speaker")
     return found

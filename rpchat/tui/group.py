@@ -6,47 +6,40 @@ The dialogs work on the core (`rpchat.group`); the chat screen drives the turns 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
-from textual.binding import Binding, BindingType
+from textual.binding import BindingType
 from textual.containers import Vertical
-from textual.screen import ModalScreen
 from textual.widgets import Footer, Input, OptionList, SelectionList, Static
 from textual.widgets.option_list import Option
 
+from rpchat.cards.library import list_cards
 from rpchat.errors import RpchatError
+from rpchat.group.cast import GroupCast
 from rpchat.group.library import GroupEntry, card_by_file, create_group, list_groups
 from rpchat.group.model import STRATEGIES
 from rpchat.group.turns import Member
+from rpchat.session import RoleplaySession
+from rpchat.tui.bindings import bindings_for
+from rpchat.tui.dialogs import Dialog
 from rpchat.tui.prose import clean
 
-if TYPE_CHECKING:
-    from rpchat.group.session import GroupSession
 
-_DIALOG_CSS = """
-{name} {{ align: center middle; }}
-{name} > Vertical {{ width: 80; max-width: 95%; height: auto; max-height: 85%; border: thick $primary 60%;
-                     background: $surface; padding: 0 1; }}
-{name} .title {{ text-style: bold; color: $primary; }}
-{name} OptionList, {name} SelectionList {{ height: auto; max-height: 20; }}
-"""
+def _cast(session: RoleplaySession) -> GroupCast:
+    assert session.cast is not None  # these dialogs open in group chats only
+    return session.cast
 
 
-class GroupsDialog(ModalScreen["Path | str | tuple[str, Path] | None"]):
+class GroupsDialog(Dialog["Path | str | tuple[str, Path] | None"]):
     """The groups: open one's current chat (Enter), start a new chat of one (c), or make a new group (n).
 
     Dismisses with the group's file, ("new chat", file), "new" or None.
     """
 
-    DEFAULT_CSS = _DIALOG_CSS.format(name="GroupsDialog")
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "cancel", "Close", id="groups.close"),
-        Binding("n", "new", "New group", id="groups.new"),
-        Binding("c", "new_chat", "New chat", id="groups.new_chat"),
-    ]
+    BINDINGS: ClassVar[list[BindingType]] = bindings_for("groups")
 
     def __init__(self) -> None:
         super().__init__()
@@ -64,7 +57,7 @@ class GroupsDialog(ModalScreen["Path | str | tuple[str, Path] | None"]):
             options.append(Option(label, id=f"group-{i}", disabled=entry.group is None))
         with Vertical():
             yield Static("Group chats  (Enter opens the current chat, c starts a new one, n new group, Esc closes)",
-                         classes="title", markup=False)
+                         classes="dialog-title", markup=False)
             yield OptionList(*options, id="groups")
         yield Footer()
 
@@ -91,26 +84,20 @@ class GroupsDialog(ModalScreen["Path | str | tuple[str, Path] | None"]):
         self.dismiss(None)
 
 
-class NewGroupDialog(ModalScreen["Path | None"]):
+class NewGroupDialog(Dialog["Path | None"]):
     """Name a group and tick two or more cards; Ctrl+S (or Enter in the name) makes it. Dismisses with its file."""
 
-    DEFAULT_CSS = _DIALOG_CSS.format(name="NewGroupDialog")
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "cancel", "Cancel", id="new_group.cancel"),
-        Binding("ctrl+s", "create", "Create", id="new_group.create", priority=True),
-    ]
+    BINDINGS: ClassVar[list[BindingType]] = bindings_for("new_group")
 
     def __init__(self, preselect: Path | None = None) -> None:
         super().__init__()
-        from rpchat.cards.library import list_cards
-
         self._cards = [e for e in list_cards() if e.error is None]
         self._preselect = preselect
 
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Static("New group: a name, then Space ticks two or more cards; Ctrl+S creates",
-                         classes="title", markup=False)
+                         classes="dialog-title", markup=False)
             yield Input(placeholder="Group name (e.g. Gull Island)", id="group-name")
             # The card selected in the library is ticked already.
             yield SelectionList[int](*[(Text(clean(e.name)), i, e.path == self._preselect)
@@ -150,18 +137,18 @@ class NewGroupDialog(ModalScreen["Path | None"]):
         self.dismiss(None)
 
 
-class SpeakerDialog(ModalScreen["Member | str | None"]):
+class SpeakerDialog(Dialog["Member | str | None"]):
     """Who speaks now: a member (muted ones too), or "pass" (the group's turn order answers)."""
 
-    DEFAULT_CSS = _DIALOG_CSS.format(name="SpeakerDialog")
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Close", id="speaker.close")]
+    BINDINGS: ClassVar[list[BindingType]] = bindings_for("speaker")
 
-    def __init__(self, session: GroupSession) -> None:
+    def __init__(self, session: RoleplaySession) -> None:
         super().__init__()
         self._session = session
+        self._cast = _cast(session)
 
     def compose(self) -> ComposeResult:
-        s = self._session
+        s = self._cast
         order = s.group.strategy_name
         options = []
         if order != "manual":
@@ -171,7 +158,7 @@ class SpeakerDialog(ModalScreen["Member | str | None"]):
             label.append(f"  talkativeness {m.talkativeness:g}" + ("  muted" if s.is_muted(m) else ""), style="dim")
             options.append(Option(label, id=f"m-{m.avatar}"))
         with Vertical():
-            yield Static("Who speaks now?  (Enter picks, Esc closes)", classes="title", markup=False)
+            yield Static("Who speaks now?  (Enter picks, Esc closes)", classes="dialog-title", markup=False)
             yield OptionList(*options, id="speakers")
         yield Footer()
 
@@ -185,35 +172,29 @@ class SpeakerDialog(ModalScreen["Member | str | None"]):
         if key == "pass":
             self.dismiss("pass")
             return
-        self.dismiss(next(m for m in self._session.members if f"m-{m.avatar}" == key))
+        self.dismiss(next(m for m in self._cast.members if f"m-{m.avatar}" == key))
 
     def action_cancel(self) -> None:
         self.dismiss(None)
 
 
-class MembersDialog(ModalScreen[bool]):
+class MembersDialog(Dialog[bool]):
     """The group's members: m mutes or unmutes, x removes, a adds a card, o changes the turn order.
 
     Every change is saved at once (in the group file); dismisses with whether anything changed.
     """
 
-    DEFAULT_CSS = _DIALOG_CSS.format(name="MembersDialog")
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "close", "Close", id="members.close"),
-        Binding("m", "mute", "Mute/unmute", id="members.mute"),
-        Binding("x,delete", "remove", "Remove", id="members.remove"),
-        Binding("a", "add", "Add card", id="members.add"),
-        Binding("o", "order", "Turn order", id="members.order"),
-    ]
+    BINDINGS: ClassVar[list[BindingType]] = bindings_for("members")
 
-    def __init__(self, session: GroupSession) -> None:
+    def __init__(self, session: RoleplaySession) -> None:
         super().__init__()
         self._session = session
+        self._cast = _cast(session)
         self._changed = False
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Static("", id="members-title", classes="title", markup=False)
+            yield Static("", id="members-title", classes="dialog-title", markup=False)
             yield OptionList(id="members")
         yield Footer()
 
@@ -222,7 +203,7 @@ class MembersDialog(ModalScreen[bool]):
         self.query_one(OptionList).focus()
 
     def _fill(self) -> None:
-        s = self._session
+        s = self._cast
         self.query_one("#members-title", Static).update(
             f"{clean(s.group.name)}: turn order {s.group.strategy_name}  (m mute, x remove, a add, o order)")
         members = self.query_one(OptionList)
@@ -236,11 +217,14 @@ class MembersDialog(ModalScreen[bool]):
 
     def _selected(self) -> Member | None:
         index = self.query_one(OptionList).highlighted
-        return self._session.members[index] if index is not None and index < len(self._session.members) else None
+        members = self._cast.members
+        return members[index] if index is not None and index < len(members) else None
 
     def _do(self, change: Any) -> None:
+        # Through the session's one mutation mechanism: saved in the group file, or put back.
         try:
-            change()
+            with self._session.change():
+                change(self._cast)
         except RpchatError as e:
             self.notify(str(e), severity="error", markup=False)
             return
@@ -250,22 +234,20 @@ class MembersDialog(ModalScreen[bool]):
     def action_mute(self) -> None:
         m = self._selected()
         if m is not None:
-            self._do(lambda: self._session.set_muted(m, not self._session.is_muted(m)))
+            self._do(lambda cast: cast.set_muted(m, not cast.is_muted(m)))
 
     def action_remove(self) -> None:
         m = self._selected()
         if m is not None:
-            self._do(lambda: self._session.remove_member(m))
+            self._do(lambda cast: cast.remove_member(m))
 
     def action_order(self) -> None:
         names = list(STRATEGIES)
-        now = self._session.group.strategy_name
-        self._do(lambda: self._session.set_strategy(names[(names.index(now) + 1) % len(names)]))
+        now = self._cast.group.strategy_name
+        self._do(lambda cast: cast.set_strategy(names[(names.index(now) + 1) % len(names)]))
 
     def action_add(self) -> None:
-        from rpchat.cards.library import list_cards
-
-        inside = set(self._session.group.members)
+        inside = set(self._cast.group.members)
         cards = [e for e in list_cards() if e.error is None and e.path.name not in inside]
         if not cards:
             self.notify("Every card in the library is in this group already.", severity="warning")
@@ -273,7 +255,7 @@ class MembersDialog(ModalScreen[bool]):
 
         def picked(path: Path | None) -> None:
             if path is not None:
-                self._do(lambda: self._session.add_member(str(path)))
+                self._do(lambda cast: cast.add_member(str(path)))
 
         self.app.push_screen(CardPickDialog(cards), picked)
 
@@ -281,11 +263,10 @@ class MembersDialog(ModalScreen[bool]):
         self.dismiss(self._changed)
 
 
-class CardPickDialog(ModalScreen["Path | None"]):
+class CardPickDialog(Dialog["Path | None"]):
     """Pick one library card (to add to a group)."""
 
-    DEFAULT_CSS = _DIALOG_CSS.format(name="CardPickDialog")
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel", id="card_pick.cancel")]
+    BINDINGS: ClassVar[list[BindingType]] = bindings_for("card_pick")
 
     def __init__(self, cards: list[Any]) -> None:
         super().__init__()
@@ -293,7 +274,7 @@ class CardPickDialog(ModalScreen["Path | None"]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Static("Add which card?  (Enter adds, Esc cancels)", classes="title", markup=False)
+            yield Static("Add which card?  (Enter adds, Esc cancels)", classes="dialog-title", markup=False)
             yield OptionList(*[Option(Text(clean(e.name))) for e in self._cards])
         yield Footer()
 
@@ -312,7 +293,7 @@ class CardPickDialog(ModalScreen["Path | None"]):
 class GroupTurns:
     """The chat screen's queue of group speakers: who answers the user's message, one after another."""
 
-    def __init__(self, session: GroupSession) -> None:
+    def __init__(self, session: RoleplaySession) -> None:
         self.session = session
         self.queue: list[Member] = []
 
@@ -325,34 +306,34 @@ class GroupTurns:
         """The next speaker of the round, made the session's speaker; None when the round is over."""
         if not self.queue:
             return None
-        member = self.queue.pop(0)
-        self.session.speak_as(member)
-        return member
+        return self.session.speak_as(self.queue.pop(0))
 
     def cancel(self) -> None:
         self.queue = []
 
     def speaker_card(self) -> Path | None:
         """The card file of the member who speaks now (F4 edits it)."""
-        return card_by_file(self.session.speaker.avatar)
+        return card_by_file(_cast(self.session).speaker.avatar)
 
     def reload(self, edited: Path) -> None:
-        """Read the group and its members' cards again after ``edited`` was saved (a rename changed the
-        group file and the chat's messages: `rpchat.group.library.rename_member`)."""
-        self.session.reload_group()
-        s = self.session
-        s.speak_as(next((m for m in s.members if m.avatar == edited.name), s.members[0]))
+        """Read the group and its members' cards again after ``edited`` was saved (a rename changed the group
+        file and the chat's messages: `rpchat.group.library.rename_member`)."""
+        cast = _cast(self.session)
+        cast.reload()
+        self.session.reload_chat()
+        self.session.speak_as(next((m for m in cast.members if m.avatar == edited.name), cast.speaker))
 
 
-def avatars_of(session: GroupSession) -> dict[str, bytes]:
+def avatars_of(session: RoleplaySession) -> dict[str, bytes]:
     """Each member's picture by card file name (what a message's ``original_avatar`` names)."""
-    return {m.avatar: m.card.avatar for m in session.members if m.card.avatar}
+    return {m.avatar: m.card.avatar for m in _cast(session).members if m.card.avatar}
 
 
-def members_line(session: GroupSession) -> str:
+def members_line(session: RoleplaySession) -> str:
     """The sidebar's list of members: who speaks next is marked, muted ones say so."""
-    lines = [f"Group: {session.group.name} ({session.group.strategy_name})"]
-    for m in session.members:
-        mark = "\u25b8 " if m is session.speaker else "  "
-        lines.append(f"{mark}{m.name}" + (" (muted)" if session.is_muted(m) else ""))
+    cast = _cast(session)
+    lines = [f"Group: {cast.group.name} ({cast.group.strategy_name})"]
+    for m in cast.members:
+        mark = "\u25b8 " if m is cast.speaker else "  "
+        lines.append(f"{mark}{m.name}" + (" (muted)" if cast.is_muted(m) else ""))
     return clean("\n".join(lines))
