@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from rpchat.errors import RpchatError
+from rpchat.group import cli as group_cli
 
 if TYPE_CHECKING:
     from rpchat.engine.base import PromptProgress
@@ -53,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
 
     pr = sub.add_parser("prompt", help="print the exact prompt for the next character reply")
-    pr.add_argument("card", type=Path)
+    pr.add_argument("card", type=Path, nargs="?", help="the character's card (not with --group)")
+    pr.add_argument("--group", metavar="NAME", help="the prompt of this group's chat (see `rpchat group`)")
+    pr.add_argument("--speaker", metavar="MEMBER", help="the group member who would answer")
     pr.add_argument("--user", help="persona name (default: the chat's, else the default persona)")
     pr.add_argument("--persona", help="persona description (default: the persona's own)")
     pr.add_argument("--scenario", help="scenario that overrides the card's (default: the chat's)")
@@ -69,9 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--max-new", type=int, default=None, help="reply budget for --model (default: the config's)")
 
     rp = sub.add_parser("reply", help="send a message and stream the character's reply to stdout")
-    rp.add_argument("card", type=Path)
-    rp.add_argument("--chat", type=Path, required=True, help="chat file (.jsonl), created if missing")
-    rp.add_argument("--say", required=True, help="your message")
+    rp.add_argument("card", type=Path, nargs="?", help="the character's card (not with --group)")
+    rp.add_argument("--chat", type=Path, help="chat file (.jsonl), created if missing (a group: a chat id or "
+                    "file of the group; default: its current chat)")
+    rp.add_argument("--say", help="your message (a group: leave it out to pass your turn)")
+    rp.add_argument("--group", metavar="NAME", help="reply in this group's chat (see `rpchat group`)")
+    rp.add_argument("--speaker", metavar="MEMBER", help="the group member who answers (default: the group's "
+                    "turn order; manual turns need it)")
     rp.add_argument("--length", default=None,
                     help="length modifier, or auto: the model decides (default: the chat's)")
     src = rp.add_mutually_exclusive_group()
@@ -113,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     exp = chs.add_parser("export", help="write a chat as a pure SillyTavern .jsonl file")
     exp.add_argument("src", type=Path)
     exp.add_argument("dest", type=Path)
+
+    group_cli.add_parser(sub, _Parser)
 
     be = sub.add_parser("bench", help="measure the real pipeline and print figures")
     be.add_argument("--model", type=Path, help="GGUF model (default: the demo model)")
@@ -183,8 +192,12 @@ def cmd_prompt(args: argparse.Namespace) -> int:
     # The same opening as the app and `rpchat reply`; the flags then change this prompt only, nothing is saved.
     paths = profile()
     config = load_config(paths)
+    group_cli.check_card_or_group(args)
     session = open_chat_session(args.card, args.chat, config=config, personas=PersonaBook.load(paths.personas_file),
-                                user=args.user, format_name=args.format, readonly=True, model=args.model)
+                                user=args.user, format_name=args.format, readonly=True, model=args.model,
+                                group=args.group)
+    if args.speaker:
+        session.speak_as(args.speaker)
     if args.persona is not None:
         session.persona = Persona(session.persona.name, args.persona)
     if args.scenario is not None:
@@ -229,6 +242,9 @@ def cmd_reply(args: argparse.Namespace) -> int:
     from rpchat.prompt.lorebook import load_lorebook
     from rpchat.session import open_chat_session
 
+    group_cli.check_card_or_group(args)
+    if args.group is None and (args.chat is None or args.say is None):
+        raise group_cli.UsageError("reply needs --chat and --say (or --group)")
     # A broken world file is refused before the chat file is created or the model loaded.
     for world in args.world or ():
         load_lorebook(world)
@@ -239,10 +255,13 @@ def cmd_reply(args: argparse.Namespace) -> int:
                          n_ctx=args.n_ctx)
     session = open_chat_session(args.card, args.chat, config=config, personas=PersonaBook.load(paths.personas_file),
                                 engine=engine, user=args.user, format_name=args.format, preset=args.preset,
-                                create_missing=True, model=args.model, remote=bool(args.engine))
+                                create_missing=True, model=args.model, remote=bool(args.engine), group=args.group)
     session.notices.extend(config_notices)
+    group_cli.check_speaker(session, args)
     if args.seed is not None:
         session.sampling = dataclasses.replace(session.sampling, seed=args.seed)
+        if session.cast is not None:
+            session.cast.rng.seed(args.seed)  # who speaks, in natural order
     if args.max_new:
         session.max_new = args.max_new
     session.banned_phrases = (*session.banned_phrases, *(args.ban or ()))
@@ -265,7 +284,9 @@ def cmd_reply(args: argparse.Namespace) -> int:
             ))
         session.skip_card_lorebook = args.no_lore
         engine.load()
-        session.send(args.say)
+        if args.say is not None:
+            session.send(args.say)
+        speakers = group_cli.reply_speakers(session, args)
         out = sys.stdout
         engine_notice = engine.info.notice
         if engine_notice:
@@ -281,32 +302,37 @@ def cmd_reply(args: argparse.Namespace) -> int:
             out.write(_printable(piece))
             out.flush()
 
-        try:
-            result = session.reply(on_piece, cancel, on_progress=line.report if line is not None else None)
-        except KeyboardInterrupt:
-            cancel.set()
-            raise
-        finally:
-            if line is not None:
-                line.close()
-        out.write("\n")
-        session.save_state()  # the next `rpchat reply` on this chat starts from it
-        _print_notices(session)
-        if result.unsupported:  # e.g. banned phrases on a server without phrase banning
-            print(f"rpchat: note: not applied by this server: {', '.join(result.unsupported)}", file=sys.stderr)
-        if result.error:
-            kept = " (partial reply saved, marked unfinished)" if result.text.strip() else ""
-            print(f"rpchat: error: {result.error}{kept}", file=sys.stderr)
-            return 2
-        print(
-            f"rpchat: {result.tokens_generated} tokens, {result.tok_per_s:.1f} tok/s, "
-            f"prompt {result.prompt_tokens_evaluated} evaluated / {result.prompt_tokens_reused} reused"
-            + (f" ({result.prompt_tokens_restored} restored from disk)" if result.prompt_tokens_restored else "")
-            + f", finish: {result.finish_reason}"
-            + (f", {result.rewinds} banned phrase(s) rewritten ({result.tokens_resampled} tokens resampled)"
-               if result.rewinds else ""),
-            file=sys.stderr,
-        )
+        for who in speakers:
+            if who is not None:  # a group: say who speaks, as the chat shows it
+                out.write(f"{_printable(who.name)}: ")
+            try:
+                kwargs = {"speaker": who} if who is not None else {}
+                result = session.reply(on_piece, cancel, on_progress=line.report if line is not None else None,
+                                       **kwargs)
+            except KeyboardInterrupt:
+                cancel.set()
+                raise
+            finally:
+                if line is not None:
+                    line.close()
+            out.write("\n")
+            session.save_state()  # the next `rpchat reply` on this chat starts from it
+            _print_notices(session)
+            if result.unsupported:  # e.g. banned phrases on a server without phrase banning
+                print(f"rpchat: note: not applied by this server: {', '.join(result.unsupported)}", file=sys.stderr)
+            if result.error:
+                kept = " (partial reply saved, marked unfinished)" if result.text.strip() else ""
+                print(f"rpchat: error: {result.error}{kept}", file=sys.stderr)
+                return 2
+            print(
+                f"rpchat: {result.tokens_generated} tokens, {result.tok_per_s:.1f} tok/s, "
+                f"prompt {result.prompt_tokens_evaluated} evaluated / {result.prompt_tokens_reused} reused"
+                + (f" ({result.prompt_tokens_restored} restored from disk)" if result.prompt_tokens_restored else "")
+                + f", finish: {result.finish_reason}"
+                + (f", {result.rewinds} banned phrase(s) rewritten ({result.tokens_resampled} tokens resampled)"
+                   if result.rewinds else ""),
+                file=sys.stderr,
+            )
     finally:
         session.close()
     return 0
@@ -691,6 +717,7 @@ COMMANDS = {
     "model": cmd_model,
     "formats": cmd_formats,
     "presets": cmd_presets,
+    "group": group_cli.cmd_group,
     None: cmd_tui,
 }
 

@@ -37,6 +37,8 @@ from rpchat.chat.store import ChatStore
 from rpchat.config import Config
 from rpchat.engine.base import Engine, PromptProgressCallback, Result, Sampling
 from rpchat.errors import ChatError, EngineError, RpchatError
+from rpchat.group.cast import GroupCast
+from rpchat.group.turns import Member
 from rpchat.personas import Persona, PersonaBook
 from rpchat.prompt.builder import BuiltPrompt
 from rpchat.prompt.formats import PromptFormat
@@ -100,6 +102,8 @@ class RoleplaySession:
         self.extra_lorebooks: list[Lorebook] = []
         # Guards the chat while a worker thread streams into it and the UI thread reads it.
         self.lock = threading.RLock()
+        # A group chat's members and turn order (``card`` is then the member speaking); None in a 1:1 chat.
+        self.cast: GroupCast | None = None
 
     # --- files -----------------------------------------------------------------------------------
     @property
@@ -119,13 +123,18 @@ class RoleplaySession:
         """
         with self.lock:
             before = self.chat.snapshot()
+            cast = self.cast.snapshot() if self.cast is not None else None
             try:
                 yield self.chat
                 self.store.save(self.chat)
+                if self.cast is not None and cast is not None:
+                    self.cast.save_if_changed(cast)  # a group's member changes, in its own file
             except BaseException:
                 # Unsaved means unchanged: the screen must not show what the file does not hold, and a
                 # retry must not apply the change twice.
                 self.chat.restore(before)
+                if self.cast is not None and cast is not None:
+                    self.cast.restore(cast)
                 raise
 
     def close(self) -> None:
@@ -306,6 +315,8 @@ class RoleplaySession:
         from rpchat.prompt import build_prompt
 
         with self.lock:
+            if mode in ("regenerate", "continue") and self.cast is not None:
+                self._speak_as_author()
             history = list(self.chat.turns)
             if mode == "regenerate":
                 index = self._last_reply_index()
@@ -329,6 +340,7 @@ class RoleplaySession:
                 lorebook=[*self._world_books(), *self.extra_lorebooks],
                 card_lorebook=self.use_card_lorebook and not self.skip_card_lorebook,
                 note=self.chat.note,
+                **(self.cast.prompt_extras() if self.cast is not None else {}),
             )
         self.last_built = built
         return built
@@ -373,6 +385,12 @@ class RoleplaySession:
         other.last_result, other.last_built = None, None
         other.notices, other._reported = [], set()
         other.extra_lorebooks = list(self.extra_lorebooks)
+        if self.cast is not None:  # the group lists the branch and goes on in it
+            other.cast = copy.copy(self.cast)
+            other.cast.group = copy.deepcopy(self.cast.group)
+            with other.change():
+                other.cast.add_chat(other.path.stem)
+            self.cast.group = copy.deepcopy(other.cast.group)
         return other
 
     def swipe(self, delta: int) -> SwipeOutcome:
@@ -417,14 +435,23 @@ class RoleplaySession:
         cancel: threading.Event | None = None,
         mode: ReplyMode = "reply",
         on_progress: PromptProgressCallback | None = None,
+        speaker: Member | str | None = None,
     ) -> Result:
         """Generate with the engine, streaming pieces to ``on_piece``, and save the outcome.
 
         "reply" adds a character turn, "regenerate" adds a swipe to the last one, "continue" appends
         to it, "impersonate" drafts the user's next line (returned in ``Result.text``, not saved).
         A cancelled or failed reply keeps its partial text, marked unfinished. ``on_progress`` hears
-        how far the engine has read the prompt (see `Engine.stream`).
+        how far the engine has read the prompt (see `Engine.stream`). In a group chat ``speaker`` writes a
+        new reply (default: the first of `next_speakers`); regenerate and continue use the message's writer.
         """
+        if self.cast is not None and mode in ("reply", "impersonate"):
+            if speaker is None:
+                queue = self.next_speakers() if mode == "reply" else self.cast.active_members()
+                if not queue:
+                    raise ChatError("nobody is set to speak: pick a member (manual turns)", self.cast.group_file)
+                speaker = queue[0]
+            self.speak_as(speaker)
         engine = self._require_engine()
         if mode in ("regenerate", "continue") and self._last_reply_index() is None:
             raise ChatError(f"nothing to {mode}: the last turn is not a character reply", self.path)
@@ -485,6 +512,39 @@ class RoleplaySession:
         return result
 
     # --- internals ---------------------------------------------------------------------------------
+    def reload_chat(self) -> None:
+        """Read the chat file again when rpchat itself rewrote it (a renamed group member's messages)."""
+        with self.lock:
+            if self.store.changed_on_disk():
+                self.chat = self.store.reload()
+
+    def speak_as(self, member: Member | str) -> Member:
+        """A group chat: make ``member`` (or the member of that name) the one the next prompt is built for."""
+        if self.cast is None:
+            raise ChatError("not a group chat", self.path)
+        who = self.cast.member(member) if isinstance(member, str) else member
+        with self.lock:
+            self.cast.speaker, self.card = who, who.card
+        return who
+
+    def _speak_as_author(self) -> None:
+        # Regenerating or continuing a message is always done by the member who wrote it.
+        assert self.cast is not None
+        index = self.last_reply_index()
+        if index is None:
+            return
+        who = self.cast.author(self.chat.turns[index])
+        if who is None:
+            raise ChatError(f"{self.chat.turns[index].name} is no longer in this group", self.cast.group_file)
+        self.speak_as(who)
+
+    def next_speakers(self) -> list[Member]:
+        """A group chat: who answers now, in order, by its turn order (empty with manual turns)."""
+        if self.cast is None:
+            return []
+        with self.lock:
+            return self.cast.next_speakers(self.chat.turns)
+
     def _require_engine(self) -> Engine:
         if self.engine is None:
             raise EngineError("no model is loaded yet")
@@ -496,6 +556,8 @@ class RoleplaySession:
 
     def _is_greeting(self, index: int) -> bool:
         # The greeting is the first turn when it is the character's and nothing the user said precedes it.
+        if self.cast is not None:  # each member greets in turn
+            return self.cast.is_greeting(self.chat.turns, index)
         return index == 0 and not self.chat.turns[0].is_user
 
     def _last_reply_index(self, include_greeting: bool = False) -> int | None:
@@ -514,7 +576,10 @@ class RoleplaySession:
             return None, "", False
         with self.change() as chat:
             if mode == "reply":
-                chat.add(False, "")
+                if self.cast is not None:
+                    chat.turns.append(self.cast.new_turn())
+                else:
+                    chat.add(False, "")
                 index = len(chat.turns) - 1
                 base, was = "", False
             else:
@@ -570,7 +635,7 @@ def pick_persona(book: PersonaBook, *names: str | None) -> Persona:
 
 
 def open_chat_session(
-    card_path: Path,
+    card_path: Path | None,
     chat_path: Path | None = None,
     *,
     config: Config | None = None,
@@ -583,6 +648,7 @@ def open_chat_session(
     readonly: bool = False,
     model: Path | None = None,
     remote: bool = False,
+    group: str | Path | None = None,
 ) -> RoleplaySession:
     """Open a chat with a card, the one way the TUI, ``rpchat reply`` and ``rpchat prompt`` do.
 
@@ -591,6 +657,9 @@ def open_chat_session(
     ``preset`` override the chat's persona and the config's format and preset. ``readonly`` touches no
     file: the chat is read as is and a new one is not saved (``rpchat prompt``). ``model`` (a GGUF) and
     ``remote`` say which model the format and preset are picked for, when not the configured one.
+    ``group`` (a group's name, id or file) opens that group's chat instead (``card_path`` is then unused;
+    ``chat_path`` picks one of its chats, a file or chat id, by default its current one): the session's
+    ``cast`` holds the members (see `rpchat.group.cast`).
     """
     from rpchat.cards import load_card
     from rpchat.chat.library import chats_folder, new_chat_path
@@ -601,6 +670,11 @@ def open_chat_session(
 
     cfg = config if config is not None else load_config(profile())
     book = personas if personas is not None else PersonaBook.load()
+    if group is not None:
+        return _open_group(group, chat_path, cfg, book, engine=engine, user=user, format_name=format_name,
+                           preset=preset, readonly=readonly, model=model, remote=remote)
+    if card_path is None:
+        raise ChatError("no card or group to open", "chat")
     card = load_card(Path(card_path))
     path = Path(chat_path) if chat_path is not None else None
     chat: Chat | None = None
@@ -628,6 +702,47 @@ def open_chat_session(
                               card_path=Path(card_path))
     session._take_settings(cfg, choices, fmt, chosen, remote=remote)
     session.notices = list(choices.notices)
+    return session
+
+
+def _open_group(group: str | Path, chat: Path | None, cfg: Config, book: PersonaBook, *, engine: Engine | None,
+                user: str | None, format_name: str | None, preset: str | None, readonly: bool, model: Path | None,
+                remote: bool) -> RoleplaySession:
+    """`open_chat_session` for a group: its chat (started with every member's greeting when new)."""
+    from rpchat.engine.recognize import session_choices
+    from rpchat.group.library import chat_path, find_group, load_members, open_group_chat
+    from rpchat.group.model import load_group, save_group
+
+    file = find_group(group)
+    grp = load_group(file)
+    notices: list[str] = []
+    members = load_members(grp, notices)
+    if not members:
+        raise ChatError(f"group {grp.name} has no member whose card loads", file)
+    chat_id = None if chat is None else Path(chat).stem if str(chat).endswith(".jsonl") else str(chat)
+    if chat_id is not None and chat_id not in grp.chats and not readonly:
+        grp.chats.append(chat_id)
+        grp.chat_id = chat_id
+        save_group(grp, file)
+    fresh = not chat_path(chat_id or grp.chat_id).exists()
+    persona = pick_persona(book, user)
+    the_chat, store = open_group_chat(grp, members, persona.name, chat_id, readonly=readonly)
+    if not fresh:
+        persona = pick_persona(book, user, the_chat.persona, the_chat.user_name)
+        if persona.name != the_chat.user_name:
+            the_chat.rename_user(persona.name)
+    if user or fresh:
+        the_chat.persona = persona.name
+    choices, fmt, chosen = session_choices(cfg, chat_length=None if fresh else (the_chat.length,), model=model,
+                                           format_name=format_name, preset_name=preset, remote=remote)
+    if fresh:
+        the_chat.length = choices.length.value
+        if not readonly:
+            store.save(the_chat)
+    session = RoleplaySession(members[0].card, the_chat, store, persona, fmt, chosen.sampling, engine=engine)
+    session.cast = GroupCast(grp, file, members)
+    session._take_settings(cfg, choices, fmt, chosen, remote=remote)
+    session.notices = [*choices.notices, *notices]
     return session
 
 

@@ -6,6 +6,7 @@ chat (names included) is tagged "user", so the engine tokenizes it without speci
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from rpchat.chat.model import AuthorsNote, Turn
 from rpchat.errors import ChatError, ConfigError
 from rpchat.personas import Persona
 from rpchat.prompt.fitting import choose_cut
-from rpchat.prompt.formats import CONTENT_VARS, PromptFormat, Template
+from rpchat.prompt.formats import CONTENT_VARS, MEMBERS, PromptFormat, Template
 from rpchat.prompt.lorebook import (
     DepthInsert,
     LoreActivation,
@@ -119,12 +120,16 @@ def _message(fmt: PromptFormat, name: str, text: str, *, open_end: bool = False)
     return out
 
 
-def _stop(fmt: PromptFormat, char: str, user: str, mode: str) -> tuple[str, ...]:
+def _stop(fmt: PromptFormat, char: str, user: str, mode: str, others: Sequence[str] = ()) -> tuple[str, ...]:
     # Impersonation writes as the user, so it must stop where the character would speak.
     if mode == "impersonate":
         char, user = user, char
     values = {"char": char, "user": user}
     stops = ["".join(values[t] if v else t for t, v in tpl) for tpl in fmt.stop]
+    # In a group every other member is stopped like the user is, so no one speaks for another.
+    for other in others:
+        stops += ["".join(other if v and t == "user" else values[t] if v else t for t, v in tpl)
+                  for tpl in fmt.stop if ("user", True) in tpl]
     return tuple(dict.fromkeys(s for s in stops if s))
 
 
@@ -140,14 +145,30 @@ def _merge(segments: list[Segment]) -> tuple[Segment, ...]:
     return tuple(out)
 
 
-def _instruction(fmt: PromptFormat, values: dict[str, str]) -> list[Segment]:
-    """The instruction block; a paragraph whose text variables are empty is left out."""
-    paragraphs = list(fmt.instruction)
+def _instruction(
+    fmt: PromptFormat, values: dict[str, str], members: Sequence[dict[str, str]] | None = None
+) -> list[Segment]:
+    """The instruction block; a paragraph whose text variables are empty is left out.
+
+    ``members`` (a group chat) holds each active member's own values; their paragraphs stand where the
+    format's ``{{members}}`` paragraph is (see `PromptFormat.group_layout`).
+    """
+    per_member: tuple[Template, ...] = ()
+    if members is None:
+        paragraphs = list(fmt.instruction)
+    else:
+        shared, per_member = fmt.group_layout()
+        paragraphs = list(shared)
+
+    def uses(var: str) -> bool:
+        return any((var, True) in p for p in [*paragraphs, *per_member])
+
     # A user format without lore slots still gets lore: before everything, after the description.
-    if not fmt.uses("lore_before"):
+    if not uses("lore_before"):
         paragraphs.insert(0, _LORE_BEFORE)
-    if not fmt.uses("lore_after"):
-        at = next((i + 1 for i, p in enumerate(paragraphs) if ("description", True) in p), len(paragraphs))
+    if not uses("lore_after"):
+        at = next((i + 1 for i, p in enumerate(paragraphs) if ("description", True) in p or p == MEMBERS),
+                  len(paragraphs))
         paragraphs.insert(at, _LORE_AFTER)
     # An author's note placed at the top opens or closes the instruction (SillyTavern's "before" and
     # "after" the story string); only when there is one, so formats stay byte-exact without it.
@@ -156,12 +177,40 @@ def _instruction(fmt: PromptFormat, values: dict[str, str]) -> list[Segment]:
     if values["note_after"]:
         paragraphs.append(_NOTE_AFTER)
     out = [Segment(fmt.instruction_header, "template"), Segment("\n", "template")] if fmt.instruction_header else []
-    kept = [p for p in paragraphs if all(values[name] for name, is_var in p if is_var and name in CONTENT_VARS)]
-    for i, p in enumerate(kept):
+    placed: list[tuple[Template, dict[str, str]]] = []
+    for p in paragraphs:
+        if p == MEMBERS and members is not None:
+            placed += [(mp, {**values, **m}) for m in members for mp in per_member]
+        else:
+            placed.append((p, values))
+    kept = [(p, v) for p, v in placed if all(v[name] for name, is_var in p if is_var and name in CONTENT_VARS)]
+    for i, (p, v) in enumerate(kept):
         if i:
             out.append(Segment(fmt.instruction_separator, "template"))
-        out += _render(p, values)
+        out += _render(p, v)
     return out
+
+
+def join_names(names: Sequence[str]) -> str:
+    """``Alice``, ``Alice and Bob``, ``Alice, Bob and Carol``: how the group instruction names its members."""
+    if len(names) <= 1:
+        return "".join(names)
+    return f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def _one_line(name: str) -> str:
+    # Names are one line each: they end the prompt ("Name:") and appear in the stop strings.
+    return " ".join(name.split())
+
+
+def _character_values(card: Card, char: str, user: str) -> dict[str, str]:
+    """What the instruction says about one character: its name, description and personality."""
+    card_description = description = clean_text(card.description, char, user)
+    personality = clean_text(card.personality, char, user)
+    if personality:
+        description = f"{description}\n{personality}" if description else personality
+    return {"char": char, "description": description, "card_description": card_description,
+            "personality": personality}
 
 
 def _turn_text(turn: Turn) -> str:
@@ -200,12 +249,22 @@ def _place(blocks: list[list[Segment]], inserts: list[tuple[int, str, list[Segme
 
 
 def _books(
-    card: Card, lorebook: Lorebook | Sequence[Lorebook] | None, card_lorebook: bool = True
+    cards: Sequence[Card], lorebook: Lorebook | Sequence[Lorebook] | None, card_lorebook: bool = True,
+    owners: Sequence[str] | None = None, user: str = "",
 ) -> list[Lorebook]:
+    """The cards' own lorebooks, then the others. With ``owners`` (a group) each card's book says its own
+    card's name for ``{{char}}``, whoever speaks, so the entries mean what their writer meant."""
     books: list[Lorebook] = []
-    own = lorebook_from_card(card) if card_lorebook else None
-    if own is not None:
-        books.append(own)
+    for i, card in enumerate(cards if card_lorebook else ()):
+        own = lorebook_from_card(card)
+        if own is not None and owners is not None:
+            own = dataclasses.replace(own, entries=tuple(
+                dataclasses.replace(e, content=expand_macros(e.content, owners[i], user),
+                                    keys=tuple(expand_macros(k, owners[i], user) for k in e.keys),
+                                    secondary_keys=tuple(expand_macros(k, owners[i], user) for k in e.secondary_keys))
+                for e in own.entries))
+        if own is not None:
+            books.append(own)
     if isinstance(lorebook, Lorebook):
         books.append(lorebook)
     elif lorebook:
@@ -271,6 +330,8 @@ def build_prompt(
     lorebook: Lorebook | Sequence[Lorebook] | None = None,
     card_lorebook: bool = True,
     note: AuthorsNote | None = None,
+    group: Sequence[Card] | None = None,
+    muted: Sequence[str] = (),
 ) -> BuiltPrompt:
     """Build the prompt for the next message.
 
@@ -279,23 +340,40 @@ def build_prompt(
     (when not None) replaces the card's. ``card_lorebook=False`` ignores the card's own
     character_book. With ``counter`` and ``n_ctx``, older turns are left out
     in chunks so the prompt plus ``max_new`` fits. ``note`` is the chat's author's note.
+
+    ``group`` (a group chat) lists the active members, ``card`` among them: the one who speaks next.
+    Every member's persona goes into the instruction, character messages carry their speaker's name,
+    and every other member's name is a stop string, the ``muted`` members' (left out of the prompt) too
+    (see README, "Group chats").
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     length = _check_length(fmt, length, "length") if fmt.response_length else None
     input_length = _check_length(fmt, input_length, "input length") if fmt.input_length else None
     # Names are one line each: they end the prompt ("Name:") and appear in the stop strings.
-    char = " ".join(card.display_name.split()) or "Character"
-    user = " ".join(persona.name.split()) or "User"
+    char = _one_line(card.display_name) or "Character"
+    user = _one_line(persona.name) or "User"
+    members = list(group) if group is not None else None
+    if members is not None and all(m is not card for m in members):
+        members.append(card)
+    names = [_one_line(m.display_name) or "Character" for m in members] if members is not None else [char]
+    everyone = join_names(names)
+
+    # The name a character message is shown under: its speaker's, in a group.
+    def speaker(turn: Turn) -> str:
+        return (_one_line(turn.name) or char) if members is not None else char
+
     # Hidden turns (SillyTavern's /hide) stay in the chat but never reach the model.
     shown = [i for i, t in enumerate(history) if not t.hidden]
     if mode == "continue" and (not shown or shown[-1] != len(history) - 1 or not _is_reply(history[-1])):
         raise ChatError("nothing to continue: the last message is not the character's", "chat")
 
     # Chat text: newlines normalized, macros expanded, trimmed (the continued message keeps its end).
-    texts = {i: clean_text(_turn_text(history[i]), char, user) for i in shown}
+    texts = {i: clean_text(_turn_text(history[i]), speaker(history[i]), user) for i in shown}
     if mode == "continue":
         texts[shown[-1]] = expand_macros(normalize_newlines(_turn_text(history[-1])), char, user).lstrip()
+        if members is not None and _one_line(history[-1].name) != char:
+            raise ChatError(f"{char} cannot continue {_one_line(history[-1].name)}'s message", "chat")
 
     greeting = ""
     if fmt.greeting_in_instruction and shown and shown[0] == 0 and _is_reply(history[0]):
@@ -303,11 +381,12 @@ def build_prompt(
         shown = shown[1:]
 
     # Lorebooks scan the latest messages as "Name: text", the way SillyTavern does (narration bare).
-    books = _books(card, lorebook, card_lorebook)
+    books = _books(members if members is not None else [card], lorebook, card_lorebook,
+                   names if members is not None else None, user)
     lore: LoreActivation | None = None
     if books:
         recent = [i for i in texts if i >= len(history) - MAX_SCAN_MESSAGES]
-        scan = [texts[i] if history[i].narrator else f"{user if history[i].is_user else char}: {texts[i]}"
+        scan = [texts[i] if history[i].narrator else f"{user if history[i].is_user else speaker(history[i])}: {texts[i]}"
                 for i in recent]
         lore_budget = int(n_ctx * LORE_BUDGET_RATIO) if n_ctx else None
         lore = activate(books, scan, char=char, user=user, counter=counter, budget=lore_budget)
@@ -325,25 +404,28 @@ def build_prompt(
         else:
             at_depth[same] = DepthInsert(note.depth, note.role, f"{note_text}\n{at_depth[same].text}")
 
-    card_description = description = clean_text(card.description, char, user)
-    personality = clean_text(card.personality, char, user)
-    if personality:
-        description = f"{description}\n{personality}" if description else personality
+    # In a group the instruction is the same whoever speaks next, so the model's cache of it stays valid.
+    shared = everyone if members is not None else char
+    own = [_character_values(m, n, user) for m, n in zip(members or [card], names)]
+    if scenario is None and members is not None:
+        scenes = [clean_text(m.scenario, n, user) for m, n in zip(members, names)]
+        scene = "\n".join(dict.fromkeys(s for s in scenes if s))
+    else:
+        scene = clean_text(card.scenario if scenario is None else scenario, shared, user)
     values = {
-        "char": char,
+        "char": shared,
+        "chars": everyone,
         "user": user,
-        "description": description,
-        "card_description": card_description,
-        "personality": personality,
-        "persona": clean_text(persona.description, char, user),
-        "scenario": clean_text(card.scenario if scenario is None else scenario, char, user),
+        **(own[0] if members is None else {"description": "", "card_description": "", "personality": ""}),
+        "persona": clean_text(persona.description, shared, user),
+        "scenario": scene,
         "greeting": greeting,
         "lore_before": "\n".join(lore.before) if lore else "",
         "lore_after": "\n".join(lore.after) if lore else "",
         "note_before": note_text if note.position == "before_instruction" else "",
         "note_after": note_text if note.position == "after_instruction" else "",
     }
-    instruction = _instruction(fmt, values)
+    instruction = _instruction(fmt, values, own if members is not None else None)
     head: list[list[Segment]] = []
     if fmt.preamble:
         head.append([Segment(fmt.preamble, "template")])
@@ -363,7 +445,7 @@ def build_prompt(
         elif mode == "continue" and last:
             block = _header(fmt, last_header, length) + _message(fmt, char, texts[i], open_end=True)
         else:
-            block = _header(fmt, fmt.response_header, None) + _message(fmt, char, texts[i])
+            block = _header(fmt, fmt.response_header, None) + _message(fmt, speaker(turn), texts[i])
         turn_blocks.append(block)
     inserts: list[tuple[int, str, list[Segment]]] = []
     for d in at_depth:
@@ -400,7 +482,7 @@ def build_prompt(
     segments = _merge(assemble(cut))
     return BuiltPrompt(
         segments=segments,
-        stop=_stop(fmt, char, user, mode),
+        stop=_stop(fmt, char, user, mode, [n for n in dict.fromkeys([*names, *map(_one_line, muted)]) if n != char]),
         dropped=tuple(shown[:cut]),
         n_tokens=n_tokens,
         first_kept=shown[cut] if cut else None,

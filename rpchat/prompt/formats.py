@@ -40,6 +40,12 @@ CONTENT_VARS = frozenset(
         "lore_after",
     }
 )
+# Group chats: {{chars}} names every active member ("Alice and Bob"); a paragraph that is just
+# {{members}} stands for the ``group_member`` paragraphs, once per active member.
+GROUP_VARS = INSTRUCTION_VARS | {"chars", "members"}
+# A paragraph using one of these describes one character (it is repeated per member in a group).
+MEMBER_VARS = frozenset({"description", "card_description", "personality"})
+MEMBERS: Template = (("members", True),)
 MESSAGE_VARS = frozenset({"name", "message"})
 LENGTH_VARS = frozenset({"length"})
 STOP_VARS = frozenset({"char", "user"})
@@ -75,6 +81,9 @@ class PromptFormat:
     # Header of the reply being written (SillyTavern's last output sequence); None: response_header.
     last_response_header: str | None = None
     notes: tuple[str, ...] = field(default=(), compare=False)  # what an import could not express
+    # Group chats (see `group_layout`): the instruction's paragraphs, and those said once per member.
+    group_instruction: tuple[Template, ...] = ()
+    group_member: tuple[Template, ...] = ()
 
     @property
     def greeting_in_instruction(self) -> bool:
@@ -84,6 +93,26 @@ class PromptFormat:
     def uses(self, var: str) -> bool:
         """True when an instruction paragraph uses ``{{var}}``."""
         return any(part == (var, True) for tpl in self.instruction for part in tpl)
+
+    def group_layout(self) -> tuple[tuple[Template, ...], tuple[Template, ...]]:
+        """The instruction of a group chat and the paragraphs said once per member.
+
+        A format without its own ``group_instruction`` gets one made from ``instruction``: the paragraphs
+        describing the character are said per member where the first of them stood, and ``{{char}}``
+        elsewhere names every member.
+        """
+        if self.group_instruction:
+            return self.group_instruction, self.group_member
+        member = tuple(p for p in self.instruction if any(v and n in MEMBER_VARS for n, v in p))
+        shared: list[Template] = []
+        for p in self.instruction:
+            if p not in member:
+                shared.append(p)
+            elif MEMBERS not in shared:
+                shared.append(MEMBERS)
+        if MEMBERS not in shared:
+            shared.insert(0, MEMBERS)
+        return tuple(shared), member
 
 
 def parse_template(text: str, allowed: frozenset[str], where: str, source: Path | str) -> Template:
@@ -124,6 +153,8 @@ _KEYS = {
     "history_start": (str, False),
     "last_response_header": (str, False),
     "notes": (list, False),
+    "group_instruction": (list, False),
+    "group_member": (list, False),
 }
 
 
@@ -159,6 +190,16 @@ def parse_format(data: Any, name: str, source: Path | str) -> PromptFormat:
     message = parse_template(data["message"], MESSAGE_VARS, "message", source)
     if ("message", True) not in message:
         raise ConfigError("'message' must contain {{message}}", source)
+    group_instruction = tuple(
+        parse_template(t, GROUP_VARS, f"group_instruction #{i + 1}", source)
+        for i, t in enumerate(texts("group_instruction"))
+    )
+    group_member = tuple(
+        parse_template(t, INSTRUCTION_VARS, f"group_member #{i + 1}", source)
+        for i, t in enumerate(texts("group_member"))
+    )
+    if group_instruction and MEMBERS not in group_instruction:
+        raise ConfigError("'group_instruction' needs a paragraph that is just {{members}}", source)
     lengths = tuple(texts("lengths"))
     for length in lengths:
         if not _NAME.fullmatch(length):
@@ -186,6 +227,8 @@ def parse_format(data: Any, name: str, source: Path | str) -> PromptFormat:
         history_start=data.get("history_start"),
         last_response_header=data.get("last_response_header") or None,
         notes=tuple(texts("notes")),
+        group_instruction=group_instruction,
+        group_member=group_member,
     )
 
 

@@ -25,6 +25,8 @@ from textual.worker import Worker, WorkerState
 from rpchat.config import Config, load_config
 from rpchat.engine.base import Engine, EngineInfo
 from rpchat.errors import RpchatError
+from rpchat.group.library import new_group_chat
+from rpchat.group.model import load_group
 from rpchat.paths import Paths, profile
 from rpchat.personas import PersonaBook
 from rpchat.session import RoleplaySession, open_chat_session
@@ -221,6 +223,19 @@ class RpchatApp(App[None]):
         self.remember_chat(session)
         if branch:
             self.notify(f"Branched into {session.path.name}", markup=False)
+
+    def open_group(self, group: Path, *, new_chat: bool = False) -> None:
+        """Open a group's current chat (or a new one: ``new_chat``), started with the members' greetings when
+        new, and show it."""
+        try:
+            if new_chat:
+                new_group_chat(load_group(group), group)
+            session = open_chat_session(None, config=self.config, personas=self.personas, group=group,
+                                        engine=self.engine if self.engine_state == "ready" else None)
+        except RpchatError as e:
+            self.notify(str(e), severity="error", markup=False)
+            return
+        self.push_screen(ChatScreen(session))
 
     # --- other screens ------------------------------------------------------------------------------------
     def action_show_help(self) -> None:

@@ -46,6 +46,7 @@ KEYS: tuple[KeySpec, ...] = (
     KeySpec("duplicate_card", "ctrl+d", "duplicate_card", "Duplicate card", "library"),
     KeySpec("delete_card", "ctrl+x", "delete_card", "Delete card", "library"),
     KeySpec("edit_card", "ctrl+e", "edit_card", "Edit card", "library"),
+    KeySpec("groups", "ctrl+g", "groups", "Groups", "library"),
     KeySpec("filter", "ctrl+f", "focus_filter", "Filter", "library", show=False),
     KeySpec("card_up", "up", "move(-1)", "Previous card", "library", show=False, palette=False),
     KeySpec("card_down", "down", "move(1)", "Next card", "library", show=False, palette=False),
@@ -62,6 +63,9 @@ KEYS: tuple[KeySpec, ...] = (
     KeySpec("chat_card", "f4", "edit_card", "Edit card", "chat", show=False),
     KeySpec("inspect", "f5", "inspect_prompt", "Prompt inspector", "chat", show=False),
     KeySpec("back", "ctrl+b", "back", "Library", "chat"),
+    # group chats only (the chat screen hides them elsewhere)
+    KeySpec("speaker", "ctrl+k", "pick_speaker", "Speaker", "chat"),
+    KeySpec("members", "f9", "group_members", "Members", "chat"),
     # the message cursor (transcript focused)
     KeySpec("turn_up", "up,k", "cursor(-1)", "Previous turn", "transcript", show=False, palette=False),
     KeySpec("turn_down", "down,j", "cursor(1)", "Next turn", "transcript", show=False, palette=False),
@@ -105,6 +109,18 @@ KEYS: tuple[KeySpec, ...] = (
     KeySpec("prompt.cancel", "escape", "cancel", "Cancel", "prompt", palette=False),
     KeySpec("dialog.close", "escape", "close", "Close", "error", palette=False),
     KeySpec("help.close", "escape,f1,q", "dismiss", "Close", "help", palette=False),
+    KeySpec("groups.close", "escape", "cancel", "Close", "groups", palette=False),
+    KeySpec("groups.new", "n", "new", "New group", "groups", palette=False),
+    KeySpec("groups.new_chat", "c", "new_chat", "New chat", "groups", palette=False),
+    KeySpec("new_group.cancel", "escape", "cancel", "Cancel", "new_group", palette=False),
+    KeySpec("new_group.create", "ctrl+s", "create", "Create", "new_group", priority=True, palette=False),
+    KeySpec("speaker.close", "escape", "cancel", "Close", "speaker", palette=False),
+    KeySpec("members.close", "escape", "close", "Close", "members", palette=False),
+    KeySpec("members.mute", "m", "mute", "Mute/unmute", "members", palette=False),
+    KeySpec("members.remove", "x,delete", "remove", "Remove", "members", palette=False),
+    KeySpec("members.add", "a", "add", "Add card", "members", palette=False),
+    KeySpec("members.order", "o", "order", "Turn order", "members", palette=False),
+    KeySpec("card_pick.cancel", "escape", "cancel", "Cancel", "card_pick", palette=False),
 )
 
 # Where each scope's keys work: the F1 headings, in the order F1 shows them.
@@ -125,6 +141,11 @@ SCOPE_TITLES = {
     "prompt": "Asking for a file or a line",
     "error": "Error messages",
     "help": "This help",
+    "groups": "Group chats (ctrl+g in the library)",
+    "new_group": "New group",
+    "speaker": "Who speaks now (group chats)",
+    "members": "Group members (group chats)",
+    "card_pick": "Adding a card to a group",
 }
 
 PRIORITY_SCOPES = ("library", "chat")

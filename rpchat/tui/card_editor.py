@@ -31,6 +31,7 @@ from rpchat.cards.library import is_bundled
 from rpchat.cards.model import Card
 from rpchat.chat.library import save_edited_card
 from rpchat.errors import RpchatError
+from rpchat.group.library import rename_member
 from rpchat.text import strip_controls
 from rpchat.tui.avatar import AvatarView
 from rpchat.tui.bindings import bindings_for
@@ -285,6 +286,11 @@ class CardEditor(Screen["SavedCard | None"]):
             self.notify(strip_controls(problems[0]), title="Card not saved", severity="error")
             return
         renamed = self.path is not None and target != self.path and not is_bundled(self.path)
+        if renamed and self.path is not None:
+            try:  # groups name their members by card file: they follow the rename
+                rename_member(self.path.name, target.name)
+            except RpchatError as e:
+                self.notify(strip_controls(str(e)), title="Groups not updated", severity="error")
         self.dismiss(SavedCard(card, target, renamed_from=self.path if renamed else None))
 
     @on(Button.Pressed, "#save")

@@ -25,12 +25,14 @@ from rpchat.chat.library import chats_folder, export_st_chat
 from rpchat.chat.model import AuthorsNote, Turn
 from rpchat.engine.base import PromptProgress, Result, format_seconds, throttle
 from rpchat.errors import RpchatError
+from rpchat.group.library import member_turn
 from rpchat.personas import PersonaBook
 from rpchat.session import RoleplaySession, pick_persona
 from rpchat.tui.avatar import AvatarView
 from rpchat.tui.bindings import bindings_for
 from rpchat.tui.card_editor import SavedCard, edit_card
 from rpchat.tui.dialogs import ConfirmDialog, PathPrompt, TextPrompt, save_to_path
+from rpchat.tui.group import GroupTurns, MembersDialog, SpeakerDialog, avatars_of, members_line
 from rpchat.tui.host import Host, host_of
 from rpchat.tui.inspector import PromptInspector
 from rpchat.tui.messages import (
@@ -193,6 +195,8 @@ class ChatScreen(Screen[None]):
         # The last prompt-progress report and when it came; the clock ticks on between reports.
         self._progress: tuple[PromptProgress, float] | None = None
         self._progress_timer: Timer | None = None
+        # A group chat: who answers the user's message, one after another (None in a 1:1 chat).
+        self.group_turns = GroupTurns(session) if session.cast is not None else None
 
     @property
     def host(self) -> Host:
@@ -205,6 +209,7 @@ class ChatScreen(Screen[None]):
             with Vertical(id="sidebar"):
                 yield AvatarView(card.avatar)
                 yield Static(clean(card.display_name), id="char-name", markup=False)
+                yield Static("", id="group-members", markup=False)
                 yield Static(self._card_line(), id="card-info", markup=False)
                 yield Static("", id="persona", markup=False)
                 yield Static("", id="scenario", markup=False)
@@ -237,6 +242,8 @@ class ChatScreen(Screen[None]):
         return self.query_one("#input", ChatInput)
 
     def on_mount(self) -> None:
+        if self.group_turns is not None:
+            self.transcript.avatars = avatars_of(self.group_turns.session)
         self.transcript.anchor()
         self.show_chat()
         self.input.focus()
@@ -276,6 +283,13 @@ class ChatScreen(Screen[None]):
         worlds, line = self.query_one("#worlds", Static), self._worlds_line()
         worlds.update(line)
         worlds.display = bool(line)  # no blank gap in the sidebar when none
+        members = self.query_one("#group-members", Static)
+        members.display = self.group_turns is not None
+        if self.group_turns is not None:  # the sidebar shows who speaks next, and the members
+            members.update(members_line(self.group_turns.session))
+            self.query_one(AvatarView).set_image(s.card.avatar)
+            self.query_one("#char-name", Static).update(clean(s.card.display_name))
+            self.query_one("#card-info", Static).update(self._card_line())
 
     def _worlds_line(self) -> str:
         s = self.session
@@ -385,9 +399,22 @@ class ChatScreen(Screen[None]):
                 return
             self.input.clear()
             self.transcript.end_stream(self.session.chat.turns)
+        elif self.group_turns is not None:
+            pass  # Enter on an empty box passes the user's turn: the group talks on
         elif not self.session.chat.turns or not self.session.chat.turns[-1].is_user:
             return
+        if self.group_turns is not None:
+            self.group_round()
+            return
         self.generate("reply")
+
+    def group_round(self) -> None:
+        """Let the group answer by its turn order; with manual turns, ask who speaks."""
+        assert self.group_turns is not None
+        if self.group_turns.start_round():
+            self.generate("reply")
+        else:
+            self.action_pick_speaker()
 
     def generate(self, mode: str) -> None:
         """Start a reply, regeneration, continuation or impersonation in the worker thread."""
@@ -413,7 +440,20 @@ class ChatScreen(Screen[None]):
         self._cancel = threading.Event()
         self.generating = mode
         self._close_editor()
-        if mode == "reply":
+        speaker: dict[str, Any] = {}
+        if mode == "reply" and self.group_turns is not None:
+            member = self.group_turns.take()
+            if member is None:
+                self.group_turns.start_round()
+                member = self.group_turns.take()
+            if member is None:
+                self.generating = None
+                self.action_pick_speaker()
+                return
+            speaker = {"speaker": member}
+            self.update_sidebar()
+            self.transcript.start_stream(member_turn(member, ""))
+        elif mode == "reply":
             placeholder = Turn(is_user=False, name=chat.character_name, swipes=[""])
             self.transcript.start_stream(placeholder)
         elif mode == "regenerate":
@@ -425,10 +465,11 @@ class ChatScreen(Screen[None]):
         else:
             self.input.clear()
         self.update_status()
-        self._run_generation(mode, self._gen_id, self._cancel)
+        self._run_generation(mode, self._gen_id, self._cancel, speaker)
 
     @work(thread=True, group="generate", exclusive=True, exit_on_error=False)
-    def _run_generation(self, mode: str, gen_id: int, cancel: threading.Event) -> None:
+    def _run_generation(self, mode: str, gen_id: int, cancel: threading.Event,
+                        speaker: dict[str, Any] | None = None) -> None:
         def on_piece(piece: str) -> None:
             self.post_message(TokensArrived(piece, gen_id))
 
@@ -436,7 +477,8 @@ class ChatScreen(Screen[None]):
             self.post_message(PromptProgressed(progress, gen_id))
 
         try:
-            result = self.session.reply(on_piece, cancel, mode, throttle(on_progress))  # type: ignore[arg-type]
+            result = self.session.reply(on_piece, cancel, mode, throttle(on_progress),  # type: ignore[arg-type]
+                                        **(speaker or {}))
         except RpchatError as e:
             self.post_message(ReplyFailed(str(e), mode, gen_id))
             return
@@ -493,6 +535,13 @@ class ChatScreen(Screen[None]):
                         f"{result.prompt_tokens_evaluated:,} evaluated.", markup=False)
         self._show_notices()
         self.update_status()
+        if self.group_turns is not None:
+            self.update_sidebar()
+            if result.error or result.finish_reason == "cancelled" or message.mode != "reply":
+                self.group_turns.cancel()
+            elif self.group_turns.queue:
+                self.generate("reply")  # the next member of this round answers
+                return
         self.measure()
         self.save_state()
 
@@ -513,6 +562,8 @@ class ChatScreen(Screen[None]):
             return
         self.generating = None
         self._end_progress()
+        if self.group_turns is not None:
+            self.group_turns.cancel()
         self.transcript.end_stream(self.session.chat.turns)
         self.notify(message.problem, severity="error", markup=False)
         self.update_status()
@@ -543,8 +594,43 @@ class ChatScreen(Screen[None]):
 
     # --- actions (keys and command palette) ------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # Group keys exist in group chats only.
+        if action in ("pick_speaker", "group_members"):
+            return self.group_turns is not None
         # While a turn is edited (never during a reply), Esc is the edit box's "Cancel edit", not "Stop".
         return not (action == "stop" and self._editing is not None and not self.generating)
+
+    # --- group chats -----------------------------------------------------------------------------------
+    def action_pick_speaker(self) -> None:
+        """Ask who speaks now (any member, or pass: the group's turn order answers)."""
+        turns = self.group_turns
+        if turns is None or self.generating:
+            return
+
+        def chosen(choice: Any) -> None:
+            if choice is None or self.generating:
+                return
+            if choice == "pass":
+                self.group_round()
+            else:
+                turns.queue = [choice]
+                self.generate("reply")
+
+        self.app.push_screen(SpeakerDialog(turns.session), chosen)
+
+    def action_group_members(self) -> None:
+        """Mute, remove and add members, change the turn order (saved in the group file)."""
+        turns = self.group_turns
+        if turns is None:
+            return
+
+        def closed(changed: bool | None) -> None:
+            if changed:
+                self.transcript.avatars = avatars_of(turns.session)
+                self.update_sidebar()
+                self.measure()
+
+        self.app.push_screen(MembersDialog(turns.session), closed)
 
     def action_stop(self) -> None:
         """Esc: stop generating; else close the edit box; else return to the input."""
@@ -576,6 +662,12 @@ class ChatScreen(Screen[None]):
 
     def _card_saved(self, saved: SavedCard) -> None:
         # The card was edited and saved: use it for the sidebar and the next prompt.
+        if self.group_turns is not None:  # a member's card: read the group and its members again
+            self.group_turns.reload(saved.path)
+            self.transcript.avatars = avatars_of(self.group_turns.session)
+            self.show_chat()
+            self.measure()
+            return
         session = self.session
         if saved.renamed_from is not None and saved.renamed_from == session.card_path:
             # The renamed card's chats moved to its new folder: this chat goes on saving there.
@@ -688,7 +780,8 @@ class ChatScreen(Screen[None]):
             # A rename moves the chat file that the reply is being written to.
             self.notify("Wait for the reply to finish.", severity="warning")
             return
-        edit_card(self, self.session.card_path, self._card_saved)
+        path = self.group_turns.speaker_card() if self.group_turns is not None else self.session.card_path
+        edit_card(self, path, self._card_saved)
 
     def action_inspect_prompt(self) -> None:
         """Show the exact prompt the next reply would get."""

@@ -46,6 +46,8 @@ class Host(Protocol):
 
     def remember_chat(self, session: RoleplaySession) -> None: ...
 
+    def open_group(self, group: Path, *, new_chat: bool = False) -> None: ...
+
 
 def host_of(node: DOMNode) -> Host:
     """The app ``node`` runs in, as a `Host` (screens of rpchat only ever run in `RpchatApp`)."""

@@ -39,6 +39,7 @@ from rpchat.tui.avatar import AvatarView
 from rpchat.tui.bindings import bindings_for
 from rpchat.tui.card_editor import SavedCard, edit_card
 from rpchat.tui.dialogs import ConfirmDialog, PathPrompt, save_to_path
+from rpchat.tui.group import GroupsDialog, NewGroupDialog
 from rpchat.tui.host import Host, host_of
 from rpchat.tui.prose import clean
 
@@ -383,6 +384,24 @@ class LibraryScreen(Screen[None]):
             self.notify(f"Your last chat {gone.chat.name} is gone; {then}.", severity="warning", markup=False)
         if entry is not None:
             self.host.open_chat(entry.path, newest)
+
+    def action_groups(self) -> None:
+        """Group chats: open one, or make one from two or more cards."""
+        entry = self.current if self.current is not None and not self.current.error else None
+
+        def made(path: Path | None) -> None:
+            if path is not None:
+                self.host.open_group(path)
+
+        def chosen(choice: Path | str | tuple[str, Path] | None) -> None:
+            if choice == "new":
+                self.app.push_screen(NewGroupDialog(entry.path if entry is not None else None), made)
+            elif isinstance(choice, Path):
+                self.host.open_group(choice)
+            elif isinstance(choice, tuple):
+                self.host.open_group(choice[1], new_chat=True)
+
+        self.app.push_screen(GroupsDialog(), chosen)
 
     def action_new_chat(self) -> None:
         entry = self._usable()

@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import ClassVar
 
+from rich.console import RenderableType
 from rich.style import Style
+from rich.table import Table
 from rich.text import Text
 from textual.binding import BindingType
 from textual.containers import VerticalScroll
@@ -18,6 +20,7 @@ from textual.message import Message
 from textual.widgets import Static
 
 from rpchat.chat.model import Turn
+from rpchat.tui.avatar import render_avatar
 from rpchat.tui.bindings import bindings_for
 from rpchat.tui.prose import clean, prose_text
 
@@ -51,6 +54,21 @@ def turn_text(turn: Turn, styles: Styles | None, *, greeting: bool = False, text
     return out
 
 
+# A group chat shows each message's speaker as a small picture beside it.
+AVATAR_COLS, AVATAR_ROWS = 6, 3
+
+
+def with_avatar(text: Text, avatar: bytes | None) -> RenderableType:
+    """``text`` with the speaker's picture on its left (``text`` alone without one)."""
+    if avatar is None:
+        return text
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(width=AVATAR_COLS)
+    grid.add_column(ratio=1)
+    grid.add_row(render_avatar(avatar, AVATAR_COLS, AVATAR_ROWS), text)
+    return grid
+
+
 class TurnView(Static):
     """One finished turn: a single Static holding Rich text (never markup)."""
 
@@ -61,11 +79,13 @@ class TurnView(Static):
     TurnView.-cursor { background: $primary 20%; border-left: outer $primary; }
     """
 
-    def __init__(self, index: int, turn: Turn, styles: Styles | None, *, greeting: bool = False) -> None:
-        super().__init__(turn_text(turn, styles, greeting=greeting), markup=False, classes="-user" if turn.is_user
-                         else "")
+    def __init__(self, index: int, turn: Turn, styles: Styles | None, *, greeting: bool = False,
+                 avatar: bytes | None = None) -> None:
+        super().__init__(with_avatar(turn_text(turn, styles, greeting=greeting), avatar), markup=False,
+                         classes="-user" if turn.is_user else "")
         self.set_class(turn.hidden, "-hidden")
         self.index = index
+        self.avatar = avatar
 
     def on_click(self) -> None:
         # A click puts the message cursor on this turn.
@@ -75,11 +95,12 @@ class TurnView(Static):
             transcript.focus()
             transcript.paint_cursor()
 
-    def show(self, turn: Turn, styles: Styles | None, *, greeting: bool = False) -> None:
+    def show(self, turn: Turn, styles: Styles | None, *, greeting: bool = False, avatar: bytes | None = None) -> None:
         """Re-render after an edit or a swipe."""
         self.set_class(turn.is_user, "-user")
         self.set_class(turn.hidden, "-hidden")
-        self.update(turn_text(turn, styles, greeting=greeting))
+        self.avatar = avatar
+        self.update(with_avatar(turn_text(turn, styles, greeting=greeting), avatar))
 
 
 class StreamingTurn(Static):
@@ -96,8 +117,9 @@ class StreamingTurn(Static):
     StreamingTurn { padding: 0 1; margin-bottom: 1; border-left: outer $accent; height: 3; }
     """
 
-    def __init__(self, turn: Turn, styles: Styles | None, base: str = "") -> None:
+    def __init__(self, turn: Turn, styles: Styles | None, base: str = "", avatar: bytes | None = None) -> None:
         super().__init__("", markup=False)
+        self._avatar = avatar
         self._turn = turn
         self._styles = styles
         self._base = base
@@ -126,12 +148,12 @@ class StreamingTurn(Static):
         body = self.text
         out = turn_text(self._turn, self._styles, text=body)
         out.append(" \u258c" if body else "\u2026", style="dim")
-        width = self.content_region.width
+        width = self.content_region.width - (AVATAR_COLS + 1 if self._avatar is not None else 0)
         lines = len(out.wrap(self.app.console, width)) if width > 0 else 2
         if lines > self._height_lines:
-            self._height_lines = lines + self.HEIGHT_STEP - 1
+            self._height_lines = max(lines, AVATAR_ROWS if self._avatar is not None else 0) + self.HEIGHT_STEP - 1
             self.styles.height = self._height_lines  # one reflow per step
-        self.update(out, layout=False)
+        self.update(with_avatar(out, self._avatar), layout=False)
 
 
 class CutMarker(Static):
@@ -185,6 +207,13 @@ class Transcript(VerticalScroll, can_focus=True):
         self.cursor: int | None = None
         self.streaming: StreamingTurn | None = None
         self._loading_more = False
+        # A group chat's pictures by card file name (a message's ``original_avatar``); empty in a 1:1 chat.
+        self.avatars: dict[str, bytes] = {}
+
+    def avatar_of(self, turn: Turn) -> bytes | None:
+        """The picture of the member who wrote ``turn`` (group chats only)."""
+        key = turn.unknown.get("original_avatar")
+        return self.avatars.get(key) if isinstance(key, str) and not turn.is_user else None
 
     # --- building ---------------------------------------------------------------------------------
     def show_turns(self, turns: list[Turn], styles: Styles | None, first_kept: int | None = None) -> None:
@@ -209,7 +238,8 @@ class Transcript(VerticalScroll, can_focus=True):
         for i in range(start, end):
             if self.first_kept and i == self.first_kept:
                 out.append(CutMarker(self.first_kept))
-            out.append(TurnView(i, self.turns[i], self.styles_map, greeting=self._is_greeting(i)))
+            out.append(TurnView(i, self.turns[i], self.styles_map, greeting=self._is_greeting(i),
+                                avatar=self.avatar_of(self.turns[i])))
         return out
 
     def _is_greeting(self, index: int) -> bool:
@@ -226,7 +256,8 @@ class Transcript(VerticalScroll, can_focus=True):
         """Re-render one turn in place (after an edit, a swipe, a finished reply)."""
         view = self.view_of(index)
         if view is not None and index < len(self.turns):
-            view.show(self.turns[index], self.styles_map, greeting=self._is_greeting(index))
+            view.show(self.turns[index], self.styles_map, greeting=self._is_greeting(index),
+                      avatar=self.avatar_of(self.turns[index]))
 
     def load_more(self) -> bool:
         """Mount the previous batch of turns above the first mounted one; False when all are mounted."""
@@ -262,7 +293,7 @@ class Transcript(VerticalScroll, can_focus=True):
     # --- streaming -----------------------------------------------------------------------------------
     def start_stream(self, turn: Turn, replace_index: int | None = None, base: str = "") -> StreamingTurn:
         """Mount the live-reply widget at the end, or in place of turn ``replace_index``."""
-        widget = StreamingTurn(turn, self.styles_map, base)
+        widget = StreamingTurn(turn, self.styles_map, base, self.avatar_of(turn))
         old = self.view_of(replace_index) if replace_index is not None else None
         if old is not None:
             self.mount(widget, after=old)
@@ -278,7 +309,8 @@ class Transcript(VerticalScroll, can_focus=True):
         live, self.streaming = self.streaming, None
         mounted = {w.index for w in self.query(TurnView)}
         new = [i for i in range(self.first_mounted, len(turns)) if i not in mounted]
-        widgets = [TurnView(i, turns[i], self.styles_map, greeting=self._is_greeting(i)) for i in new]
+        widgets = [TurnView(i, turns[i], self.styles_map, greeting=self._is_greeting(i), avatar=self.avatar_of(turns[i]))
+                   for i in new]
         if widgets:
             if live is not None:
                 self.mount_all(widgets, before=live)
@@ -288,7 +320,8 @@ class Transcript(VerticalScroll, can_focus=True):
             if w.index >= len(turns):
                 w.remove()
             elif w.index in mounted:
-                w.show(turns[w.index], self.styles_map, greeting=self._is_greeting(w.index))
+                w.show(turns[w.index], self.styles_map, greeting=self._is_greeting(w.index),
+                       avatar=self.avatar_of(turns[w.index]))
         if live is not None:
             live.remove()
 
