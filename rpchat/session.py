@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from rpchat.cards.model import Card
-from rpchat.chat.model import AuthorsNote, Chat, Turn
+from rpchat.chat.model import AuthorsNote, Chat, StorySummary, Turn
 from rpchat.chat.store import ChatStore
-from rpchat.config import Config
+from rpchat.config import Config, SummaryConfig
 from rpchat.engine.base import Engine, PromptProgressCallback, Result, Sampling
 from rpchat.errors import ChatError, EngineError, RpchatError
 from rpchat.personas import Persona, PersonaBook
@@ -29,6 +29,7 @@ from rpchat.prompt.lorebook import Lorebook
 
 if TYPE_CHECKING:
     from rpchat.engine.recognize import ModelChoices
+    from rpchat.memory import SummaryUpdate
 
 ReplyMode = Literal["reply", "regenerate", "continue", "impersonate"]
 SwipeOutcome = Literal["moved", "generate", "none"]
@@ -84,6 +85,8 @@ class RoleplaySession:
         self.extra_lorebooks: list[Lorebook] = []
         # Guards the chat while a worker thread streams into it and the UI thread reads it.
         self.lock = threading.RLock()
+        # The story-so-far summary's switch and chunk sizes (config ``summary``; see rpchat.memory).
+        self.summary_config = SummaryConfig()
 
     # --- files -----------------------------------------------------------------------------------
     @property
@@ -297,9 +300,24 @@ class RoleplaySession:
                 lorebook=[*self._world_books(), *self.extra_lorebooks],
                 card_lorebook=self.use_card_lorebook and not self.skip_card_lorebook,
                 note=self.chat.note,
+                summary=self.chat.summary.text if self.summary_config.enabled and self.chat.summary.enabled else "",
             )
         self.last_built = built
         return built
+
+    # --- the story-so-far summary (rpchat.memory) ---------------------------------------------------
+    def set_summary(self, value: StorySummary) -> None:
+        """Set the summary's text, pin and switch (the user's edit); saved, or unchanged on error."""
+        from rpchat.memory import set_summary
+
+        set_summary(self, value)
+
+    def update_summary(self, cancel: threading.Event | None = None) -> SummaryUpdate | None:
+        """Summarise the turns that fell out of the context when an update is due (None when not);
+        runs the model beside the chat, and any reply preempts it."""
+        from rpchat.memory import update_summary
+
+        return update_summary(self, cancel)
 
     # --- turns -------------------------------------------------------------------------------------
     def send(self, text: str) -> Turn:
@@ -652,6 +670,7 @@ def open_chat_session(
         engine=engine, preset_name=chosen.name, max_new=cfg.max_new_tokens, card_path=Path(card_path),
     )
     session.choices, session.notices = choices, list(choices.notices)
+    session.summary_config = cfg.summary
     session.banned_phrases = settings_banned(cfg, remote=remote or cfg.engine.kind == "remote")
     return session
 
@@ -721,6 +740,8 @@ def make_engine(config: Config, *, model: Path | None = None, url: str | None = 
         flash_attn=eng.flash_attn or None,
         kv_type=eng.kv_type,
         lora_path=Path(eng.lora).expanduser() if eng.lora else None,
+        # Room for the summary beside the chat (rpchat.engine.sideseq): half the chat's context.
+        side_ctx=(n_ctx or eng.n_ctx) // 2 if cfg.summary.enabled else 0,
     )
     from rpchat.engine.kvstate import attach
     from rpchat.paths import profile

@@ -20,6 +20,7 @@ from typing import Any
 from rpchat.engine.base import EngineInfo, ProgressCallback, PromptProgressCallback, Result, Sampling
 from rpchat.engine.gguf_info import ModelInfo
 from rpchat.engine.kvstate import KVStates
+from rpchat.engine.sideseq import SideResult, SideSequence
 from rpchat.errors import EngineError, ModelError
 from rpchat.paths import profile
 from rpchat.prompt.segments import Segment
@@ -44,6 +45,7 @@ class LocalSettings:
     lora_scale: float = 1.0
     use_extra_bufts: bool | None = None  # None: decided by the repack preflight
     context_shift: bool = True  # shift the KV cache when the prompt loses a span in the middle
+    side_ctx: int = 0  # KV cells for a second sequence beside the chat (summaries); 0: none
 
 
 def round_ctx(n_ctx: int) -> int:
@@ -232,6 +234,7 @@ class LocalEngine:
         self._abort: _AbortFlag | None = None
         self._graph_nodes = 0  # graph nodes llama.cpp computes per micro-batch (counted at warm-up)
         self.kv_states: KVStates | None = None  # saved chat states on disk (rpchat.engine.kvstate)
+        self.side = SideSequence()  # sequence 1, for work beside the chat (rpchat.engine.sideseq)
 
     # --- Engine protocol ----------------------------------------------------------------------
 
@@ -343,6 +346,13 @@ class LocalEngine:
         """Like `stream`, for an already tokenized prompt (the benchmark's plain-loop comparison)."""
         return self._start(list(tokens), sampling, stop, cancel, progress)
 
+    def generate_aside(
+        self, prompt: Sequence[Segment], sampling: Sampling, stop: Sequence[str] = (),
+        cancel: threading.Event | None = None,
+    ) -> SideResult:
+        """Generate on the side sequence, leaving the chat's cache alone; any reply preempts it."""
+        return self.side.run(self, prompt, sampling, stop, cancel)
+
     def _start(
         self,
         prompt: list[Segment] | list[int],
@@ -352,6 +362,7 @@ class LocalEngine:
         progress: PromptProgressCallback | None = None,
     ) -> LocalGeneration:
         self._require_loaded()
+        self.side.preempt()  # the user never waits for a summary
         from rpchat.engine import generation
 
         return LocalGeneration(

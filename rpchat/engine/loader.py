@@ -78,7 +78,12 @@ def load(engine: LocalEngine, progress: ProgressCallback | None) -> None:
         if train > 0:
             n_ctx = min(n_ctx, round_ctx(train))
         cparams = llama_cpp.llama_context_default_params()
-        cparams.n_ctx = n_ctx
+        from rpchat.engine.sideseq import side_cells
+
+        side = side_cells(s, n_ctx)
+        cparams.n_ctx = n_ctx + side
+        if side:  # one KV cache for both sequences, so the chat keeps its whole n_ctx
+            cparams.n_seq_max, cparams.kv_unified = 2, True
         cparams.n_batch = max(1, int(s.n_batch))
         cparams.n_ubatch = prompt_micro_batch(cparams.n_batch, meta.parameter_count or 2 * meta.size_bytes,
                                               meta.block_count or 0, gpu=bool(offload and n_gpu != 0))
@@ -150,7 +155,8 @@ def _finish(
     engine._vocab = llama_cpp.llama_model_get_vocab(model)
     engine._bos = int(llama_cpp.llama_vocab_bos(engine._vocab))
     engine._add_bos = bool(llama_cpp.llama_vocab_get_add_bos(engine._vocab))
-    engine._n_ctx = int(llama_cpp.llama_n_ctx(ctx))
+    engine._n_ctx = min(n_ctx, int(llama_cpp.llama_n_ctx(ctx)))
+    engine.side.cells = int(llama_cpp.llama_n_ctx(ctx)) - engine._n_ctx if s.side_ctx > 0 else 0
     engine._batch_cap = int(llama_cpp.llama_n_batch(ctx))
     engine._can_shift = bool(llama_cpp.llama_memory_can_shift(llama_cpp.llama_get_memory(ctx)))
     engine._cache = []

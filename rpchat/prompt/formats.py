@@ -30,19 +30,21 @@ _VAR = re.compile(r"\{\{\s*([A-Za-z_]+)\s*\}\}")
 INSTRUCTION_VARS = frozenset(
     {
         "char", "user", "description", "card_description", "personality", "persona", "scenario", "greeting",
-        "lore_before", "lore_after",
+        "lore_before", "lore_after", "summary",
     }
 )
 # Text variables: a paragraph using one of them is left out when it is empty.
 CONTENT_VARS = frozenset(
     {
         "description", "card_description", "personality", "persona", "scenario", "greeting", "lore_before",
-        "lore_after",
+        "lore_after", "summary",
     }
 )
 MESSAGE_VARS = frozenset({"name", "message"})
 LENGTH_VARS = frozenset({"length"})
 STOP_VARS = frozenset({"char", "user"})
+# The request that has the model write the story-so-far summary (see rpchat.prompt.summary).
+SUMMARY_VARS = frozenset({"char", "user", "summary", "messages"})
 
 # A parsed template: literal text (var=False) and variable names (var=True), in order.
 Part = tuple[str, bool]
@@ -75,6 +77,8 @@ class PromptFormat:
     # Header of the reply being written (SillyTavern's last output sequence); None: response_header.
     last_response_header: str | None = None
     notes: tuple[str, ...] = field(default=(), compare=False)  # what an import could not express
+    # Paragraphs of the summarisation request; () for the default built from the headers.
+    summary_prompt: tuple[Template, ...] = ()
 
     @property
     def greeting_in_instruction(self) -> bool:
@@ -124,6 +128,7 @@ _KEYS = {
     "history_start": (str, False),
     "last_response_header": (str, False),
     "notes": (list, False),
+    "summary_prompt": (list, False),
 }
 
 
@@ -186,6 +191,10 @@ def parse_format(data: Any, name: str, source: Path | str) -> PromptFormat:
         history_start=data.get("history_start"),
         last_response_header=data.get("last_response_header") or None,
         notes=tuple(texts("notes")),
+        summary_prompt=tuple(
+            parse_template(t, SUMMARY_VARS, f"summary_prompt #{i + 1}", source)
+            for i, t in enumerate(texts("summary_prompt"))
+        ),
     )
 
 
