@@ -35,6 +35,7 @@ class SummaryUpdate:
     tokens_generated: int = 0
     seconds: float = 0.0
     finish_reason: str = ""
+    prefilled: int = 0  # prompt tokens then read into the chat's cache ahead of the next reply
 
 
 def summary_active(session: RoleplaySession) -> bool:
@@ -55,11 +56,15 @@ def pending_turns(session: RoleplaySession) -> tuple[int, ...]:
                                   min_turns=cfg.min_turns, chunk_turns=cfg.chunk_turns)
 
 
-def update_summary(session: RoleplaySession, cancel: threading.Event | None = None) -> SummaryUpdate | None:
+def update_summary(
+    session: RoleplaySession, cancel: threading.Event | None = None, *, prefill: bool = False
+) -> SummaryUpdate | None:
     """Bring the summary up to date when an update is due; None when none is.
 
     The chat lock is held only to read and to apply: a reply may start meanwhile, and then preempts
     the model. A summary whose turns or earlier summary changed while it was written is dropped.
+    ``prefill`` then reads the next prompt (whose start the new summary changed) into the chat's cache,
+    also preemptible, so the next reply evaluates only its own tail.
     """
     turns = pending_turns(session)
     if not turns:
@@ -85,7 +90,11 @@ def update_summary(session: RoleplaySession, cancel: threading.Event | None = No
         if stale:
             return update
         set_summary(session, StorySummary(text, request.turns[-1], now.pinned, now.enabled))
-    return replace(update, applied=True)
+    update = replace(update, applied=True)
+    if prefill and not (cancel is not None and cancel.is_set()):
+        read = engine.side.prefill(engine, session.build().segments, cancel)  # type: ignore[attr-defined]
+        update = replace(update, prefilled=read.prompt_tokens_evaluated)
+    return update
 
 
 def _fit(session: RoleplaySession, turns: tuple[int, ...], previous: str) -> SummaryRequest:

@@ -312,12 +312,12 @@ class RoleplaySession:
 
         set_summary(self, value)
 
-    def update_summary(self, cancel: threading.Event | None = None) -> SummaryUpdate | None:
+    def update_summary(self, cancel: threading.Event | None = None, *, prefill: bool = False) -> SummaryUpdate | None:
         """Summarise the turns that fell out of the context when an update is due (None when not);
-        runs the model beside the chat, and any reply preempts it."""
+        runs the model beside the chat, and any reply preempts it (see rpchat.memory)."""
         from rpchat.memory import update_summary
 
-        return update_summary(self, cancel)
+        return update_summary(self, cancel, prefill=prefill)
 
     # --- turns -------------------------------------------------------------------------------------
     def send(self, text: str) -> Turn:

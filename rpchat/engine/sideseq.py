@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from rpchat.engine.base import Sampling
+from rpchat.engine.base import Result, Sampling
 from rpchat.engine.textstream import StopFilter, Utf8Pieces
 from rpchat.errors import EngineError
 from rpchat.prompt.segments import Segment
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from rpchat.engine.llama import LocalEngine, LocalSettings
 
 SEQ = 1  # the side sequence; the chat is sequence 0
-MIN_CELLS = 512
+MIN_CELLS = 256
 LOCK_POLL_S = 0.05  # how often a side job waiting for the engine checks whether it was preempted
 
 
@@ -77,6 +77,25 @@ class SideSequence:
             job.cancel.set()
             if job.flag is not None:
                 job.flag.value = b"x"
+
+    def prefill(self, engine: LocalEngine, prompt: Sequence[Segment], cancel: threading.Event | None = None) -> Result:
+        """Read ``prompt`` into the chat's own cache (sequence 0) ahead of the next reply, e.g. after the
+        summary changed its start. Any reply preempts it; what was read by then stays in the cache."""
+        job = _Job(cancel or threading.Event())
+        # Starting the stream preempts any other side job; this one registers after, so it is not its own victim.
+        generation = engine.stream(prompt, Sampling(temperature=0.0, max_tokens=0), (), job.cancel)
+        with self._guard:
+            if self._job is not None:
+                raise EngineError("a side generation is already running", engine.settings.model_path)
+            self._job = job
+        try:
+            for _ in generation:
+                pass
+            return generation.result
+        finally:
+            generation.close()
+            with self._guard:
+                self._job = None
 
     def run(
         self,

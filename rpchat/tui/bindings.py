@@ -55,6 +55,7 @@ KEYS: tuple[KeySpec, ...] = (
     KeySpec("persona", "f3", "edit_persona", "Persona/scenario", "chat", show=False),
     KeySpec("chat_card", "f4", "edit_card", "Edit card", "chat", show=False),
     KeySpec("inspect", "f5", "inspect_prompt", "Prompt inspector", "chat", show=False),
+    KeySpec("summary", "f9", "edit_summary", "Story so far", "chat", show=False),
     KeySpec("back", "ctrl+b", "back", "Library", "chat"),
     # the message cursor (transcript focused)
     KeySpec("turn_up", "up,k", "cursor(-1)", "Previous turn", "transcript", show=False, palette=False),

@@ -6,6 +6,7 @@ through typed messages posted with `post_message`; the screen never blocks on th
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import threading
 import time
@@ -31,6 +32,7 @@ from rpchat.tui.messages import (
     ReplyFailed,
     ReplyFinished,
     StateSaved,
+    SummaryUpdated,
     TokensArrived,
 )
 from rpchat.tui.prose import clean
@@ -498,6 +500,7 @@ class ChatScreen(Screen[None]):
         self.update_status()
         self.measure()
         self.save_state()
+        self._update_summary()
 
     # --- saved KV state (instant reopen) ----------------------------------------------------------------
     def save_state(self) -> None:
@@ -510,6 +513,20 @@ class ChatScreen(Screen[None]):
 
     def on_state_saved(self, _: StateSaved) -> None:
         self._show_notices()
+
+    # --- the story so far (rpchat.memory): written beside the chat, preempted by any reply ---------------
+    @work(thread=True, group="summary", exclusive=True, exit_on_error=False)
+    def _update_summary(self) -> None:
+        update = self.session.update_summary(prefill=True)
+        if update is not None:
+            self.post_message(SummaryUpdated(update))
+
+    def on_summary_updated(self, message: SummaryUpdated) -> None:
+        update = message.update
+        if update.applied:
+            self.notify(f"Story so far updated: {len(update.turns)} turn(s) that left the context summarised.",
+                        markup=False)
+            self.measure()
 
     def on_reply_failed(self, message: ReplyFailed) -> None:
         if message.generation != self._gen_id:
@@ -685,6 +702,33 @@ class ChatScreen(Screen[None]):
             self.measure()
 
         self.app.push_screen(AuthorsNoteDialog(session.chat.note), done)
+
+    def action_edit_summary(self) -> None:
+        """View, edit, pin or turn off the story-so-far summary (F9 and the palette)."""
+        from rpchat.memory import default_covers
+        from rpchat.tui.summary_dialog import StorySummaryDialog
+
+        session = self.session
+        summary = session.chat.summary
+        if summary.text:
+            status = f"Covers turns 1-{summary.covers + 1} of {len(session.chat.turns)}."
+        else:
+            status = "No summary yet: it is written once turns fall out of the context."
+        if not session.summary_config.enabled:
+            status += " Off in Settings (config summary.enabled)."
+
+        def done(value: Any) -> None:
+            if value is None or session is not self.session:
+                return
+            try:
+                session.set_summary(dataclasses.replace(value, covers=default_covers(session)))
+            except RpchatError as e:
+                self.notify(str(e), severity="error", markup=False)
+                return
+            self.notify("Story so far saved.", markup=False)
+            self.measure()
+
+        self.app.push_screen(StorySummaryDialog(summary, status), done)
 
     # --- world info (palette only) ---------------------------------------------------------------------
     def action_attach_world(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from textual.message import Message
 
 from rpchat.engine.base import EngineInfo, PromptProgress, Result
+from rpchat.memory import SummaryUpdate
 
 
 class ModelLoading(Message):
@@ -82,3 +83,11 @@ class PromptProgressed(Message):
 
 class StateSaved(Message):
     """A chat's KV state was saved to disk in the background (or could not be: see the session's notices)."""
+
+
+class SummaryUpdated(Message):
+    """A story-so-far update ended (written, preempted by a reply, or dropped as stale)."""
+
+    def __init__(self, update: SummaryUpdate) -> None:
+        super().__init__()
+        self.update = update
