@@ -13,7 +13,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 from rpchat.chat.model import Chat
 from rpchat.chat.store import ChatStore
@@ -40,11 +40,10 @@ class _Ticker:
             time.sleep(TICK_S)
             self.worst = max(self.worst, time.perf_counter() - t - TICK_S)
 
-    def __enter__(self) -> Self:
+    def start(self) -> None:
         self._thread.start()
-        return self
 
-    def __exit__(self, *_: object) -> None:
+    def stop(self) -> None:
         self._stop.set()
         self._thread.join()
 
@@ -81,8 +80,12 @@ def summary_cost(model_path: Path, threads: int, n_ctx: int = 1024, turns: int =
                 session = _session(engine, Path(tmp), turns)
                 engine.reset_cache()
                 _reply(session, "*I watch the lamp turn.*")  # the chat's cache, as after any reply
-                with _Ticker() as ticker:
+                ticker = _Ticker()
+                ticker.start()
+                try:
                     update = session.update_summary(prefill=prefill)
+                finally:
+                    ticker.stop()
                 if update is None or not update.applied:
                     return out | {"problem": "no summary was written"}
                 out["update"] = {"turns": len(update.turns), "prompt_tokens": update.prompt_tokens,
