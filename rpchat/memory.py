@@ -36,6 +36,7 @@ class SummaryUpdate:
     seconds: float = 0.0
     finish_reason: str = ""
     prefilled: int = 0  # prompt tokens then read into the chat's cache ahead of the next reply
+    problem: str = ""  # why the model could not run, when finish_reason is "error"
 
 
 def summary_active(session: RoleplaySession) -> bool:
@@ -76,7 +77,10 @@ def update_summary(
         request = _fit(session, turns, before.text)
         covered = [session.chat.turns[i] for i in request.turns]
     sampling = replace(SUMMARY_SAMPLING, max_tokens=max(16, session.summary_config.max_tokens))
-    result: SideResult = engine.generate_aside(request.segments, sampling, request.stop, cancel)  # type: ignore[attr-defined]
+    try:
+        result: SideResult = engine.generate_aside(request.segments, sampling, request.stop, cancel)  # type: ignore[attr-defined]
+    except RpchatError as e:
+        return SummaryUpdate(False, request.turns, finish_reason="error", problem=e.problem)
     text = finish_summary(result.text) if result.finish_reason not in ("cancelled", "error") else ""
     update = SummaryUpdate(False, request.turns, text, result.prompt_tokens, result.tokens_generated,
                            result.seconds, result.finish_reason)

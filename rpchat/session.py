@@ -740,8 +740,8 @@ def make_engine(config: Config, *, model: Path | None = None, url: str | None = 
         flash_attn=eng.flash_attn or None,
         kv_type=eng.kv_type,
         lora_path=Path(eng.lora).expanduser() if eng.lora else None,
-        # Room for the summary beside the chat (rpchat.engine.sideseq): half the chat's context.
-        side_ctx=(n_ctx or eng.n_ctx) // 2 if cfg.summary.enabled else 0,
+        # Room for the summary beside the chat (rpchat.engine.sideseq): half the chat's context, at least 1,024.
+        side_ctx=max(1024, (n_ctx or eng.n_ctx) // 2) if cfg.summary.enabled else 0,
     )
     from rpchat.engine.kvstate import attach
     from rpchat.paths import profile

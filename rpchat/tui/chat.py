@@ -527,6 +527,8 @@ class ChatScreen(Screen[None]):
             self.notify(f"Story so far updated: {len(update.turns)} turn(s) that left the context summarised.",
                         markup=False)
             self.measure()
+        elif update.problem:
+            self.notify(f"Story so far not updated: {update.problem}", severity="warning", markup=False)
 
     def on_reply_failed(self, message: ReplyFailed) -> None:
         if message.generation != self._gen_id:
