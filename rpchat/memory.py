@@ -96,9 +96,21 @@ def update_summary(
         set_summary(session, StorySummary(text, request.turns[-1], now.pinned, now.enabled))
     update = replace(update, applied=True)
     if prefill and not (cancel is not None and cancel.is_set()):
-        read = engine.side.prefill(engine, session.build().segments, cancel)  # type: ignore[attr-defined]
-        update = replace(update, prefilled=read.prompt_tokens_evaluated)
+        update = replace(update, prefilled=prefill_next(session, cancel))
     return update
+
+
+def prefill_next(session: RoleplaySession, cancel: threading.Event | None = None) -> int:
+    """Read the next reply's prompt into the chat's cache ahead of time (after its start changed), on the
+    local engine, preempted by any reply; returns the tokens read (0 when there is no side sequence)."""
+    engine = session.engine
+    side = getattr(engine, "side", None)
+    if side is None or not side.available:
+        return 0
+    try:
+        return int(side.prefill(engine, session.build().segments, cancel).prompt_tokens_evaluated)
+    except RpchatError:
+        return 0  # the next reply meets the same problem and reports it
 
 
 def _fit(session: RoleplaySession, turns: tuple[int, ...], previous: str) -> SummaryRequest:

@@ -521,6 +521,12 @@ class ChatScreen(Screen[None]):
         if update is not None:
             self.post_message(SummaryUpdated(update))
 
+    @work(thread=True, group="summary", exclusive=True, exit_on_error=False)
+    def _prefill(self) -> None:
+        from rpchat.memory import prefill_next
+
+        prefill_next(self.session)
+
     def on_summary_updated(self, message: SummaryUpdated) -> None:
         update = message.update
         if update.applied:
@@ -729,6 +735,7 @@ class ChatScreen(Screen[None]):
                 return
             self.notify("Story so far saved.", markup=False)
             self.measure()
+            self._prefill()
 
         self.app.push_screen(StorySummaryDialog(summary, status), done)
 
