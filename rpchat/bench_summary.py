@@ -111,9 +111,31 @@ def summary_cost(model_path: Path, threads: int, n_ctx: int = 1024, turns: int =
             worker.join()
             u = box.get("u")
             out["preempting_reply"] = preempting | {"summary": u.finish_reason if u is not None else "none"}
+        out["preempt_ms"] = {phase: _preempt_ms(engine, phase) for phase in ("prompt", "generation")}
     finally:
         engine.close()
     return out
+
+
+def _preempt_ms(engine: LocalEngine, phase: str) -> float:
+    """How long a reply waits for the engine after preempting a side job reading its prompt or writing."""
+    from rpchat.prompt.segments import Segment
+
+    words = 400 if phase == "prompt" else 8
+    prompt = [Segment("The lamp turns. " * words, "user")]
+    box: dict[str, Any] = {}
+    worker = threading.Thread(target=lambda: box.setdefault(
+        "r", engine.generate_aside(prompt, Sampling(temperature=0.0, max_tokens=400))))
+    worker.start()
+    while engine.side._job is None and worker.is_alive():
+        time.sleep(0.001)
+    time.sleep(0.3 if phase == "prompt" else 2.0)
+    t0 = time.perf_counter()
+    engine.side.preempt()
+    with engine.lock:
+        waited = time.perf_counter() - t0
+    worker.join()
+    return round(waited * 1000, 1)
 
 
 def format_summary_cost(s: dict[str, Any]) -> list[str]:
@@ -131,4 +153,8 @@ def format_summary_cost(s: dict[str, Any]) -> list[str]:
             extra = f" (summary {r['summary']})" if "summary" in r else ""
             lines.append(f"           {label:<11} {r['evaluated']} evaluated / {r['reused']} reused, "
                          f"ttft {r['ttft_s']:.3f} s{extra}")
+    p = s.get("preempt_ms")
+    if p:
+        lines.append(f"           a reply waits {p['prompt']:.1f} ms (summary reading its prompt) / "
+                     f"{p['generation']:.1f} ms (writing) for the preempted summary to let go")
     return lines
