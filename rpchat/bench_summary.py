@@ -121,7 +121,7 @@ def _preempt_ms(engine: LocalEngine, phase: str) -> float:
     """How long a reply waits for the engine after preempting a side job reading its prompt or writing."""
     from rpchat.prompt.segments import Segment
 
-    words = 400 if phase == "prompt" else 8
+    words = 110 if phase == "prompt" else 8  # 110: about 450 tokens, within the side cells
     prompt = [Segment("The lamp turns. " * words, "user")]
     box: dict[str, Any] = {}
     worker = threading.Thread(target=lambda: box.setdefault(
