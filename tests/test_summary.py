@@ -256,3 +256,35 @@ def test_a_send_preempts_a_running_summary_which_is_retried_later(demo_model: Pa
     finally:
         session.close()
 
+
+
+def test_rpchat_reply_updates_the_summary_after_the_reply(tiny_model: Path, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from rpchat.config import save_config
+    from rpchat.paths import profile
+
+    save_config(profile(), Config(engine=EngineConfig(n_threads=1), preset="deterministic", max_new_tokens=8,
+                                  summary=SummaryConfig(min_turns=2, chunk_turns=4, max_tokens=12)))
+    card = make_card(tmp_path, "Marisol")
+    chat = Chat.start("Marisol", "User", ['"Up you get."'])
+    for i in range(12):
+        chat.add(True, f"Message {i}: the harbour, the mill, my sister Ana and the storm again.")
+        chat.add(False, f"Answer {i}: Marisol listens and says the pier broke that night.")
+    path = tmp_path / "chat.jsonl"
+    ChatStore(path).save(chat)
+    res = subprocess.run(
+        [sys.executable, "-m", "rpchat", "reply", str(card), "--chat", str(path), "--say", "And then?",
+         "--model", str(tiny_model), "--n-ctx", "512"],
+        capture_output=True, text=True, timeout=600, env=os.environ.copy(), check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    lines = res.stderr.splitlines()
+    # After the reply and its figures, in that order.
+    assert "tokens evaluated" in lines[-1] and lines[-1].startswith("rpchat: story so far updated: 4 turn(s)")
+    assert "prompt " in lines[-2] and "reused" in lines[-2]
+    saved = load_chat(path)
+    assert saved.summary.text and saved.summary.covers == 3
+    assert saved.turns[-1].text == res.stdout.strip()
