@@ -121,8 +121,10 @@ def _preempt_ms(engine: LocalEngine, phase: str) -> float:
     """How long a reply waits for the engine after preempting a side job reading its prompt or writing."""
     from rpchat.prompt.segments import Segment
 
-    words = 110 if phase == "prompt" else 8  # 110: about 450 tokens, within the side cells
-    prompt = [Segment("The lamp turns. " * words, "user")]
+    line = "The lamp turns. "
+    # A prompt of most of the side sequence's cells, so the preempt lands while it is being read.
+    repeats = max(1, int(0.8 * engine.side.cells) // max(1, engine.count_tokens(line))) if phase == "prompt" else 8
+    prompt = [Segment(line * repeats, "user")]
     box: dict[str, Any] = {}
     worker = threading.Thread(target=lambda: box.setdefault(
         "r", engine.generate_aside(prompt, Sampling(temperature=0.0, max_tokens=400))))
