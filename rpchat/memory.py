@@ -130,23 +130,8 @@ def _fit(session: RoleplaySession, turns: tuple[int, ...], previous: str) -> Sum
 
 def set_summary(session: RoleplaySession, value: StorySummary) -> None:
     """Store ``value`` as the chat's summary and save; on a failed save the chat is left as it was."""
-    with session.lock:
-        chat = session.chat
-        memories = {i: t.extra["memory"] for i, t in enumerate(chat.turns) if "memory" in t.extra}
-        flags: dict[str, object] = {k: chat.metadata[k] for k in ("memory_frozen", "memory_disabled")
-                                    if k in chat.metadata}
+    with session.change() as chat:
         chat.summary = value
-        try:
-            session.save()
-        except RpchatError:
-            for turn in chat.turns:
-                turn.extra.pop("memory", None)
-            for i, text in memories.items():
-                chat.turns[i].extra["memory"] = text
-            for key in ("memory_frozen", "memory_disabled"):
-                chat.metadata.pop(key, None)
-            chat.metadata.update(flags)
-            raise
 
 
 def default_covers(session: RoleplaySession) -> int:

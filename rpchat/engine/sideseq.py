@@ -25,7 +25,8 @@ from rpchat.errors import EngineError
 from rpchat.prompt.segments import Segment
 
 if TYPE_CHECKING:
-    from rpchat.engine.llama import LocalEngine, LocalSettings
+    from rpchat.engine.llama import LocalEngine
+    from rpchat.engine.loader import LocalSettings
 
 SEQ = 1  # the side sequence; the chat is sequence 0
 MIN_CELLS = 256
@@ -127,16 +128,14 @@ class SideSequence:
     def _run_locked(
         self, engine: LocalEngine, job: _Job, prompt: Sequence[Segment], sampling: Sampling, stop: Sequence[str]
     ) -> SideResult:
-        import llama_cpp
-
         from rpchat.engine.sampling import SamplerChain
 
         t0 = perf_counter()
         result = SideResult()
-        engine._require_loaded()
+        model = engine._require_loaded()
         if not self.available:
             raise EngineError("this context has no side sequence", engine.settings.model_path)
-        tokens = engine.tokenize_prompt(prompt)
+        tokens = model.tokenizer.tokenize_prompt(prompt)
         result.prompt_tokens = len(tokens)
         room = self.cells - len(tokens)
         if not tokens or room < 1:
@@ -144,31 +143,30 @@ class SideSequence:
                 f"the side prompt has {len(tokens)} tokens but the side sequence holds {self.cells}",
                 engine.settings.model_path,
             )
-        ctx = engine._ctx
-        mem = llama_cpp.llama_get_memory(ctx)
-        abort = engine._abort
-        assert abort is not None  # set by load()
+        L, ctx, abort = model.llama_cpp, model.ctx, model.abort
+        mem = L.llama_get_memory(ctx)
         abort.arm(ctx)
         with self._guard:
             job.flag = abort.buf
         done = threading.Event()
         abort.watch(job.cancel, done)
-        batch = llama_cpp.llama_batch_init(max(1, engine._batch_cap), 0, 1)
+        step = max(1, model.batch_cap)
+        batch = L.llama_batch_init(step, 0, 1)
         sampler = None
         pieces: list[str] = []
         try:
-            step = max(1, engine._batch_cap)
             for i in range(0, len(tokens), step):
-                if job.cancel.is_set() or not _decode(llama_cpp, ctx, batch, tokens[i : i + step], i,
+                if job.cancel.is_set() or not _decode(L, ctx, batch, tokens[i : i + step], i,
                                                       last=i + step >= len(tokens)):
                     return result
-            sampler = SamplerChain(engine._model, ctx, sampling, tokens)
+            sampler = SamplerChain(model.model, ctx, sampling, tokens)
             utf8, stops = Utf8Pieces(), StopFilter(stop)
+            known, piece_of = model.tokenizer.pieces, model.tokenizer.piece
             pos, limit = len(tokens), min(max(0, sampling.max_tokens), room)
             result.finish_reason = "length"
             while result.tokens_generated < limit:
                 tok = sampler.sample(ctx, -1)
-                piece, eog = engine._pieces.get(tok) or engine._piece(tok)
+                piece, eog = known.get(tok) or piece_of(tok)
                 if eog:
                     result.finish_reason = "eos"
                     break
@@ -178,7 +176,7 @@ class SideSequence:
                 if hit:
                     result.finish_reason = "stop"
                     break
-                if job.cancel.is_set() or not _decode(llama_cpp, ctx, batch, [tok], pos, last=True):
+                if job.cancel.is_set() or not _decode(L, ctx, batch, [tok], pos, last=True):
                     result.finish_reason = "cancelled"
                     return result
                 pos += 1
@@ -193,9 +191,9 @@ class SideSequence:
                 job.flag = None
             if sampler is not None:
                 sampler.close()
-            llama_cpp.llama_batch_free(batch)
+            L.llama_batch_free(batch)
             # The side sequence never keeps anything: the chat may need every cell next.
-            llama_cpp.llama_memory_seq_rm(mem, SEQ, -1, -1)
+            L.llama_memory_seq_rm(mem, SEQ, -1, -1)
             result.seconds = perf_counter() - t0
 
 

@@ -1,9 +1,10 @@
-"""Typed messages the workers post to the UI (harlequin style: one class per event)."""
+"""Typed messages between workers, screens and the app (harlequin style: one class per event)."""
 
 from __future__ import annotations
 
 from textual.message import Message
 
+from rpchat.config import Config
 from rpchat.engine.base import EngineInfo, PromptProgress, Result
 from rpchat.memory import SummaryUpdate
 
@@ -91,3 +92,12 @@ class SummaryUpdated(Message):
     def __init__(self, update: SummaryUpdate) -> None:
         super().__init__()
         self.update = update
+
+
+class SettingsChanged(Message, bubble=False):
+    """The app posts this to every screen when the user saved new settings (a chat re-picks its format,
+    preset and reply budget)."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self.config = config

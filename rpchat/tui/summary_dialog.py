@@ -11,29 +11,21 @@ from typing import ClassVar
 
 from textual import on
 from textual.app import ComposeResult
-from textual.binding import Binding, BindingType
+from textual.binding import BindingType
 from textual.containers import Horizontal, Vertical
-from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Static, TextArea
 
 from rpchat.chat.model import StorySummary
 from rpchat.text import strip_controls
-from rpchat.tui.dialogs import DIALOG_CSS
+from rpchat.tui.bindings import bindings_for
+from rpchat.tui.dialogs import Dialog
 from rpchat.tui.persona_editor import kept_or_edited
 
 
-class StorySummaryDialog(ModalScreen[StorySummary | None]):
+class StorySummaryDialog(Dialog[StorySummary | None]):
     """Edit this chat's story-so-far summary."""
 
-    DEFAULT_CSS = DIALOG_CSS.format(name="StorySummaryDialog") + """
-    StorySummaryDialog #summary-text { height: 10; }
-    StorySummaryDialog .summary-row { height: auto; }
-    StorySummaryDialog .summary-help { color: $text-muted; height: auto; }
-    """
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "cancel", "Cancel", id="dialog.cancel"),
-        Binding("ctrl+s", "save", "Save", id="dialog.save"),
-    ]
+    BINDINGS: ClassVar[list[BindingType]] = bindings_for("summary")
 
     def __init__(self, summary: StorySummary, status: str) -> None:
         super().__init__()
