@@ -11,15 +11,17 @@ import pytest
 from session_support import make_card
 
 from rpchat.cards.model import Card
+from rpchat.chat.library import export_st_chat, import_st_chat
 from rpchat.chat.model import Chat, StorySummary
-from rpchat.chat.store import ChatStore, export_st_chat, import_st_chat, load_chat
+from rpchat.chat.store import ChatStore, load_chat
 from rpchat.config import Config, EngineConfig, SummaryConfig
 from rpchat.engine.base import Sampling
+from rpchat.engine.factory import make_engine
 from rpchat.engine.llama import LocalEngine, LocalSettings
 from rpchat.personas import Persona
 from rpchat.prompt import build_prompt, load_format
 from rpchat.prompt.segments import Segment
-from rpchat.session import RoleplaySession, make_engine, open_chat_session
+from rpchat.session import RoleplaySession, open_chat_session
 
 GREEDY = Sampling(temperature=0.0, max_tokens=8)
 SUMMARY = "Theo washed ashore; Marisol took him in and promised a boat by spring."
@@ -151,7 +153,7 @@ def test_a_reply_preempts_a_side_generation(tiny_model: Path) -> None:
         # The side sequence gave its cells back.
         import llama_cpp
 
-        assert llama_cpp.llama_memory_seq_pos_max(llama_cpp.llama_get_memory(engine._ctx), 1) == -1
+        assert llama_cpp.llama_memory_seq_pos_max(llama_cpp.llama_get_memory(engine.loaded.ctx), 1) == -1
     finally:
         engine.close()
 
