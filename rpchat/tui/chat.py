@@ -516,12 +516,15 @@ class ChatScreen(Screen[None]):
         update = self.session.update_summary(prefill=True)
         if update is not None:
             self.post_message(SummaryUpdated(update))
+            if update.prefilled:
+                self._save_state_now()  # a restart then finds the new prompt start on disk
 
     @work(thread=True, group="summary", exclusive=True, exit_on_error=False)
     def _prefill(self) -> None:
         from rpchat.memory import prefill_next
 
-        prefill_next(self.session)
+        if prefill_next(self.session):
+            self._save_state_now()  # a restart then finds the new prompt start on disk
 
     def on_summary_updated(self, message: SummaryUpdated) -> None:
         update = message.update
