@@ -107,6 +107,11 @@ def prefill_next(session: RoleplaySession, cancel: threading.Event | None = None
     side = getattr(engine, "side", None)
     if side is None or not side.available:
         return 0
+    from rpchat.engine.kvstate import chat_id, states_of
+
+    states = states_of(engine)
+    if states is not None:
+        states.claim(chat_id(session.path))  # the cache now holds this chat: its state may be saved
     try:
         return int(side.prefill(engine, session.build().segments, cancel).prompt_tokens_evaluated)
     except RpchatError:
