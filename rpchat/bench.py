@@ -182,6 +182,10 @@ def run_bench(
     say("overflow measured")
     out["reopen"] = _reopen(Path(model_path), threads, REOPEN_TOKENS)
     say("reopen after restart measured")
+    from rpchat.bench_summary import summary_cost
+
+    out["summary"] = summary_cost(Path(model_path), threads)
+    say("story-so-far summary measured")
     return out
 
 
@@ -373,6 +377,10 @@ def format_bench(result: dict[str, Any]) -> str:
                      f"{reopen['evaluated']} evaluated, ttft {reopen['ttft_s']:.3f} s (cold {reopen['cold_ttft_s']:.3f} s); "
                      f"state {reopen['state_mib']} MiB, save {reopen['capture_s']:.3f} s copy + "
                      f"{reopen['write_s']:.3f} s write, restore {reopen['restore_s']:.3f} s")
+    if result.get("summary"):
+        from rpchat.bench_summary import format_summary_cost
+
+        lines += format_summary_cost(result["summary"])
     if "reference_tok_s" in result:
         ref = result["reference_tok_s"]
         app = result.get("app_loop_tok_s", 0)

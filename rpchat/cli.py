@@ -333,6 +333,12 @@ def cmd_reply(args: argparse.Namespace) -> int:
                    if result.rewinds else ""),
                 file=sys.stderr,
             )
+        # The TUI does this in the background; here it runs after the reply is printed and reported.
+        update = session.update_summary(cancel)
+        if update is not None:
+            done = "updated" if update.applied else f"not updated ({update.finish_reason or 'the model wrote nothing'})"
+            print(f"rpchat: story so far {done}: {len(update.turns)} turn(s) summarised, {update.prompt_tokens} "
+                  f"tokens evaluated, {update.tokens_generated} written in {update.seconds:.1f} s", file=sys.stderr)
     finally:
         session.close()
     return 0

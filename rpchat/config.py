@@ -45,6 +45,16 @@ class EngineConfig:
 
 
 @dataclass
+class SummaryConfig:
+    """The "story so far": the model summarises the turns that fell out of the context (local engine)."""
+
+    enabled: bool = True  # write and use the summary; off: no summary in any prompt, no side sequence
+    min_turns: int = 4  # update once at least this many turns have fallen out since the last update
+    chunk_turns: int = 8  # at most this many turns are summarised per update (the rest wait for the next)
+    max_tokens: int = 200  # length cap of the summary, in tokens
+
+
+@dataclass
 class Config:
     """Everything a user can set."""
 
@@ -56,6 +66,7 @@ class Config:
     max_new_tokens: int = 400  # reply budget in tokens
     keys: dict[str, str] = field(default_factory=dict)  # binding id -> key, e.g. {regenerate: ctrl+r}
     banned_phrases: list[str] | None = None  # phrases the local engine rewrites; None: the shipped list
+    summary: SummaryConfig = field(default_factory=SummaryConfig)  # memory of what fell out of the context
 
 
 def _from_dict(cls: type, data: Any, source: Path, prefix: str = "") -> Any:

@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from rpchat.cards.model import Card
-from rpchat.chat.model import AuthorsNote, Chat, Turn
+from rpchat.chat.model import AuthorsNote, Chat, StorySummary, Turn
 from rpchat.chat.store import ChatStore
-from rpchat.config import Config
+from rpchat.config import Config, SummaryConfig
 from rpchat.engine.base import Engine, PromptProgressCallback, Result, Sampling
 from rpchat.errors import ChatError, EngineError, RpchatError
 from rpchat.group.cast import GroupCast
@@ -47,6 +47,7 @@ from rpchat.prompt.lorebook import Lorebook
 if TYPE_CHECKING:
     from rpchat.engine.presets import SamplerPreset
     from rpchat.engine.recognize import ModelChoices
+    from rpchat.memory import SummaryUpdate
 
 ReplyMode = Literal["reply", "regenerate", "continue", "impersonate"]
 SwipeOutcome = Literal["moved", "generate", "none"]
@@ -104,6 +105,8 @@ class RoleplaySession:
         self.lock = threading.RLock()
         # A group chat's members and turn order (``card`` is then the member speaking); None in a 1:1 chat.
         self.cast: GroupCast | None = None
+        # The story-so-far summary's switch and chunk sizes (config ``summary``; see rpchat.memory).
+        self.summary_config = SummaryConfig()
 
     # --- files -----------------------------------------------------------------------------------
     @property
@@ -181,6 +184,7 @@ class RoleplaySession:
         self.sampling, self.preset_name = chosen.sampling, chosen.name
         self.max_new = config.max_new_tokens
         self.banned_phrases = settings_banned(config, remote=remote or config.engine.kind == "remote")
+        self.summary_config = config.summary
 
     @property
     def length(self) -> str | None:
@@ -341,9 +345,24 @@ class RoleplaySession:
                 card_lorebook=self.use_card_lorebook and not self.skip_card_lorebook,
                 note=self.chat.note,
                 **(self.cast.prompt_extras() if self.cast is not None else {}),
+                summary=self.chat.summary.text if self.summary_config.enabled and self.chat.summary.enabled else "",
             )
         self.last_built = built
         return built
+
+    # --- the story-so-far summary (rpchat.memory) ---------------------------------------------------
+    def set_summary(self, value: StorySummary) -> None:
+        """Set the summary's text, pin and switch (the user's edit); saved, or unchanged on error."""
+        from rpchat.memory import set_summary
+
+        set_summary(self, value)
+
+    def update_summary(self, cancel: threading.Event | None = None, *, prefill: bool = False) -> SummaryUpdate | None:
+        """Summarise the turns that fell out of the context when an update is due (None when not);
+        runs the model beside the chat, and any reply preempts it (see rpchat.memory)."""
+        from rpchat.memory import update_summary
+
+        return update_summary(self, cancel, prefill=prefill)
 
     # --- turns -------------------------------------------------------------------------------------
     def send(self, text: str) -> Turn:

@@ -23,5 +23,10 @@ def test_bench_reports_every_figure(tiny_model: Path) -> None:
     text = format_bench(result)
     banned = result["banned"]
     assert banned["off"]["rewinds"] == 0 and banned["off"]["resampled"] == 0 and banned["shipped"]["tok_s"] > 0
-    for label in ("generation", "prompt", "regenerate", "overflow", "reference", "peak RSS", "banned"):
+    summary = result["summary"]
+    # The next reply after a summary update re-reads the prompt from the summary on, unless it was prefilled.
+    assert summary["update"]["prompt_tokens"] > 0
+    assert summary["next_reply_prefilled"]["evaluated"] < summary["next_reply"]["evaluated"]
+    assert summary["preempting_reply"]["summary"] == "cancelled"
+    for label in ("generation", "prompt", "regenerate", "overflow", "reference", "peak RSS", "banned", "summary"):
         assert label in text

@@ -35,6 +35,15 @@ def _rpchat_nodes() -> list[type[DOMNode]]:
     return found
 
 
+def test_no_key_does_two_things_in_one_scope() -> None:
+    # Two features once both took F9 on the chat screen: one of them could never be reached.
+    seen: dict[tuple[str, str], str] = {}
+    for spec in KEYS:
+        for key in spec.key.split(","):
+            clash = seen.setdefault((spec.scope, key), spec.id)
+            assert clash == spec.id, f"{key} in {spec.scope}: {clash} and {spec.id}"
+
+
 def test_every_screen_and_modal_takes_its_keys_from_the_registry() -> None:
     assert len(BY_ID) == len(KEYS), "binding ids must be unique"
     assert {spec.scope for spec in KEYS} <= set(SCOPE_TITLES), "every scope needs an F1 heading"

@@ -40,6 +40,22 @@ class AuthorsNote:
         return user_messages % self.interval == 0
 
 
+@dataclass(frozen=True)
+class StorySummary:
+    """A chat's "story so far": what the turns that fell out of the context said, in a few lines.
+
+    The text is stored where SillyTavern's Summarize extension keeps it, as ``extra.memory`` on the
+    newest turn it covers, so either program reads the other's. ``pinned`` (no automatic rewrite) and
+    ``enabled`` are the chat metadata keys ``memory_frozen`` and ``memory_disabled`` (not under
+    ``rpchat``: they must survive an export, which leaves rpchat's own keys out).
+    """
+
+    text: str = ""
+    covers: int = -1  # index of the last turn summarised; -1: none
+    pinned: bool = False
+    enabled: bool = True
+
+
 def _small_int(value: Any, default: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
         return default
@@ -194,6 +210,29 @@ class Chat:
             "note_position": NOTE_POSITIONS.index(note.position),
             "note_role": ROLES.index(note.role),
         })
+
+    # --- the story-so-far summary ----------------------------------------------------------------
+    @property
+    def summary(self) -> StorySummary:
+        """This chat's summary: the newest turn's ``extra.memory``, with rpchat's flags."""
+        text, covers = "", -1
+        for i in range(len(self.turns) - 1, -1, -1):
+            memory = self.turns[i].extra.get("memory")
+            if isinstance(memory, str) and memory.strip():
+                text, covers = memory, i
+                break
+        meta = self.metadata
+        return StorySummary(text, covers, meta.get("memory_frozen") is True, meta.get("memory_disabled") is not True)
+
+    @summary.setter
+    def summary(self, value: StorySummary) -> None:
+        # One summary per chat: older copies would come back if the turn holding it were deleted.
+        for turn in self.turns:
+            turn.extra.pop("memory", None)
+        if value.text.strip() and self.turns:
+            self.turns[max(0, min(value.covers, len(self.turns) - 1))].extra["memory"] = value.text.strip()
+        self.metadata["memory_frozen"] = value.pinned
+        self.metadata["memory_disabled"] = not value.enabled
 
     @property
     def banned_phrases(self) -> list[str]:

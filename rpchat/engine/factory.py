@@ -56,6 +56,8 @@ def make_engine(config: Config, *, model: Path | None = None, url: str | None = 
         flash_attn=eng.flash_attn,
         kv_type=eng.kv_type,
         lora_path=Path(eng.lora).expanduser() if eng.lora else None,
+        # Room for the summary beside the chat (rpchat.engine.sideseq): half the chat's context, at least 1,024.
+        side_ctx=max(1024, (n_ctx or eng.n_ctx) // 2) if config.summary.enabled else 0,
     )
     engine = LocalEngine(settings)
     attach(engine, profile().cache_dir, max(0, eng.state_cache_mib) << 20)

@@ -17,6 +17,7 @@ from rpchat.engine import generation
 from rpchat.engine.base import EngineInfo, ProgressCallback, PromptProgressCallback, Result, Sampling
 from rpchat.engine.kvstate import KVStates
 from rpchat.engine.loader import LoadedModel, LocalSettings, load_model, round_ctx
+from rpchat.engine.sideseq import SideResult, SideSequence
 from rpchat.engine.tokenizer import Tokenizer
 from rpchat.errors import EngineError
 from rpchat.prompt.segments import Segment
@@ -48,6 +49,7 @@ class LocalEngine:
         self._loaded: LoadedModel | None = None
         self._info = EngineInfo(Path(settings.model_path).stem, "CPU", round_ctx(settings.n_ctx))
         self.kv_states: KVStates | None = None  # saved chat states on disk (rpchat.engine.kvstate)
+        self.side = SideSequence()  # sequence 1, for work beside the chat (rpchat.engine.sideseq)
 
     # --- Engine protocol ----------------------------------------------------------------------
 
@@ -75,6 +77,7 @@ class LocalEngine:
             if self._loaded is None:
                 self._loaded = load_model(self.settings, progress)
                 self._info = self._loaded.info
+                self.side.cells = self._loaded.side_cells
 
     def count_tokens(self, text: str) -> int:
         return self._tokenizer().count_tokens(text)
@@ -111,6 +114,13 @@ class LocalEngine:
         ids = [int(t) for t in tokens]
         return self._start(lambda _model: ids, sampling, stop, cancel, progress)
 
+    def generate_aside(
+        self, prompt: Sequence[Segment], sampling: Sampling, stop: Sequence[str] = (),
+        cancel: threading.Event | None = None,
+    ) -> SideResult:
+        """Generate on the side sequence, leaving the chat's cache alone; any reply preempts it."""
+        return self.side.run(self, prompt, sampling, stop, cancel)
+
     def _start(
         self,
         tokenize: Callable[[LoadedModel], list[int]],
@@ -120,6 +130,7 @@ class LocalEngine:
         progress: PromptProgressCallback | None,
     ) -> LocalGeneration:
         self._require_loaded()
+        self.side.preempt()  # the user never waits for a summary
         stops = tuple(stop)
 
         def run(result: Result) -> Iterator[str]:
@@ -141,6 +152,7 @@ class LocalEngine:
     def close(self) -> None:
         with self.lock:
             loaded, self._loaded = self._loaded, None
+            self.side.cells = 0
             if loaded is not None:
                 loaded.free()
 

@@ -42,6 +42,7 @@ class LocalSettings:
     lora_scale: float = 1.0
     use_extra_bufts: bool | None = None  # None: decided by the repack preflight
     context_shift: bool = True  # shift the KV cache when the prompt loses a span in the middle
+    side_ctx: int = 0  # KV cells for a second sequence beside the chat (summaries); 0: none
 
 
 def round_ctx(n_ctx: int) -> int:
@@ -71,6 +72,7 @@ class LoadedModel:
     batch_cap: int  # prompt tokens per llama_decode call
     graph_nodes: int  # graph nodes per micro-batch (counted at warm-up, refined by every prompt chunk)
     lora: Any = None
+    side_cells: int = 0  # KV cells of the side sequence (rpchat.engine.sideseq); 0: none
 
     @property
     def n_ctx(self) -> int:
@@ -141,7 +143,12 @@ def load_model(settings: LocalSettings, progress: ProgressCallback | None = None
         if train > 0:
             n_ctx = min(n_ctx, round_ctx(train))
         cparams = llama_cpp.llama_context_default_params()
-        cparams.n_ctx = n_ctx
+        from rpchat.engine.sideseq import side_cells
+
+        side = side_cells(s, n_ctx)
+        cparams.n_ctx = n_ctx + side
+        if side:  # one KV cache for both sequences, so the chat keeps its whole n_ctx
+            cparams.n_seq_max, cparams.kv_unified = 2, True
         cparams.n_batch = max(1, int(s.n_batch))
         cparams.n_ubatch = prompt_micro_batch(cparams.n_batch, meta.parameter_count or 2 * meta.size_bytes,
                                               meta.block_count or 0, gpu=bool(offload and n_gpu != 0))
@@ -189,7 +196,7 @@ def load_model(settings: LocalSettings, progress: ProgressCallback | None = None
         info = EngineInfo(
             model_name=meta.name,
             backend=backend_label(gpu_layers),
-            n_ctx=int(llama_cpp.llama_n_ctx(ctx)),
+            n_ctx=min(n_ctx, int(llama_cpp.llama_n_ctx(ctx))),
             gpu_layers=gpu_layers,
             total_layers=n_layer,
             notice=notice,
@@ -201,7 +208,8 @@ def load_model(settings: LocalSettings, progress: ProgressCallback | None = None
     if progress is not None:
         progress(1.0)
     return LoadedModel(llama_cpp, s, path, model, ctx, tokenizer, cache, abort, info,
-                       batch_cap=int(llama_cpp.llama_n_batch(ctx)), graph_nodes=graph_nodes, lora=lora)
+                       batch_cap=int(llama_cpp.llama_n_batch(ctx)), graph_nodes=graph_nodes, lora=lora,
+                       side_cells=max(0, int(llama_cpp.llama_n_ctx(ctx)) - n_ctx) if side else 0)
 
 
 def _apply_lora(llama_cpp: Any, s: LocalSettings, model: Any, ctx: Any) -> Any:

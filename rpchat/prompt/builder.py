@@ -38,6 +38,7 @@ _LORE_BEFORE: Template = (("lore_before", True),)
 _LORE_AFTER: Template = (("lore_after", True),)
 _NOTE_BEFORE: Template = (("note_before", True),)
 _NOTE_AFTER: Template = (("note_after", True),)
+_SUMMARY: Template = (("Story so far: ", False), ("summary", True))
 # At one depth SillyTavern places the assistant's, then the user's, then the system's message.
 _ROLE_ORDER = {"assistant": 0, "user": 1, "system": 2}
 
@@ -172,6 +173,11 @@ def _instruction(
         paragraphs.insert(at, _LORE_AFTER)
     # An author's note placed at the top opens or closes the instruction (SillyTavern's "before" and
     # "after" the story string); only when there is one, so formats stay byte-exact without it.
+    # A user format without a summary slot gets one before its closing paragraph (the "chat with
+    # {{user}} below this line" sentence), or last when that paragraph carries card text.
+    if values["summary"] and not fmt.uses("summary"):
+        closing = paragraphs and not any(is_var and name in CONTENT_VARS for name, is_var in paragraphs[-1])
+        paragraphs.insert(len(paragraphs) - 1 if closing and len(paragraphs) > 1 else len(paragraphs), _SUMMARY)
     if values["note_before"]:
         paragraphs.insert(0, _NOTE_BEFORE)
     if values["note_after"]:
@@ -332,6 +338,7 @@ def build_prompt(
     note: AuthorsNote | None = None,
     group: Sequence[Card] | None = None,
     muted: Sequence[str] = (),
+    summary: str = "",
 ) -> BuiltPrompt:
     """Build the prompt for the next message.
 
@@ -339,7 +346,8 @@ def build_prompt(
     the model extends it; "impersonate" ends with the input header and ``User:``. ``scenario``
     (when not None) replaces the card's. ``card_lorebook=False`` ignores the card's own
     character_book. With ``counter`` and ``n_ctx``, older turns are left out
-    in chunks so the prompt plus ``max_new`` fits. ``note`` is the chat's author's note.
+    in chunks so the prompt plus ``max_new`` fits. ``note`` is the chat's author's note; ``summary``
+    the story so far of the turns that fell out (an instruction paragraph, see README "Long chats").
 
     ``group`` (a group chat) lists the active members, ``card`` among them: the one who speaks next.
     Every member's persona goes into the instruction, character messages carry their speaker's name,
@@ -424,6 +432,7 @@ def build_prompt(
         "lore_after": "\n".join(lore.after) if lore else "",
         "note_before": note_text if note.position == "before_instruction" else "",
         "note_after": note_text if note.position == "after_instruction" else "",
+        "summary": clean_text(summary, char, user),
     }
     instruction = _instruction(fmt, values, own if members is not None else None)
     head: list[list[Segment]] = []

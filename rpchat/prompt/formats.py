@@ -30,14 +30,14 @@ _VAR = re.compile(r"\{\{\s*([A-Za-z_]+)\s*\}\}")
 INSTRUCTION_VARS = frozenset(
     {
         "char", "user", "description", "card_description", "personality", "persona", "scenario", "greeting",
-        "lore_before", "lore_after",
+        "lore_before", "lore_after", "summary",
     }
 )
 # Text variables: a paragraph using one of them is left out when it is empty.
 CONTENT_VARS = frozenset(
     {
         "description", "card_description", "personality", "persona", "scenario", "greeting", "lore_before",
-        "lore_after",
+        "lore_after", "summary",
     }
 )
 # Group chats: {{chars}} names every active member ("Alice and Bob"); a paragraph that is just
@@ -49,6 +49,8 @@ MEMBERS: Template = (("members", True),)
 MESSAGE_VARS = frozenset({"name", "message"})
 LENGTH_VARS = frozenset({"length"})
 STOP_VARS = frozenset({"char", "user"})
+# The request that has the model write the story-so-far summary (see rpchat.prompt.summary).
+SUMMARY_VARS = frozenset({"char", "user", "summary", "messages"})
 
 # A parsed template: literal text (var=False) and variable names (var=True), in order.
 Part = tuple[str, bool]
@@ -84,6 +86,8 @@ class PromptFormat:
     # Group chats (see `group_layout`): the instruction's paragraphs, and those said once per member.
     group_instruction: tuple[Template, ...] = ()
     group_member: tuple[Template, ...] = ()
+    # Paragraphs of the summarisation request; () for the default built from the headers.
+    summary_prompt: tuple[Template, ...] = ()
 
     @property
     def greeting_in_instruction(self) -> bool:
@@ -155,6 +159,7 @@ _KEYS = {
     "notes": (list, False),
     "group_instruction": (list, False),
     "group_member": (list, False),
+    "summary_prompt": (list, False),
 }
 
 
@@ -229,6 +234,10 @@ def parse_format(data: Any, name: str, source: Path | str) -> PromptFormat:
         notes=tuple(texts("notes")),
         group_instruction=group_instruction,
         group_member=group_member,
+        summary_prompt=tuple(
+            parse_template(t, SUMMARY_VARS, f"summary_prompt #{i + 1}", source)
+            for i, t in enumerate(texts("summary_prompt"))
+        ),
     )
 
 

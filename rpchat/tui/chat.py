@@ -42,6 +42,7 @@ from rpchat.tui.messages import (
     ReplyFinished,
     SettingsChanged,
     StateSaved,
+    SummaryUpdated,
     TokensArrived,
 )
 from rpchat.tui.note_dialog import AuthorsNoteDialog
@@ -544,6 +545,7 @@ class ChatScreen(Screen[None]):
                 return
         self.measure()
         self.save_state()
+        self._update_summary()
 
     # --- saved KV state (instant reopen) ----------------------------------------------------------------
     def save_state(self) -> None:
@@ -556,6 +558,31 @@ class ChatScreen(Screen[None]):
 
     def on_state_saved(self, _: StateSaved) -> None:
         self._show_notices()
+
+    # --- the story so far (rpchat.memory): written beside the chat, preempted by any reply ---------------
+    @work(thread=True, group="summary", exclusive=True, exit_on_error=False)
+    def _update_summary(self) -> None:
+        update = self.session.update_summary(prefill=True)
+        if update is not None:
+            self.post_message(SummaryUpdated(update))
+            if update.prefilled:
+                self._save_state_now()  # a restart then finds the new prompt start on disk
+
+    @work(thread=True, group="summary", exclusive=True, exit_on_error=False)
+    def _prefill(self) -> None:
+        from rpchat.memory import prefill_next
+
+        if prefill_next(self.session):
+            self._save_state_now()  # a restart then finds the new prompt start on disk
+
+    def on_summary_updated(self, message: SummaryUpdated) -> None:
+        update = message.update
+        if update.applied:
+            self.notify(f"Story so far updated: {len(update.turns)} turn(s) that left the context summarised.",
+                        markup=False)
+            self.measure()
+        elif update.problem:
+            self.notify(f"Story so far not updated: {update.problem}", severity="warning", markup=False)
 
     def on_reply_failed(self, message: ReplyFailed) -> None:
         if message.generation != self._gen_id:
@@ -814,6 +841,34 @@ class ChatScreen(Screen[None]):
             self.measure()
 
         self.app.push_screen(AuthorsNoteDialog(session.chat.note), done)
+
+    def action_edit_summary(self) -> None:
+        """View, edit, pin or turn off the story-so-far summary (F6 and the palette)."""
+        from rpchat.memory import default_covers
+        from rpchat.tui.summary_dialog import StorySummaryDialog
+
+        session = self.session
+        summary = session.chat.summary
+        if summary.text:
+            status = f"Covers turns 1-{summary.covers + 1} of {len(session.chat.turns)}."
+        else:
+            status = "No summary yet: it is written once turns fall out of the context."
+        if not session.summary_config.enabled:
+            status += " Off in Settings (config summary.enabled)."
+
+        def done(value: Any) -> None:
+            if value is None or session is not self.session:
+                return
+            try:
+                session.set_summary(dataclasses.replace(value, covers=default_covers(session)))
+            except RpchatError as e:
+                self.notify(str(e), severity="error", markup=False)
+                return
+            self.notify("Story so far saved.", markup=False)
+            self.measure()
+            self._prefill()
+
+        self.app.push_screen(StorySummaryDialog(summary, status), done)
 
     # --- world info (palette only) ---------------------------------------------------------------------
     def action_attach_world(self) -> None:

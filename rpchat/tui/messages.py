@@ -6,6 +6,7 @@ from textual.message import Message
 
 from rpchat.config import Config
 from rpchat.engine.base import EngineInfo, PromptProgress, Result
+from rpchat.memory import SummaryUpdate
 
 
 class ModelLoading(Message):
@@ -83,6 +84,14 @@ class PromptProgressed(Message):
 
 class StateSaved(Message):
     """A chat's KV state was saved to disk in the background (or could not be: see the session's notices)."""
+
+
+class SummaryUpdated(Message):
+    """A story-so-far update ended (written, preempted by a reply, or dropped as stale)."""
+
+    def __init__(self, update: SummaryUpdate) -> None:
+        super().__init__()
+        self.update = update
 
 
 class SettingsChanged(Message, bubble=False):
