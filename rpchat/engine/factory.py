@@ -56,8 +56,10 @@ def make_engine(config: Config, *, model: Path | None = None, url: str | None = 
         flash_attn=eng.flash_attn,
         kv_type=eng.kv_type,
         lora_path=Path(eng.lora).expanduser() if eng.lora else None,
-        # Room for the summary beside the chat (rpchat.engine.sideseq): half the chat's context, at least 1,024.
-        side_ctx=max(1024, (n_ctx or eng.n_ctx) // 2) if config.summary.enabled else 0,
+        # Room for the summary beside the chat (rpchat.engine.sideseq): half the chat's context, 1,024 to
+        # 2,048 cells. A summary request is one chunk of turns (memory._fit cuts it to the room), so a big
+        # context does not need a big side: at 32k, half would add 50% to the KV cache's memory.
+        side_ctx=min(2048, max(1024, (n_ctx or eng.n_ctx) // 2)) if config.summary.enabled else 0,
     )
     engine = LocalEngine(settings)
     attach(engine, profile().cache_dir, max(0, eng.state_cache_mib) << 20)
