@@ -25,6 +25,7 @@ from rpchat.engine.textstream import StopFilter, Utf8Pieces
 from rpchat.errors import ConfigError, EngineError
 
 if TYPE_CHECKING:
+    from rpchat.engine.alternatives import LogitsCapture
     from rpchat.engine.llama import LocalEngine
     from rpchat.engine.sampling import ChainCheckpoint, SamplerChain
 
@@ -175,6 +176,7 @@ def generate(
     cancel: threading.Event,
     result: Result,
     t0: float,
+    capture: LogitsCapture | None = None,
 ) -> Iterator[str]:
     """`generation._generate` with banned phrases taken back; fills the same ``result`` fields."""
     from rpchat.engine.generation import _resync
@@ -233,6 +235,8 @@ def generate(
             if banned_here and tok in banned_here:
                 exhausted.add(at)  # every candidate is banned: this one stays
             reply.add(tok, entry[0], mark)
+            if capture is not None:  # token alternatives, kept in step with reply.tokens
+                capture.add(tok)
             hit = matcher.find(reply.folded, max(shown, allowed))
             if hit is not None:
                 back = reply.token_at(hit[0])
@@ -254,6 +258,8 @@ def generate(
                     last = engine._cache[keep]
                     del engine._cache[keep:]
                     with_mark = reply.cut(back)
+                    if capture is not None:
+                        capture.cut(back)
                     sampler.rewind(with_mark, [*prompt, *reply.tokens])
                     with_mark.close()
                     failure = step(last)

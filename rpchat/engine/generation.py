@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
+from rpchat.engine.alternatives import LogitsCapture
 from rpchat.engine.base import PromptProgress, PromptProgressCallback, Result, Sampling
 from rpchat.engine.kvreuse import plan_reuse
 from rpchat.engine.textstream import StopFilter, Utf8Pieces
@@ -59,6 +60,7 @@ def run(
         abort.arm(engine._ctx)
         abort.watch(cancel, done)
         sampler = None
+        capture: LogitsCapture | None = None
         emitted: list[str] = []
         result.finish_reason = "cancelled"  # until something else is known
         try:
@@ -69,12 +71,14 @@ def run(
 
             sampler = _make_sampler(engine._model, engine._ctx, sampling, tokens)
             max_new = min(max(0, sampling.max_tokens), engine.n_ctx - len(tokens))
+            capture = _capture(engine, llama_cpp, sampling)  # token alternatives
             if sampling.banned_phrases:
                 from rpchat.engine import banned
 
-                pieces = banned.generate(engine, llama_cpp, sampler, tokens, max_new, stop, cancel, result, t0)
+                pieces = banned.generate(engine, llama_cpp, sampler, tokens, max_new, stop, cancel, result, t0,
+                                         capture)
             else:
-                pieces = _generate(engine, llama_cpp, sampler, max_new, stop, cancel, result, t0)
+                pieces = _generate(engine, llama_cpp, sampler, max_new, stop, cancel, result, t0, capture)
             for piece in pieces:
                 emitted.append(piece)
                 yield piece
@@ -88,6 +92,22 @@ def run(
             if sampler is not None:
                 sampler.close()
             result.text = "".join(emitted)
+            if capture is not None:
+                result.trace = capture.trace().fit(result.text)
+
+
+def _capture(engine: LocalEngine, llama_cpp: Any, sampling: Sampling) -> LogitsCapture | None:
+    """A recorder of each token's alternatives when ``sampling`` asks for them."""
+    if sampling.n_probs <= 0:
+        return None
+    n_vocab = int(llama_cpp.llama_vocab_n_tokens(engine._vocab))
+    return LogitsCapture(llama_cpp, engine._ctx, n_vocab, _piece_lookup(engine),
+                         min(sampling.n_probs, 20))
+
+
+def _piece_lookup(engine: LocalEngine) -> Any:
+    pieces, piece_of = engine._pieces, engine._piece
+    return lambda tok: pieces.get(tok) or piece_of(tok)
 
 
 def _evaluate_prompt(
@@ -225,6 +245,7 @@ def _generate(
     cancel: threading.Event,
     result: Result,
     t0: float,
+    capture: LogitsCapture | None = None,
 ) -> Iterator[str]:
     ctx = engine._ctx
     decode = llama_cpp.llama_decode
@@ -252,6 +273,8 @@ def _generate(
         if entry[1]:
             finish = "eos"
             break
+        if capture is not None:  # token alternatives: read this position's logits before the next decode
+            capture.add(tok)
         n += 1
         text = feed(entry[0])
         if filtering:

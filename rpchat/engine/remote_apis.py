@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 
+from rpchat.engine.alternatives import llama_server_steps
 from rpchat.engine.base import FinishReason, PromptProgress, Sampling
 from rpchat.engine.remote_http import Chunk, Connection, ServerApi, as_int, loads
 from rpchat.errors import EngineError
@@ -42,7 +43,7 @@ class LlamaServerApi(ServerApi):
     name = "llama.cpp"
     label = "remote (llama.cpp server)"
     path = "/completion"
-    supported = _LLAMA_FIELDS | {"temperature_last"}
+    supported = _LLAMA_FIELDS | {"temperature_last", "n_probs"}
 
     def __init__(self, conn: Connection) -> None:
         super().__init__(conn)
@@ -152,6 +153,8 @@ class LlamaServerApi(ServerApi):
         )
         if "tfs_z" in self.supported:
             body["tfs_z"] = s.tfs_z
+        if s.n_probs > 0:  # raw probabilities (no post_sampling_probs), as the local engine keeps them
+            body["n_probs"] = s.n_probs
         if not s.temperature_last and self.default_samplers:
             rest = [x for x in self.default_samplers if x != "temperature"]
             lead = [x for x in rest if x in ("penalties", "dry")]
@@ -165,7 +168,8 @@ class LlamaServerApi(ServerApi):
         if "error" in obj:
             err = obj["error"]
             return Chunk(error=str(err.get("message", err) if isinstance(err, dict) else err))
-        chunk = Chunk(text=str(obj.get("content") or ""), progress=_prompt_progress(obj.get("prompt_progress")))
+        chunk = Chunk(text=str(obj.get("content") or ""), progress=_prompt_progress(obj.get("prompt_progress")),
+                      steps=llama_server_steps(obj.get("completion_probabilities")))
         if obj.get("stop") is True:
             chunk.done = True
             kind = obj.get("stop_type")
