@@ -20,6 +20,7 @@ from rpchat.cards.model import Card
 from rpchat.chat.model import AuthorsNote, Chat, Turn
 from rpchat.chat.store import ChatStore
 from rpchat.config import Config
+from rpchat.engine.alternatives import TOP_K, Alternative, TokenTrace, reply_text
 from rpchat.engine.base import Engine, PromptProgressCallback, Result, Sampling
 from rpchat.errors import ChatError, EngineError, RpchatError
 from rpchat.personas import Persona, PersonaBook
@@ -84,6 +85,9 @@ class RoleplaySession:
         self.extra_lorebooks: list[Lorebook] = []
         # Guards the chat while a worker thread streams into it and the UI thread reads it.
         self.lock = threading.RLock()
+        # Token alternatives of the last reply turn, per swipe id (in memory only; see `trace_of`).
+        self._traces: dict[int, TokenTrace] = {}
+        self._trace_turn: int | None = None
 
     # --- files -----------------------------------------------------------------------------------
     @property
@@ -424,7 +428,8 @@ class RoleplaySession:
                     f"{engine.n_ctx:,}: raise n_ctx in Settings or shorten the last messages",
                 )
             max_tokens = min(max_tokens, room)
-        sampling = dataclasses.replace(self.sampling, max_tokens=max_tokens, banned_phrases=self.all_banned())
+        sampling = dataclasses.replace(self.sampling, max_tokens=max_tokens, banned_phrases=self.all_banned(),
+                                       n_probs=self._n_probs(engine))
         index, base, was_unfinished = self._open_reply(mode)
         from rpchat.engine.kvstate import chat_id, states_of
 
@@ -464,8 +469,75 @@ class RoleplaySession:
             else:
                 self._write_reply(index, base, pieces, unfinished=cut or (mode == "continue" and was_unfinished
                                                                          and not pieces))
+                self._keep_trace(index, base if mode == "continue" else "", result)
         self.last_result = result
         return result
+
+    # --- token alternatives ----------------------------------------------------------------------------
+    def _n_probs(self, engine: Engine) -> int:
+        """Alternatives to keep per token: none from a server whose API cannot send them."""
+        unsupported = getattr(engine, "unsupported", None)
+        if callable(unsupported) and "n_probs" in unsupported(dataclasses.replace(self.sampling, n_probs=TOP_K)):
+            return 0
+        return TOP_K
+
+    def _keep_trace(self, index: int, base: str, result: Result) -> None:
+        with self.lock:
+            if index != self._trace_turn:
+                self._traces, self._trace_turn = {}, index
+            swipe = self.chat.turns[index].swipe_id
+            before = self._traces.pop(swipe, None)
+            if result.trace is None:
+                return
+            if base:
+                trace = (before or TokenTrace()).continued(base, result.trace)
+            else:
+                trace = result.trace
+            self._traces[swipe] = trace
+
+    def trace_of(self, index: int) -> TokenTrace | None:
+        """The shown swipe of turn ``index`` token by token with its alternatives: only for the last
+        reply, generated in this session and not edited since; else None."""
+        with self.lock:
+            if index != self._trace_turn or index != self._last_reply_index():
+                return None
+            turn = self.chat.turns[index]
+            trace = self._traces.get(turn.swipe_id)
+            if trace is None or trace.open_text.rstrip() != turn.text:
+                return None
+            return trace
+
+    def alternatives_missing(self, index: int) -> str:
+        """Why turn ``index`` has no token alternatives, in one line for a notice."""
+        engine = self.engine
+        if engine is not None and self._n_probs(engine) == 0:
+            return f"this server's API ({engine.info.backend}) sends no token probabilities"
+        if index != self._last_reply_index():
+            return "token alternatives are kept for the last reply only"
+        return "this message was not generated in this session (or was edited since)"
+
+    def swipe_from_alternative(self, index: int, step: int, alt: Alternative) -> str:
+        """Add a swipe to the last reply holding its text up to token ``step`` with ``alt`` there,
+        marked unfinished and saved; `reply` with mode "continue" then writes on from it (the KV
+        cache still holds everything before ``step``). Returns the new swipe's text."""
+        with self.lock:
+            trace = self.trace_of(index)
+            if trace is None or not 0 <= step < len(trace.steps):
+                raise ChatError(f"no token alternatives for turn #{index + 1}", self.path)
+            if not alt.whole:
+                raise ChatError("that alternative is part of a character split over tokens", self.path)
+            chosen = trace.choose(step, alt)
+            text = chosen.open_text
+            previous = copy.deepcopy(self.chat.turns[index])
+            swipe = self.chat.add_swipe(index, text)
+            self.chat.mark_unfinished(index)
+            try:
+                self.save()
+            except RpchatError:
+                self.chat.turns[index] = previous
+                raise
+            self._traces[swipe] = chosen
+            return text
 
     def discard_last_reply(self) -> None:
         """Drop the last character turn's shown swipe (the whole turn when it is its only swipe)."""
@@ -536,9 +608,7 @@ class RoleplaySession:
         text = "".join(pieces)
         with self.lock:
             turn = self.chat.turns[index]
-            # A fresh reply starts after "Name:", so the model's leading space is not part of it.
-            full = (base + text) if base else text.lstrip()
-            turn.swipes[turn.swipe_id] = full.rstrip()
+            turn.swipes[turn.swipe_id] = reply_text(base, text)
             self.chat.mark_unfinished(index, unfinished)
             self.save()
 

@@ -54,7 +54,26 @@ class TokenTrace:
 
     @property
     def text(self) -> str:
-        return self.base + "".join(s.text for s in self.steps)
+        return self.base + self.generated
+
+    @property
+    def generated(self) -> str:
+        """The traced tokens' text (after ``base``)."""
+        return "".join(s.text for s in self.steps)
+
+    @property
+    def open_text(self) -> str:
+        """The message as a chat stores it, before trailing space is trimmed (see `reply_text`)."""
+        return self.base + self.generated if self.base else self.generated.lstrip()
+
+    def continued(self, base: str, more: TokenTrace) -> TokenTrace:
+        """The trace of message ``base`` continued by ``more``: this trace when it is the trace
+        of ``base`` (cut to it), else ``base`` untraced."""
+        shown = self.open_text
+        if not shown.startswith(base) or shown[len(base):].strip():
+            return replace(more, base=base)
+        lead = 0 if self.base else len(self.generated) - len(self.generated.lstrip())
+        return self.fit(self.generated[: lead + len(base) - len(self.base)]).then(more)
 
     def fit(self, text: str) -> TokenTrace:
         """The steps that produced ``text`` (what the engine returned after ``base``): tokens past
@@ -78,6 +97,12 @@ class TokenTrace:
         step = self.steps[index]
         chosen = replace(step, text=alt.text, prob=alt.prob, token=alt.token)
         return replace(self, steps=(*self.steps[:index], chosen))
+
+
+def reply_text(base: str, generated: str) -> str:
+    """A reply as the chat stores it: a fresh one starts after "Name:", so the model's leading
+    space is not part of it; trailing space is trimmed."""
+    return ((base + generated) if base else generated.lstrip()).rstrip()
 
 
 class RawStep(NamedTuple):
