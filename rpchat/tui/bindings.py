@@ -64,6 +64,7 @@ KEYS: tuple[KeySpec, ...] = (
     KeySpec("turn_branch", "b", "branch_turn", "Branch here", "transcript"),
     KeySpec("turn_copy", "c,y", "copy_turn", "Copy turn", "transcript"),
     KeySpec("turn_hide", "h", "hide_turn", "Hide/unhide turn", "transcript"),
+    KeySpec("turn_tokens", "t", "tokens_turn", "Token probabilities", "transcript"),
     KeySpec("turn_swipe_left", "left", "swipe(-1)", "Swipe left", "transcript", show=False, palette=False),
     KeySpec("turn_swipe_right", "right", "swipe(1)", "Swipe right", "transcript", show=False, palette=False),
     KeySpec("turn_input", "i,tab", "focus_input", "Write", "transcript", palette=False),
