@@ -30,5 +30,7 @@ def test_bench_reports_every_figure(tiny_model: Path) -> None:
     text = format_bench(result)
     banned = result["banned"]
     assert banned["off"]["rewinds"] == 0 and banned["off"]["resampled"] == 0 and banned["shipped"]["tok_s"] > 0
-    for label in ("generation", "prompt", "regenerate", "overflow", "reference", "peak RSS", "banned"):
+    alts = result["alternatives"]
+    assert alts["on_tok_s"] > 0 and alts["off_tok_s"] > 0
+    for label in ("generation", "prompt", "regenerate", "overflow", "reference", "peak RSS", "banned", "token alts"):
         assert label in text
