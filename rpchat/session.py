@@ -87,6 +87,7 @@ class RoleplaySession:
         self.lock = threading.RLock()
         # Token alternatives of the last reply turn, per swipe id (in memory only; see `trace_of`).
         self._traces: dict[int, TokenTrace] = {}
+        self._untraced: set[int] = set()  # swipes of that turn whose engine sent no probabilities
         self._trace_turn: int | None = None
 
     # --- files -----------------------------------------------------------------------------------
@@ -484,11 +485,13 @@ class RoleplaySession:
     def _keep_trace(self, index: int, base: str, result: Result) -> None:
         with self.lock:
             if index != self._trace_turn:
-                self._traces, self._trace_turn = {}, index
+                self._traces, self._untraced, self._trace_turn = {}, set(), index
             swipe = self.chat.turns[index].swipe_id
             before = self._traces.pop(swipe, None)
             if result.trace is None:
+                self._untraced.add(swipe)
                 return
+            self._untraced.discard(swipe)
             if base:
                 trace = (before or TokenTrace()).continued(base, result.trace)
             else:
@@ -514,6 +517,8 @@ class RoleplaySession:
             return f"this server's API ({engine.info.backend}) sends no token probabilities"
         if index != self._last_reply_index():
             return "token alternatives are kept for the last reply only"
+        if index == self._trace_turn and self.chat.turns[index].swipe_id in self._untraced:
+            return "the engine sent no token probabilities with this reply"
         return "this message was not generated in this session (or was edited since)"
 
     def swipe_from_alternative(self, index: int, step: int, alt: Alternative) -> str:

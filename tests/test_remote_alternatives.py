@@ -4,17 +4,22 @@ API that sends no probabilities."""
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
-from llamaserver import LlamaServer
+from llamaserver import LlamaServer, free_port
 from session_support import make_card
 from test_remote_protocols import Fake, connect, fake, kobold_routes  # noqa: F401 - fixture
 
 from rpchat.config import Config, EngineConfig
-from rpchat.engine.alternatives import TOP_K
+from rpchat.engine.alternatives import TOP_K, is_chosen
 from rpchat.engine.base import Sampling
 from rpchat.engine.llama import LocalEngine, LocalSettings
 from rpchat.engine.remote import RemoteEngine
@@ -98,6 +103,68 @@ def test_an_alternative_through_llama_server_reuses_its_cache(
     assert second.prompt_tokens == first.prompt_tokens + at + 1
     assert second.prompt_tokens_reused >= first.prompt_tokens - 16
     assert second.prompt_tokens_evaluated <= at + 17
+
+
+def assert_steps_sane(trace, n: int) -> None:  # type: ignore[no-untyped-def]
+    assert len(trace.steps) == n
+    for step in trace.steps:
+        probs = [a.prob for a in step.top]
+        assert 1 <= len(step.top) <= TOP_K and sum(probs) <= 1.0 + 1e-5 and probs == sorted(probs, reverse=True)
+        assert is_chosen(step, step.top[0]) and step.top[0].prob == pytest.approx(step.prob, abs=1e-4)
+
+
+def test_openai_completions_logprobs_from_llama_server(server: LlamaServer) -> None:
+    remote = RemoteEngine(server.url, api="openai")
+    remote.load()
+    try:
+        gen = remote.stream(PROMPT, GREEDY)
+        text = "".join(gen)
+        assert gen.result.trace is not None and gen.result.trace.text == text
+        assert_steps_sane(gen.result.trace, gen.result.tokens_generated)
+    finally:
+        remote.close()
+
+
+@pytest.fixture(scope="module")
+def llama_cpp_server(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """llama-cpp-python's own OpenAI-compatible server (``python -m llama_cpp.server``) on loopback."""
+    pytest.importorskip("llama_cpp.server.app")
+    port = free_port()
+    log = tmp_path_factory.mktemp("llama-cpp-server") / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(demo_model),
+                                 "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "1024",
+                                 "--n_threads", "2"], stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url + "/v1/models", timeout=1.0).status_code == 200:
+                    break
+            time.sleep(0.2)
+        else:
+            pytest.fail(f"llama_cpp.server did not start: {log.read_text(errors='replace')[-2000:]}")
+        yield url
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
+def test_openai_completions_logprobs_from_llama_cpp_python_server(llama_cpp_server: str) -> None:
+    remote = RemoteEngine(llama_cpp_server, api="openai")
+    remote.load()
+    try:
+        gen = remote.stream(PROMPT, GREEDY)
+        text = "".join(gen)
+        trace = gen.result.trace
+        assert trace is not None and trace.text == text and len(text) > 10
+        assert_steps_sane(trace, len(trace.steps))
+        assert len(trace.steps) >= 8
+        assert all(a.token is None for s in trace.steps for a in s.top)  # the OpenAI form has no ids
+    finally:
+        remote.close()
 
 
 def test_an_api_without_probabilities_says_so(fake: Fake, tmp_path: Path) -> None:  # noqa: F811 - fixture

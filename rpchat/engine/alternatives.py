@@ -195,6 +195,38 @@ def llama_server_steps(entries: Any) -> list[RawStep]:
     return out
 
 
+def openai_steps(logprobs: Any) -> list[RawStep]:
+    """A completions chunk's ``logprobs``: llama-server's (``content``, as `llama_server_steps`) or the
+    OpenAI completions form (``tokens``, ``token_logprobs``, ``top_logprobs`` as text -> logprob), which
+    has no token ids. Malformed parts are skipped."""
+    if not isinstance(logprobs, dict):
+        return []
+    if "content" in logprobs:
+        return llama_server_steps(logprobs["content"])
+    tokens, values, tops = logprobs.get("tokens"), logprobs.get("token_logprobs"), logprobs.get("top_logprobs")
+    if not isinstance(tokens, list) or not isinstance(values, list):
+        return []
+    tops = tops if isinstance(tops, list) else []
+    out: list[RawStep] = []
+    for i, (text, value) in enumerate(zip(tokens, values, strict=False)):
+        chosen = _server_token({"token": text, "logprob": value}, "logprob")
+        if chosen is None:
+            continue
+        top_map = tops[i] if i < len(tops) and isinstance(tops[i], dict) else {}
+        top = [t for t in (_server_token({"token": k, "logprob": v}, "logprob") for k, v in top_map.items())
+               if t is not None]
+        top.sort(key=lambda t: -t[2])
+        out.append(RawStep(*chosen, tuple(top[:TOP_K])))
+    return out
+
+
+def is_chosen(step: TokenStep, alt: Alternative) -> bool:
+    """Whether ``alt`` is the token ``step`` took (by id when both have one, else by text)."""
+    if step.token is not None and alt.token is not None:
+        return alt.token == step.token
+    return alt.text == step.text
+
+
 def _server_token(entry: Any, key: str) -> tuple[int | None, bytes, float] | None:
     if not isinstance(entry, dict):
         return None

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from rpchat.engine.alternatives import llama_server_steps
+from rpchat.engine.alternatives import llama_server_steps, openai_steps
 from rpchat.engine.base import FinishReason, PromptProgress, Sampling
 from rpchat.engine.remote_http import Chunk, Connection, ServerApi, as_int, loads
 from rpchat.errors import EngineError
@@ -214,7 +214,8 @@ class OpenAIApi(ServerApi):
     # top_k, min_p and a repetition penalty are extensions that vLLM, TabbyAPI, text-generation-webui,
     # KoboldCpp and llama-cpp-python all accept; the rest of `Sampling` has no common spelling.
     supported = frozenset(
-        {"temperature", "top_p", "top_k", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty"}
+        {"temperature", "top_p", "top_k", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty",
+         "n_probs"}
     )
 
     # Token counting endpoints, tried in order: llama-server/vLLM, llama-cpp-python,
@@ -310,6 +311,8 @@ class OpenAIApi(ServerApi):
             body["stop"] = list(stop)
         if s.seed is not None:
             body["seed"] = s.seed
+        if s.n_probs > 0:  # the completions API's top alternatives per token (OpenAI allows up to 5)
+            body["logprobs"] = min(s.n_probs, 5)
         return body
 
     def parse(self, event: str, data: str) -> Chunk | None:
@@ -326,6 +329,7 @@ class OpenAIApi(ServerApi):
         if isinstance(choices, list) and choices and isinstance(choices[0], dict):
             choice = choices[0]
             chunk.text = str(choice.get("text") or "")
+            chunk.steps = openai_steps(choice.get("logprobs"))
             reason = choice.get("finish_reason")
             if reason == "length":
                 chunk.finish = "length"

@@ -16,7 +16,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-from rpchat.engine.alternatives import Alternative, TokenStep, TokenTrace
+from rpchat.engine.alternatives import Alternative, TokenStep, TokenTrace, is_chosen
 from rpchat.tui.prose import clean
 
 # Probability bands, most likely first: (at least, style). Colour-blind users still get the figure.
@@ -117,7 +117,7 @@ class TokenScreen(ModalScreen[Pick | None]):
             line = Text(mark, style="bold" if i == self.alt else "", end="")
             line.append(f"{percent(alt.prob):>7}  ", style=band(alt.prob))
             line.append(clean(repr(alt.text)), style="reverse" if i == self.alt else "")
-            if alt.token == step.token:
+            if is_chosen(step, alt):
                 line.append("  (chosen)", style="dim")
             elif not alt.whole:
                 line.append("  (part of a character: cannot be chosen alone)", style="dim")
@@ -130,7 +130,7 @@ class TokenScreen(ModalScreen[Pick | None]):
         step = self.current
         self.alt = 0
         if step is not None:
-            self.alt = next((i for i, a in enumerate(step.top) if a.token != step.token), 0)
+            self.alt = next((i for i, a in enumerate(step.top) if not is_chosen(step, a)), 0)
 
     def _paint(self) -> None:
         self.query_one("#token-text", Static).update(self.token_text())
@@ -155,7 +155,7 @@ class TokenScreen(ModalScreen[Pick | None]):
         if step is None or not step.top:
             return
         alt = step.top[self.alt]
-        if alt.token == step.token and alt.text == step.text:
+        if is_chosen(step, alt):
             self.notify("That is the token already there; pick another alternative.", severity="warning")
             return
         if not alt.whole:
