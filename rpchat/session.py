@@ -430,7 +430,7 @@ class RoleplaySession:
                 )
             max_tokens = min(max_tokens, room)
         sampling = dataclasses.replace(self.sampling, max_tokens=max_tokens, banned_phrases=self.all_banned(),
-                                       n_probs=self._n_probs(engine))
+                                       n_probs=0 if mode == "impersonate" else self._n_probs(engine))
         index, base, was_unfinished = self._open_reply(mode)
         from rpchat.engine.kvstate import chat_id, states_of
 
