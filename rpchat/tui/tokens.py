@@ -11,12 +11,13 @@ from typing import ClassVar
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.binding import Binding, BindingType
+from textual.binding import BindingType
 from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
 from rpchat.engine.alternatives import Alternative, TokenStep, TokenTrace, is_chosen
+from rpchat.tui.bindings import bindings_for
 from rpchat.tui.prose import clean
 
 # Probability bands, most likely first: (at least, style). Colour-blind users still get the figure.
@@ -49,16 +50,7 @@ def percent(prob: float) -> str:
 class TokenScreen(ModalScreen[Pick | None]):
     """Pick a token of a reply and one of its alternatives."""
 
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("left", "token(-1)", "Previous token", show=False),
-        Binding("right", "token(1)", "Next token", show=False),
-        Binding("home", "token(-100000)", "First token", show=False),
-        Binding("end", "token(100000)", "Last token", show=False),
-        Binding("up", "alternative(-1)", "Previous alternative", show=False),
-        Binding("down", "alternative(1)", "Next alternative", show=False),
-        Binding("enter", "choose", "New swipe from it"),
-        Binding("escape", "dismiss_view", "Close"),
-    ]
+    BINDINGS: ClassVar[list[BindingType]] = bindings_for("tokens")
     DEFAULT_CSS = """
     TokenScreen { align: center middle; }
     TokenScreen > Vertical { width: 90%; height: 90%; border: thick $primary 60%; background: $surface;
