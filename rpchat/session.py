@@ -531,7 +531,7 @@ class RoleplaySession:
         """Why turn ``index`` has no token alternatives, in one line for a notice."""
         engine = self.engine
         if engine is not None and self._n_probs(engine) == 0:
-            return f"this server's API ({engine.info.backend}) sends no token probabilities"
+            return f"rpchat gets none from this server's API ({engine.info.backend})"
         if index != self._last_reply_index():
             return "token alternatives are kept for the last reply only"
         if index == self._trace_turn and self.chat.turns[index].swipe_id in self._untraced:

@@ -178,4 +178,4 @@ def test_an_api_without_probabilities_says_so(fake: Fake, tmp_path: Path) -> Non
     assert "n_probs" not in str(fake.requests[-1].body)
     index = len(s.chat.turns) - 1
     assert s.trace_of(index) is None
-    assert s.alternatives_missing(index) == "this server's API (remote (KoboldCpp)) sends no token probabilities"
+    assert s.alternatives_missing(index) == "rpchat gets none from this server's API (remote (KoboldCpp))"
