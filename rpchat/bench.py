@@ -172,6 +172,8 @@ def run_bench(
         say("generation speed measured")
         out["banned"] = _banned_cost(engine, last_prompt, sampling, max(speed_rounds, 1))
         say("banned phrases measured")
+        out["alternatives"] = _alternatives_cost(engine, last_prompt, sampling, max(speed_rounds, 1))
+        say("token alternatives measured")
     finally:
         engine.close()
 
@@ -277,6 +279,19 @@ def _banned_cost(engine: LocalEngine, prompt: list[int], sampling: Sampling, rou
             "tokens": round(statistics.mean(r.tokens_generated for r in results), 1),
         }
     return out
+
+
+def _alternatives_cost(engine: LocalEngine, prompt: list[int], sampling: Sampling, rounds: int) -> dict[str, Any]:
+    """Tokens per second (median gap between pieces) on a fixed prompt with the top-5 capture off
+    and on, taking turns so that noise from other processes hits both."""
+    from rpchat.engine.alternatives import TOP_K
+
+    gaps: dict[str, list[float]] = {"off": [], "on": []}
+    for _ in range(rounds):
+        for name, n_probs in (("off", 0), ("on", TOP_K)):
+            gaps[name] += _app_loop(engine, prompt, dataclasses.replace(sampling, n_probs=n_probs))
+    off, on = _median_rate(gaps["off"]), _median_rate(gaps["on"])
+    return {"off_tok_s": off, "on_tok_s": on, "cost_pct": round(100 * (1 - on / off), 1) if off else 0.0}
 
 
 def _median_rate(gaps: list[float]) -> float:
@@ -393,6 +408,10 @@ def format_bench(result: dict[str, Any]) -> str:
             lines.append(f"banned     {name:<8} {b['tok_s']:>6.1f} tok/s, {b['tokens']:.0f} tokens, "
                          f"{b['rewinds']:.1f} rewinds, {b['resampled']:.1f} tokens resampled per reply")
         lines.append(f"           shipped = {banned['phrases']} phrases; forced adds {banned['forced_extra']}")
+    alts = result.get("alternatives")
+    if alts:
+        lines.append(f"token alts top 5 kept: {alts['on_tok_s']:.1f} tok/s, off: {alts['off_tok_s']:.1f} tok/s "
+                     f"(median gap; cost {alts['cost_pct']:.1f}%)")
     lines.append(f"peak RSS   {result.get('peak_rss_mib', 0):.0f} MiB")
     for key, value in result.get("tui", {}).items():
         lines.append(f"tui        {key} {value}")

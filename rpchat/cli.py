@@ -257,6 +257,7 @@ def cmd_reply(args: argparse.Namespace) -> int:
                                 engine=engine, user=args.user, format_name=args.format, preset=args.preset,
                                 create_missing=True, model=args.model, remote=bool(args.engine), group=args.group)
     session.notices.extend(config_notices)
+    session.keep_alternatives = False  # nothing here shows token alternatives: don't pay for them
     group_cli.check_speaker(session, args)
     if args.seed is not None:
         session.sampling = dataclasses.replace(session.sampling, seed=args.seed)

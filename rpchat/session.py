@@ -35,6 +35,7 @@ from rpchat.cards.model import Card
 from rpchat.chat.model import AuthorsNote, Chat, StorySummary, Turn
 from rpchat.chat.store import ChatStore
 from rpchat.config import Config, SummaryConfig
+from rpchat.engine.alternatives import TOP_K, Alternative, TokenTrace, reply_text
 from rpchat.engine.base import Engine, PromptProgressCallback, Result, Sampling
 from rpchat.errors import ChatError, EngineError, RpchatError
 from rpchat.group.cast import GroupCast
@@ -107,6 +108,11 @@ class RoleplaySession:
         self.cast: GroupCast | None = None
         # The story-so-far summary's switch and chunk sizes (config ``summary``; see rpchat.memory).
         self.summary_config = SummaryConfig()
+        # Token alternatives of the last reply turn, per swipe id (in memory only; see `trace_of`).
+        self._traces: dict[int, TokenTrace] = {}
+        self._untraced: set[int] = set()  # swipes of that turn whose engine sent no probabilities
+        self._trace_turn: int | None = None
+        self.keep_alternatives = True  # off where nothing shows them (`rpchat reply`)
 
     # --- files -----------------------------------------------------------------------------------
     @property
@@ -487,7 +493,8 @@ class RoleplaySession:
                     f"{engine.n_ctx:,}: raise n_ctx in Settings or shorten the last messages",
                 )
             max_tokens = min(max_tokens, room)
-        sampling = dataclasses.replace(self.sampling, max_tokens=max_tokens, banned_phrases=self.all_banned())
+        sampling = dataclasses.replace(self.sampling, max_tokens=max_tokens, banned_phrases=self.all_banned(),
+                                       n_probs=0 if mode == "impersonate" else self._n_probs(engine))
         index, base, was_unfinished = self._open_reply(mode)
         from rpchat.engine.kvstate import chat_id, states_of
 
@@ -527,8 +534,77 @@ class RoleplaySession:
             else:
                 self._write_reply(index, base, pieces, unfinished=cut or (mode == "continue" and was_unfinished
                                                                          and not pieces))
+                self._keep_trace(index, base if mode == "continue" else "", result)
         self.last_result = result
         return result
+
+    # --- token alternatives ----------------------------------------------------------------------------
+    def _n_probs(self, engine: Engine) -> int:
+        """Alternatives to keep per token: none when nothing shows them, or from a server whose API
+        cannot send them."""
+        if not self.keep_alternatives:
+            return 0
+        unsupported = getattr(engine, "unsupported", None)
+        if callable(unsupported) and "n_probs" in unsupported(dataclasses.replace(self.sampling, n_probs=TOP_K)):
+            return 0
+        return TOP_K
+
+    def _keep_trace(self, index: int, base: str, result: Result) -> None:
+        with self.lock:
+            if index != self._trace_turn:
+                self._traces, self._untraced, self._trace_turn = {}, set(), index
+            swipe = self.chat.turns[index].swipe_id
+            before = self._traces.pop(swipe, None)
+            if result.trace is None:
+                self._untraced.add(swipe)
+                return
+            self._untraced.discard(swipe)
+            if base:
+                trace = (before or TokenTrace()).continued(base, result.trace)
+            else:
+                trace = result.trace
+            self._traces[swipe] = trace
+
+    def trace_of(self, index: int) -> TokenTrace | None:
+        """The shown swipe of turn ``index`` token by token with its alternatives: only for the last
+        reply, generated in this session and not edited since; else None."""
+        with self.lock:
+            if index != self._trace_turn or index != self._last_reply_index():
+                return None
+            turn = self.chat.turns[index]
+            trace = self._traces.get(turn.swipe_id)
+            if trace is None or trace.open_text.rstrip() != turn.text:
+                return None
+            return trace
+
+    def alternatives_missing(self, index: int) -> str:
+        """Why turn ``index`` has no token alternatives, in one line for a notice."""
+        engine = self.engine
+        if engine is not None and self._n_probs(engine) == 0:
+            return f"rpchat gets none from this server's API ({engine.info.backend})"
+        if index != self._last_reply_index():
+            return "token alternatives are kept for the last reply only"
+        if index == self._trace_turn and self.chat.turns[index].swipe_id in self._untraced:
+            return "the engine sent no token probabilities with this reply"
+        return "this message was not generated in this session (or was edited since)"
+
+    def swipe_from_alternative(self, index: int, step: int, alt: Alternative) -> str:
+        """Add a swipe to the last reply holding its text up to token ``step`` with ``alt`` there,
+        marked unfinished and saved; `reply` with mode "continue" then writes on from it (the KV
+        cache still holds everything before ``step``). Returns the new swipe's text."""
+        with self.lock:
+            trace = self.trace_of(index)
+            if trace is None or not 0 <= step < len(trace.steps):
+                raise ChatError(f"no token alternatives for turn #{index + 1}", self.path)
+            if not alt.whole:
+                raise ChatError("that alternative is part of a character split over tokens", self.path)
+            chosen = trace.choose(step, alt)
+            text = chosen.open_text
+            with self.change() as chat:
+                swipe = chat.add_swipe(index, text)
+                chat.mark_unfinished(index)
+            self._traces[swipe] = chosen
+            return text
 
     # --- internals ---------------------------------------------------------------------------------
     def reload_chat(self) -> None:
@@ -615,10 +691,8 @@ class RoleplaySession:
 
     def _write_reply(self, index: int, base: str, pieces: list[str], *, unfinished: bool) -> None:
         text = "".join(pieces)
-        # A fresh reply starts after "Name:", so the model's leading space is not part of it.
-        full = (base + text) if base else text.lstrip()
         with self.change() as chat:
-            chat.write_reply(index, full.rstrip(), unfinished=unfinished)
+            chat.write_reply(index, reply_text(base, text), unfinished=unfinished)
 
     def _close_empty(self, mode: ReplyMode, index: int, was_unfinished: bool) -> None:
         with self.change() as chat:

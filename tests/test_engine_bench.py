@@ -28,5 +28,8 @@ def test_bench_reports_every_figure(tiny_model: Path) -> None:
     assert summary["update"]["prompt_tokens"] > 0
     assert summary["next_reply_prefilled"]["evaluated"] < summary["next_reply"]["evaluated"]
     assert summary["preempting_reply"]["summary"] == "cancelled"
-    for label in ("generation", "prompt", "regenerate", "overflow", "reference", "peak RSS", "banned", "summary"):
+    alts = result["alternatives"]
+    assert alts["on_tok_s"] > 0 and alts["off_tok_s"] > 0
+    for label in ("generation", "prompt", "regenerate", "overflow", "reference", "peak RSS", "banned", "summary",
+                  "token alts"):
         assert label in text

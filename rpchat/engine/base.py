@@ -6,9 +6,12 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from time import monotonic
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from rpchat.prompt.segments import Segment
+
+if TYPE_CHECKING:
+    from rpchat.engine.alternatives import TokenTrace
 
 FinishReason = Literal["stop", "length", "eos", "cancelled", "error"]
 
@@ -45,6 +48,8 @@ class Sampling:
     temperature_last: bool = True
     # Phrases the local engine rewinds and resamples around (see `rpchat.engine.banned`).
     banned_phrases: tuple[str, ...] = ()
+    # Top alternatives kept per generated token, with probabilities (see `rpchat.engine.alternatives`).
+    n_probs: int = 0
 
 
 # The one place the defaults are read from: presets save only what differs, the sampler form marks what is
@@ -69,6 +74,7 @@ class Result:
     unsupported: list[str] = field(default_factory=list)
     rewinds: int = 0  # banned phrases taken back (local engine)
     tokens_resampled: int = 0  # tokens thrown away by those rewinds
+    trace: TokenTrace | None = None  # the reply token by token, when `Sampling.n_probs` asked for it
 
     @property
     def tok_per_s(self) -> float:

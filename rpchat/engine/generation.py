@@ -3,8 +3,10 @@
 There is one per-token loop (`_generate`). It is deliberately plain: everything it touches is bound
 to a local name first, pieces are cached per token, and the only per-token C calls are the sampler
 and ``llama_decode``. Optional components hook into it at fixed points, each behind one
-``is not None`` test: today the banned-phrase guard (`rpchat.engine.banned.PhraseGuard`), which is
-consulted before sampling and for each sampled token's text.
+``is not None`` test: the banned-phrase guard (`rpchat.engine.banned.PhraseGuard`), which is
+consulted before sampling and for each sampled token's text, and the token-alternatives recorder
+(`rpchat.engine.alternatives.LogitsCapture`), which reads each sampled position's logits and follows
+the guard's rewinds.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
+from rpchat.engine.alternatives import LogitsCapture
 from rpchat.engine.banned import PhraseGuard
 from rpchat.engine.base import FinishReason, PromptProgress, PromptProgressCallback, Result, Sampling
 from rpchat.engine.kvstate import KVStates
@@ -65,6 +68,7 @@ def run(
     abort.watch(cancel, done)
     sampler = None
     guard = None
+    capture = None
     emitted: list[str] = []
     result.finish_reason = "cancelled"  # until something else is known
     try:
@@ -75,7 +79,11 @@ def run(
         max_new = min(max(0, sampling.max_tokens), model.n_ctx - len(tokens))
         if sampling.banned_phrases:
             guard = PhraseGuard(llama_cpp, sampling.banned_phrases, sampler, model.cache, tokens, result)
-        for piece in _generate(model, llama_cpp, sampler, guard, max_new, stop, cancel, result, t0):
+        if sampling.n_probs > 0:
+            tokenizer = model.tokenizer
+            capture = LogitsCapture(llama_cpp, model.ctx, int(llama_cpp.llama_vocab_n_tokens(tokenizer.vocab)),
+                                    lambda t: tokenizer.pieces.get(t) or tokenizer.piece(t), min(sampling.n_probs, 20))
+        for piece in _generate(model, llama_cpp, sampler, guard, capture, max_new, stop, cancel, result, t0):
             emitted.append(piece)
             yield piece
     except EngineError as exc:
@@ -90,6 +98,8 @@ def run(
         if sampler is not None:
             sampler.close()
         result.text = "".join(emitted)
+        if capture is not None:
+            result.trace = capture.trace().fit(result.text)
 
 
 def _evaluate_prompt(
@@ -196,6 +206,7 @@ def _generate(
     llama_cpp: Any,
     sampler: SamplerChain,
     guard: PhraseGuard | None,
+    capture: LogitsCapture | None,
     max_new: int,
     stop: Sequence[str],
     cancel: threading.Event,
@@ -231,6 +242,8 @@ def _generate(
         if entry[1]:
             finish = "eos"
             break
+        if capture is not None:  # before the next decode replaces this position's logits
+            capture.add(tok)
         if guard is None:
             n += 1
             text = feed(entry[0])
@@ -238,6 +251,8 @@ def _generate(
             # The guard decodes UTF-8 itself and holds back what could still become a banned phrase.
             text = guard.add(tok, entry[0])
             n = guard.n_tokens
+            if capture is not None:
+                capture.cut(n)  # a rewind took tokens back
             if text is None:  # a phrase was taken back: decode the token before it again, for its logits
                 tok = guard.redo
         if text is not None:

@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 
+from rpchat.engine.alternatives import RawStep, trace_of
 from rpchat.engine.base import (
     EngineInfo,
     ProgressCallback,
@@ -214,6 +215,7 @@ class RemoteGeneration:
         first_at = last_at = 0.0
         pieces = 0
         finished = stopped = False
+        raw: list[RawStep] = []  # token alternatives, when the server sends them
         report = self._progress
         if report is not None:
             # Until the server says more (llama-server does, others never): reading, for so long.
@@ -243,6 +245,8 @@ class RemoteGeneration:
                 break
             if chunk.progress is not None and report is not None and not pieces:
                 report(replace(chunk.progress, elapsed_s=time.perf_counter() - self._started))
+            if chunk.steps and len(raw) < self._max_pieces:
+                raw.extend(chunk.steps)
             if chunk.text and pieces >= self._max_pieces:
                 self._fail(f"the server kept sending past the token budget ({pieces:,} pieces); stopped reading")
                 break
@@ -284,6 +288,8 @@ class RemoteGeneration:
                 stats.update(_sane(late.stats))
                 if late.finish is not None and r.finish_reason == "stop":
                     r.finish_reason = late.finish
+        if raw:
+            r.trace = trace_of(raw).fit(r.text)
         r.gen_time_s = last_at - first_at if pieces else 0.0
         r.tokens_generated = stats.get("generated", pieces)
         r.prompt_tokens = stats.get("prompt", 0)

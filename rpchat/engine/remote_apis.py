@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 
+from rpchat.engine.alternatives import llama_server_steps, openai_steps
 from rpchat.engine.base import FinishReason, PromptProgress, Sampling
 from rpchat.engine.remote_http import Chunk, Connection, ServerApi, as_int, loads
 from rpchat.errors import EngineError
@@ -42,7 +43,7 @@ class LlamaServerApi(ServerApi):
     name = "llama.cpp"
     label = "remote (llama.cpp server)"
     path = "/completion"
-    supported = _LLAMA_FIELDS | {"temperature_last"}
+    supported = _LLAMA_FIELDS | {"temperature_last", "n_probs"}
 
     def __init__(self, conn: Connection) -> None:
         super().__init__(conn)
@@ -152,6 +153,8 @@ class LlamaServerApi(ServerApi):
         )
         if "tfs_z" in self.supported:
             body["tfs_z"] = s.tfs_z
+        if s.n_probs > 0:  # raw probabilities (no post_sampling_probs), as the local engine keeps them
+            body["n_probs"] = s.n_probs
         if not s.temperature_last and self.default_samplers:
             rest = [x for x in self.default_samplers if x != "temperature"]
             lead = [x for x in rest if x in ("penalties", "dry")]
@@ -165,7 +168,8 @@ class LlamaServerApi(ServerApi):
         if "error" in obj:
             err = obj["error"]
             return Chunk(error=str(err.get("message", err) if isinstance(err, dict) else err))
-        chunk = Chunk(text=str(obj.get("content") or ""), progress=_prompt_progress(obj.get("prompt_progress")))
+        chunk = Chunk(text=str(obj.get("content") or ""), progress=_prompt_progress(obj.get("prompt_progress")),
+                      steps=llama_server_steps(obj.get("completion_probabilities")))
         if obj.get("stop") is True:
             chunk.done = True
             kind = obj.get("stop_type")
@@ -210,7 +214,8 @@ class OpenAIApi(ServerApi):
     # top_k, min_p and a repetition penalty are extensions that vLLM, TabbyAPI, text-generation-webui,
     # KoboldCpp and llama-cpp-python all accept; the rest of `Sampling` has no common spelling.
     supported = frozenset(
-        {"temperature", "top_p", "top_k", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty"}
+        {"temperature", "top_p", "top_k", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty",
+         "n_probs"}
     )
 
     # Token counting endpoints, tried in order: llama-server/vLLM, llama-cpp-python,
@@ -306,6 +311,8 @@ class OpenAIApi(ServerApi):
             body["stop"] = list(stop)
         if s.seed is not None:
             body["seed"] = s.seed
+        if s.n_probs > 0:  # the completions API's top alternatives per token (OpenAI allows up to 5)
+            body["logprobs"] = min(s.n_probs, 5)
         return body
 
     def parse(self, event: str, data: str) -> Chunk | None:
@@ -322,6 +329,7 @@ class OpenAIApi(ServerApi):
         if isinstance(choices, list) and choices and isinstance(choices[0], dict):
             choice = choices[0]
             chunk.text = str(choice.get("text") or "")
+            chunk.steps = openai_steps(choice.get("logprobs"))
             reason = choice.get("finish_reason")
             if reason == "length":
                 chunk.finish = "length"

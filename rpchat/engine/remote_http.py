@@ -26,6 +26,7 @@ from typing import Any
 
 import httpx
 
+from rpchat.engine.alternatives import RawStep
 from rpchat.engine.base import NEUTRAL_SAMPLING, FinishReason, PromptProgress, Sampling
 from rpchat.errors import EngineError
 from rpchat.prompt.segments import Segment
@@ -76,6 +77,7 @@ class Chunk:
     stats: dict[str, int] = field(default_factory=dict)  # prompt, evaluated, reused, generated
     error: str | None = None
     progress: PromptProgress | None = None  # the server's report on reading the prompt
+    steps: list[RawStep] = field(default_factory=list)  # token alternatives (llama-server n_probs)
 
 
 # Limits that keep a broken or hostile server harmless: memory stays bounded whatever it sends.

@@ -75,6 +75,7 @@ KEYS: tuple[KeySpec, ...] = (
     KeySpec("turn_branch", "b", "branch_turn", "Branch here", "transcript"),
     KeySpec("turn_copy", "c,y", "copy_turn", "Copy turn", "transcript"),
     KeySpec("turn_hide", "h", "hide_turn", "Hide/unhide turn", "transcript"),
+    KeySpec("turn_tokens", "t", "tokens_turn", "Token probabilities", "transcript"),
     KeySpec("turn_swipe_left", "left", "swipe(-1)", "Swipe left", "transcript", show=False, palette=False),
     KeySpec("turn_swipe_right", "right", "swipe(1)", "Swipe right", "transcript", show=False, palette=False),
     KeySpec("turn_input", "i,tab", "focus_input", "Write", "transcript", palette=False),
@@ -124,6 +125,14 @@ KEYS: tuple[KeySpec, ...] = (
     KeySpec("members.add", "a", "add", "Add card", "members", palette=False),
     KeySpec("members.order", "o", "order", "Turn order", "members", palette=False),
     KeySpec("card_pick.cancel", "escape", "cancel", "Cancel", "card_pick", palette=False),
+    KeySpec("tokens.left", "left", "token(-1)", "Previous token", "tokens", show=False, palette=False),
+    KeySpec("tokens.right", "right", "token(1)", "Next token", "tokens", show=False, palette=False),
+    KeySpec("tokens.first", "home", "token(-100000)", "First token", "tokens", show=False, palette=False),
+    KeySpec("tokens.last", "end", "token(100000)", "Last token", "tokens", show=False, palette=False),
+    KeySpec("tokens.up", "up", "alternative(-1)", "Previous alternative", "tokens", show=False, palette=False),
+    KeySpec("tokens.down", "down", "alternative(1)", "Next alternative", "tokens", show=False, palette=False),
+    KeySpec("tokens.choose", "enter", "choose", "New swipe from it", "tokens", palette=False),
+    KeySpec("tokens.close", "escape", "dismiss_view", "Close", "tokens", palette=False),
 )
 
 # Where each scope's keys work: the F1 headings, in the order F1 shows them.
@@ -150,6 +159,7 @@ SCOPE_TITLES = {
     "speaker": "Who speaks now (group chats)",
     "members": "Group members (group chats)",
     "card_pick": "Adding a card to a group",
+    "tokens": "Token probabilities (t in the message cursor)",
 }
 
 PRIORITY_SCOPES = ("library", "chat")

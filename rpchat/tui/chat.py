@@ -193,6 +193,7 @@ class ChatScreen(Screen[None]):
         self._n_tokens: int | None = None
         self._n_ctx: int | None = None
         self._status = ""
+        self._from_alternative: int | None = None  # the token a running continuation was chosen at
         # The last prompt-progress report and when it came; the clock ticks on between reports.
         self._progress: tuple[PromptProgress, float] | None = None
         self._progress_timer: Timer | None = None
@@ -531,6 +532,11 @@ class ChatScreen(Screen[None]):
         elif result.finish_reason == "cancelled":
             kept = "the partial reply is kept" if result.text.strip() else "nothing had been written yet"
             self.notify(f"Stopped; {kept}.", markup=False)
+        if self._from_alternative is not None and not result.error:
+            self.notify(f"New swipe from token {self._from_alternative + 1}: "
+                        f"{result.prompt_tokens_reused:,} prompt tokens reused, "
+                        f"{result.prompt_tokens_evaluated:,} evaluated.", markup=False)
+        self._from_alternative = None
         if result.prompt_tokens_restored:
             self.notify(f"Saved chat state restored: {result.prompt_tokens_restored:,} prompt tokens read from disk, "
                         f"{result.prompt_tokens_evaluated:,} evaluated.", markup=False)
@@ -588,6 +594,7 @@ class ChatScreen(Screen[None]):
         if message.generation != self._gen_id:
             return
         self.generating = None
+        self._from_alternative = None
         self._end_progress()
         if self.group_turns is not None:
             self.group_turns.cancel()
@@ -1000,6 +1007,8 @@ class ChatScreen(Screen[None]):
                 self.transcript.refresh_turn(index)
                 self.notify(f"Turn #{index + 1} {'hidden from' if hide else 'shown to'} the AI.")
                 self.measure()
+            elif op == "tokens":
+                self._show_tokens(index)
             elif op == "branch":
                 old = self.session.path.name
                 self.session = self.session.branch(index)
@@ -1008,6 +1017,32 @@ class ChatScreen(Screen[None]):
                 self.measure()
         except RpchatError as e:
             self.notify(str(e), severity="error", markup=False)
+
+    def _show_tokens(self, index: int) -> None:
+        """The token view of a reply; an alternative chosen there becomes a new swipe, continued."""
+        from rpchat.tui.tokens import TokenScreen
+
+        trace = self.session.trace_of(index)
+        if trace is None:
+            self.notify(f"No token probabilities: {self.session.alternatives_missing(index)}.",
+                        severity="warning", markup=False)
+            return
+        session = self.session
+
+        def chosen(pick: tuple[int, Any] | None) -> None:
+            if pick is None or session is not self.session or self.generating:
+                return
+            step, alt = pick
+            try:
+                session.swipe_from_alternative(index, step, alt)
+            except RpchatError as e:
+                self.notify(str(e), severity="error", markup=False)
+                return
+            self.transcript.end_stream(session.chat.turns)
+            self._from_alternative = step
+            self.generate("continue")
+
+        self.app.push_screen(TokenScreen(trace, f"#{index + 1} {self.session.chat.turns[index].name}"), chosen)
 
     def _confirm_delete(self, index: int) -> None:
         turn = self.session.chat.turns[index]

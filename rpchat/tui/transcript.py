@@ -372,6 +372,9 @@ class Transcript(VerticalScroll, can_focus=True):
     def action_hide_turn(self) -> None:
         self._act("hide")
 
+    def action_tokens_turn(self) -> None:
+        self._act("tokens")
+
     def action_swipe(self, step: int) -> None:
         self._act("swipe-left" if step < 0 else "swipe-right")
 
