@@ -256,6 +256,8 @@ class LocalEngine:
             if self._model is not None:
                 return
             loader.load(self, progress)
+            if self.kv_states is not None:  # bench10: the saved states' key once, in the loading thread
+                self.kv_states.prepare(self)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenize(text, special=False))
