@@ -31,6 +31,7 @@ from rpchat.engine.kvreuse import common_prefix, plan_reuse
 
 if TYPE_CHECKING:
     from rpchat.engine.llama import LocalEngine
+    from rpchat.engine.remote_slots import SlotStates
 
 MAGIC = b"RPCHATKV"
 VERSION = 1
@@ -416,10 +417,12 @@ def attach(engine: Any, cache_dir: Path, budget: int) -> None:
         engine.kv_states = KVStates(states_dir(cache_dir), budget)
 
 
-def states_of(engine: Any) -> KVStates | None:
-    """The saved states of ``engine`` (None for a remote engine or when turned off)."""
+def states_of(engine: Any) -> KVStates | SlotStates | None:
+    """The saved states of ``engine``: on disk (local), on a llama-server (remote), or None when off."""
+    from rpchat.engine.remote_slots import SlotStates
+
     states = getattr(engine, "kv_states", None)
-    return states if isinstance(states, KVStates) else None
+    return states if isinstance(states, (KVStates, SlotStates)) else None
 
 
 def save_for(engine: Any, chat_path: Path) -> Path | None:
@@ -430,7 +433,7 @@ def save_for(engine: Any, chat_path: Path) -> Path | None:
     try:
         return states.save(engine, chat_id(chat_path))
     except Exception as exc:  # noqa: BLE001 - a failed save must never cost the chat
-        states._notice(f"the chat state was not saved: {type(exc).__name__}: {exc}")
+        states.notices.append(f"the chat state was not saved: {type(exc).__name__}: {exc}")
         return None
 
 
