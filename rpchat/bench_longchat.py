@@ -77,10 +77,10 @@ class _Builder:
     def tokens(self, history: list[Turn]) -> int:
         return self(history).n_tokens or 0
 
-    def __call__(self, history: list[Turn], n_ctx: int | None = None) -> BuiltPrompt:
+    def __call__(self, history: list[Turn], n_ctx: int | None = None, *, lore: bool = True) -> BuiltPrompt:
         return build_prompt(self.fmt, self.card, self.persona, history, length="medium",
                             counter=self.engine.count_tokens, n_ctx=n_ctx or self.engine.n_ctx,
-                            max_new=self.max_new, lorebook=LORE)
+                            max_new=self.max_new, lorebook=LORE if lore else None)
 
 
 def _run(engine: LocalEngine, built: BuiltPrompt, sampling: Sampling) -> Result:
@@ -212,7 +212,7 @@ def run_long_chat(
             say(f"reopen: {r.prompt_tokens_restored} restored, {r.prompt_tokens_evaluated} evaluated")
             built = reply_then(f"*I point at the {DEPTH_KEY} on the shelf.* What is that?")
             r = _run(engine, built, sampling)
-            out["lore_depth"] = _case(r, after_insertion=_tokens_after(engine, built, LORE_TEXT[DEPTH_KEY]))
+            out["lore_depth"] = _case(r, after_insertion=_tokens_after(engine, built, build(history, lore=False)))
             say(f"lore at depth: {r.prompt_tokens_evaluated} evaluated")
             _run(engine, reply_then("I see. *I sip the coffee.*"), sampling)  # the entry stops firing
             # Old turns fall out: the budget is what the chat needs now, so the next turn overflows it.
@@ -222,7 +222,7 @@ def run_long_chat(
             say("overflow measured")
             built = reply_then(f"*I point at the {TOP_KEY} on the shelf.* What is that?", budget)
             r = _run(engine, built, sampling)
-            out["lore_top"] = _case(r, after_insertion=_tokens_after(engine, built, LORE_TEXT[TOP_KEY]),
+            out["lore_top"] = _case(r, after_insertion=_tokens_after(engine, built, build(history, budget, lore=False)),
                                     dropped=len(built.dropped))
             say(f"lore at the top: {r.prompt_tokens_evaluated} evaluated")
             cold_again = _cold_rate(engine, build(history), sampling) if llama_cpp is not None else None
@@ -238,16 +238,13 @@ def run_long_chat(
     return out
 
 
-LORE_TEXT = {entry.keys[0]: entry.content for entry in LORE.entries}
-
-
-def _tokens_after(engine: LocalEngine, built: BuiltPrompt, marker: str) -> int:
-    """Prompt tokens from where ``marker`` was inserted to the end."""
-    cut = built.text.find(marker)
-    if cut < 0:
-        return -1
+def _tokens_after(engine: LocalEngine, built: BuiltPrompt, without: BuiltPrompt) -> int:
+    """Prompt tokens from the insertion point (where ``built`` first differs from the same chat
+    ``without`` the entry) to the end."""
     from rpchat.prompt.segments import Segment
 
+    cut = next((i for i, (a, b) in enumerate(zip(built.text, without.text, strict=False)) if a != b),
+               min(len(built.text), len(without.text)))
     head: list[Segment] = []
     left = cut
     for s in built.segments:
