@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from rpchat.chat.model import Turn
 from rpchat.engine.base import Result, Sampling
 from rpchat.engine.kvstate import KVStates
@@ -177,7 +179,7 @@ def run_long_chat(
             target = min(chat_tokens, engine.n_ctx - 512)
             history = _chat(_pairs_for(build, target))
             history.append(_turn(True, "Tell me about the wreck on the north rocks."))
-            built = build(history)
+            built = cold_prompt = build(history)
             t0 = time.perf_counter()
             r = _run(engine, built, sampling)
             cold_prompt_s = time.perf_counter() - t0
@@ -225,16 +227,19 @@ def run_long_chat(
             out["lore_top"] = _case(r, after_insertion=_tokens_after(engine, built, build(history, budget, lore=False)),
                                     dropped=len(built.dropped))
             say(f"lore at the top: {r.prompt_tokens_evaluated} evaluated")
-            cold_again = _cold_rate(engine, build(history), sampling) if llama_cpp is not None else None
         finally:
             engine.close()
     if llama_cpp is not None:
         from rpchat.llamacpp_tools import find_tools
 
         tools = find_tools(llama_cpp)
-        out["llama_cpp"] = {"folder": str(llama_cpp),
-                            **against_llama_cpp(model_path, threads, tools, out["cold"], cold_again,
-                                               gen_tokens=ref_tokens, rounds=rounds, log=say)}
+        again = _cold_rate(model_path, threads, chat_tokens + 1024, cold_prompt, sampling)
+        try:
+            rates = against_llama_cpp(model_path, threads, tools, out["cold"], again, gen_tokens=ref_tokens,
+                                      rounds=rounds, log=say)
+        except (RuntimeError, OSError, ValueError, httpx.HTTPError) as exc:  # a tool that fails costs its rows, not the figures
+            rates = {"tools": sorted(tools), "error": f"{type(exc).__name__}: {exc}"}
+        out["llama_cpp"] = {"folder": str(llama_cpp), **rates}
     return out
 
 
@@ -264,12 +269,17 @@ GEN_CHAINS = {
 }
 
 
-def _cold_rate(engine: LocalEngine, built: BuiltPrompt, sampling: Sampling) -> Callable[[], float]:
-    """A cold evaluation of ``built`` on demand (cache emptied first), as prompt tokens per second."""
+def _cold_rate(model_path: Path, threads: int, n_ctx: int, built: BuiltPrompt, sampling: Sampling
+               ) -> Callable[[], float]:
+    """A cold evaluation of ``built`` on demand (a fresh engine), as prompt tokens per second."""
 
     def rate() -> float:
-        engine.reset_cache()
-        r = _run(engine, built, sampling)
+        engine = LocalEngine(LocalSettings(model_path, n_ctx=n_ctx, n_threads=threads))
+        engine.load()
+        try:
+            r = _run(engine, built, sampling)
+        finally:
+            engine.close()
         return r.prompt_tokens_evaluated / max(r.ttft_s, 1e-9)
 
     return rate
@@ -388,6 +398,8 @@ def format_long_chat(r: dict[str, Any]) -> Iterator[str]:
                 x = g[name]
                 yield (f"llama.cpp  generation {name:<6} {x['rpchat_tok_s']} tok/s vs llama-server "
                        f"{x['server_tok_s']} tok/s: {x['ratio']} (goal >= 1.0)")
+        if lc.get("error"):
+            yield f"llama.cpp  the comparison failed: {lc['error']}"
         missing = [t for t in ("llama-bench", "llama-server") if t not in lc["tools"]]
         if missing:
             yield f"llama.cpp  {' and '.join(missing)} not found in {lc['folder']}: no rate against it"

@@ -62,7 +62,7 @@ def test_rates_against_llama_bench_and_llama_server_built_from_the_same_source(
     except llamaserver.BuildUnavailable as exc:
         pytest.skip(str(exc))
     r = run_long_chat(tiny_model, 2, chat_tokens=300, gen_tokens=2, llama_cpp=llama_server_binary.parent,
-                      ref_tokens=8, rounds=1)
+                      ref_tokens=8, rounds=2)
     lc = r["llama_cpp"]
     assert lc["tools"] == ["llama-bench", "llama-server"]
     assert lc["llama_bench_pp_tok_s"] > 0 and lc["cold_vs_llama_bench"] > 0
