@@ -22,7 +22,8 @@ from typing import Any
 from rpchat.cards.model import Card
 from rpchat.chat.model import Turn
 from rpchat.engine.base import Result, Sampling
-from rpchat.engine.llama import LocalEngine, LocalSettings, default_threads
+from rpchat.engine.llama import LocalEngine, LocalSettings
+from rpchat.engine.loader import default_threads
 from rpchat.personas import Persona
 from rpchat.prompt.builder import BuiltPrompt, build_prompt
 from rpchat.prompt.formats import load_format
@@ -98,13 +99,12 @@ def run_bench(
     sampling: Sampling | None = None,
     reference: bool = True,
     speed_rounds: int = 3,
-    tui: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run the scripted chat and return the figures as a JSON-able dict (see `format_bench`).
 
-    ``model_path`` None uses the demo model; ``tui`` adds the headless TUI timings; ``log`` gets
-    one line per step.
+    ``model_path`` None uses the demo model; ``log`` gets one line per step. The headless TUI timings
+    are not here: the core never imports the TUI, so `rpchat bench` adds them (`rpchat.tui.bench`).
     """
     say = log or (lambda _msg: None)
     if model_path is None:
@@ -180,11 +180,6 @@ def run_bench(
         "reevaluate": _overflow(Path(model_path), threads, overflow_ctx, False),
     }
     say("overflow measured")
-    if tui:
-        from rpchat.tui.bench import run_tui_bench  # only here: the core never needs Textual
-
-        out["tui"] = run_tui_bench()
-        say("headless TUI measured")
     return out
 
 
@@ -364,7 +359,8 @@ def run_shape_bench(
     engine.load(lambda _v, stage="": stages.append(stage) if stage else None)
     out["load_s"] = round(time.perf_counter() - t0, 2)
     out["load_stages"] = stages
-    out["graph_nodes"] = engine._graph_nodes
+    loaded = engine.loaded
+    out["graph_nodes"] = loaded.graph_nodes if loaded is not None else 0
     say(f"loaded in {out['load_s']} s ({'; '.join(stages)})")
     words = (FILLER * (prompt_tokens // 40 + 1)).split()
     tokens = engine.tokenize(" ".join(words))[:prompt_tokens]

@@ -24,7 +24,8 @@ import httpx
 from rpchat.chat.model import Turn
 from rpchat.engine.base import Result, Sampling
 from rpchat.engine.kvstate import KVStates
-from rpchat.engine.llama import LocalEngine, LocalSettings, default_threads
+from rpchat.engine.llama import LocalEngine, LocalSettings
+from rpchat.engine.loader import default_threads
 from rpchat.prompt.builder import BuiltPrompt, build_prompt
 from rpchat.prompt.formats import load_format
 from rpchat.prompt.lorebook import Lorebook, LoreEntry

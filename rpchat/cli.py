@@ -31,7 +31,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"rpchat: error: {message}\n")
 
 
-def _length(value: str) -> str | None:
+def _length_modifier(value: str) -> str | None:
+    """The length modifier that ``--length VALUE`` asks for; None is "auto" (no modifier)."""
     # Which lengths exist is the prompt format's to say (limamono stops at "huge"); the builder checks.
     # "auto" (no modifier) is the word the app shows; "none" is still understood.
     return None if value in ("none", "auto", "") else value
@@ -57,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--persona", help="persona description (default: the persona's own)")
     pr.add_argument("--scenario", help="scenario that overrides the card's (default: the chat's)")
     pr.add_argument("--chat", type=Path, help="a chat (.jsonl) to continue; it is only read")
-    pr.add_argument("--length", type=_length, default=...,
+    pr.add_argument("--length", default=None,
                     help="length modifier (e.g. short, medium), or auto: no modifier, the model decides "
                     "(default: the chat's)")
     pr.add_argument("--format", default=None, help="prompt format name (see `rpchat formats`)")
@@ -71,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("card", type=Path)
     rp.add_argument("--chat", type=Path, required=True, help="chat file (.jsonl), created if missing")
     rp.add_argument("--say", required=True, help="your message")
-    rp.add_argument("--length", type=_length, default=...,
+    rp.add_argument("--length", default=None,
                     help="length modifier, or auto: the model decides (default: the chat's)")
     src = rp.add_mutually_exclusive_group()
     src.add_argument("--model", type=Path, help="local GGUF model")
@@ -192,8 +193,8 @@ def cmd_prompt(args: argparse.Namespace) -> int:
         session.persona = Persona(session.persona.name, args.persona)
     if args.scenario is not None:
         session.chat.scenario = args.scenario
-    if args.length is not ...:
-        session.chat.length = args.length
+    if args.length is not None:  # not given: the chat's own
+        session.chat.length = _length_modifier(args.length)
     if args.world:
         session.extra_lorebooks.append(load_lorebook(args.world))
     session.skip_card_lorebook = args.no_lore
@@ -226,10 +227,11 @@ def _print_notices(session: RoleplaySession) -> None:
 
 def cmd_reply(args: argparse.Namespace) -> int:
     from rpchat.config import load_config
+    from rpchat.engine.factory import make_engine
     from rpchat.paths import profile
     from rpchat.personas import PersonaBook
     from rpchat.prompt.lorebook import load_lorebook
-    from rpchat.session import make_engine, open_chat_session
+    from rpchat.session import open_chat_session
 
     # A broken world file is refused before the chat file is created or the model loaded.
     for world in args.world or ():
@@ -252,8 +254,9 @@ def cmd_reply(args: argparse.Namespace) -> int:
         print(f"rpchat: warning: {_printable(warning)}", file=sys.stderr)
     cancel = threading.Event()
     try:
-        if args.length is not ...:
-            session.set_length(args.length)  # checked against the format before anything is sent
+        if args.length is not None:  # not given: the chat's own
+            # Checked against the format before anything is sent.
+            session.set_length(_length_modifier(args.length))
         for world in args.world or ():
             session.attach_world(world)
         if (args.note, args.note_depth, args.note_interval) != (None, None, None):
@@ -429,7 +432,8 @@ def _print_card(card: Any) -> None:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from rpchat.chat.store import export_st_chat, import_st_chat, load_chat
+    from rpchat.chat.library import export_st_chat, import_st_chat
+    from rpchat.chat.store import load_chat
     from rpchat.paths import profile
 
     if args.chat_command == "import":
@@ -506,11 +510,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         turns=args.turns,
         n_threads=args.threads,
         gen_tokens=args.tokens,
-        tui=not args.no_tui,
         log=log,
     )
     result["long_chat"] = run_long_chat(args.model or demo_model_path(), args.threads, chat_tokens=args.chat_tokens,
                                         llama_cpp=args.against_llama_cpp, log=log)
+    if not args.no_tui:
+        from rpchat.tui.bench import run_tui_bench  # the TUI's own figures: the core bench never imports it
+
+        result["tui"] = run_tui_bench()
+        if log is not None:
+            log("headless TUI measured")
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -1,6 +1,7 @@
 """The user's settings: one typed schema, stored as YAML in the config dir.
 
-Each field's comment is its documentation; `rpchat config` and the settings screen show them.
+Each field's comment is its documentation. Users change settings in the TUI's settings screen, or by
+editing ``config.yaml`` in the config dir (`rpchat doctor` prints where).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class EngineConfig:
     n_threads: int | None = None  # CPU threads; None picks the physical core count
     n_batch: int = 512  # prompt evaluation batch size
     n_gpu_layers: int | None = None  # layers to offload; None = all when the build can offload
-    flash_attn: bool = False  # flash attention (faster on GPUs)
+    flash_attn: str = "auto"  # flash attention: auto (llama.cpp decides), on or off
     kv_type: str = "f16"  # KV cache type: f16, q8_0 or q4_0
     lora: str | None = None  # optional LoRA adapter GGUF applied on the model
     state_cache_mib: int = 4096  # disk budget for saved chat states (instant reopen); 0 turns them off
@@ -121,10 +122,18 @@ def load_config(paths: Paths, notices: list[str] | None = None) -> Config:
     data = load_yaml(path)
     if data is None:
         return Config()
+    _upgrade(data)
     config: Config = _from_dict(Config, data, path)
     if config.engine.api_key:
         _make_private(path, notices)
     return config
+
+
+def _upgrade(data: Any) -> None:
+    """Read settings written by older versions: ``flash_attn`` was a bool, where false meant auto."""
+    engine = data.get("engine") if isinstance(data, dict) else None
+    if isinstance(engine, dict) and isinstance(engine.get("flash_attn"), bool):
+        engine["flash_attn"] = "on" if engine["flash_attn"] else "auto"
 
 
 def _make_private(path: Path, notices: list[str] | None) -> None:

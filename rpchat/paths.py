@@ -13,6 +13,8 @@ from pathlib import Path
 
 import platformdirs
 
+from rpchat.filenames import safe_name
+
 APP = "rpchat"
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -85,3 +87,9 @@ def bundled_dir(name: str) -> Path:
     if inside.is_dir():
         return inside
     return PACKAGE_DIR.parent / name
+
+
+def named_chats_dir(name: str, root: Path | None = None) -> Path:
+    """The chats folder named after ``name``: a card file's stem (its own chats, as SillyTavern files
+    them) or a character's name (chats without a card of their own). ``root`` defaults to the profile's."""
+    return (root if root is not None else profile().chats_dir) / safe_name(name)

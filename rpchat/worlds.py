@@ -1,6 +1,6 @@
 """World info attached to chats: the worlds folder, importing a file into it, and a parse cache.
 
-A chat stores only the names of its world files (``chat.settings["worlds"]``); the files live in
+A chat stores only the names of its world files (`Chat.worlds`); the files live in
 ``<data_dir>/worlds``, copied there on attach, so a chat does not depend on where the original was.
 """
 
@@ -10,8 +10,8 @@ import threading
 from pathlib import Path
 
 from rpchat.atomic import write_atomic
-from rpchat.cards.library import safe_filename, unique_path
 from rpchat.errors import ConfigError, RpchatError
+from rpchat.filenames import safe_name, unique_path
 from rpchat.paths import profile
 from rpchat.prompt.lorebook import MAX_BOOK_BYTES, Lorebook, load_lorebook, lorebook_from_bytes
 from rpchat.userfile import read_capped
@@ -40,10 +40,10 @@ def import_world(src: Path, folder: Path | None = None) -> str:
     existing = _same_file(folder, raw)
     if existing is not None:
         return existing
-    stem = safe_filename(book.name or src.stem, "world")
+    stem = safe_name(book.name or src.stem, "world")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        dest = unique_path(folder, stem, ".json")
+        dest = unique_path(folder / f"{stem}.json")
         write_atomic(dest, raw)
     except RpchatError as e:
         raise ConfigError(e.problem, folder) from None

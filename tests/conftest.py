@@ -45,17 +45,24 @@ def llama_server_binary() -> Path:
         pytest.fail(f"building llama-server failed: {exc}")
 
 
+@pytest.fixture(autouse=True)
+def profile_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test runs in a profile of its own (RPCHAT_HOME = tmp_path/home), never the user's, and without
+    the user's API key from the environment; returns the profile folder (created on first use)."""
+    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("RPCHAT_API_KEY", raising=False)
+    return tmp_path / "home"
+
+
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model: Path, request: pytest.FixtureRequest) -> Path:
-    """An isolated profile (RPCHAT_HOME) using the tiny model, with one card named after the test module's
-    ``NAME``; returns the test's tmp_path. A module that needs another profile defines its own ``home``."""
+def home(profile_home: Path, tmp_path: Path, tiny_model: Path, request: pytest.FixtureRequest) -> Path:
+    """The profile using the tiny model, with one card named after the test module's ``NAME``; returns the
+    test's tmp_path. A module that needs other cards or settings defines its own ``home`` on `profile_home`."""
     from session_support import make_card, tiny_config, write_profile_config
 
     from rpchat.paths import profile
 
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
     write_profile_config(tiny_config(tiny_model))
     profile().cards_dir.mkdir(parents=True)
     make_card(profile().cards_dir, request.module.NAME)
     return tmp_path
-

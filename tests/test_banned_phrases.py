@@ -22,11 +22,6 @@ SAMPLED = Sampling(temperature=0.8, min_p=0.05, repeat_penalty=1.1, seed=4242, m
 GREEDY = dataclasses.replace(SAMPLED, temperature=0.0)
 
 
-@pytest.fixture(autouse=True)
-def _profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
-
-
 @pytest.fixture(scope="module")
 def demo(demo_model: Path) -> Iterator[tuple[LocalEngine, list[Segment], list[str]]]:
     from rpchat.bench import CARD, PERSONA, _turn

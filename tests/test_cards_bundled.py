@@ -18,11 +18,6 @@ from rpchat.paths import bundled_dir
 CARDS = sorted(p for p in bundled_dir("cards").iterdir() if p.suffix == ".png")
 
 
-@pytest.fixture(autouse=True)
-def _profile(tmp_path, monkeypatch):
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
-
-
 def colours(png: bytes) -> int:
     with Image.open(io.BytesIO(png)) as img:
         return len(img.convert("RGB").getcolors(1 << 20) or ())

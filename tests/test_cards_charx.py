@@ -15,11 +15,6 @@ from rpchat.cards import Card, load_card, save_card
 from rpchat.errors import CardError
 
 
-@pytest.fixture(autouse=True)
-def _profile(tmp_path, monkeypatch):
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
-
-
 def webp_bytes() -> bytes:
     out = io.BytesIO()
     Image.new("RGB", (12, 12), (10, 200, 90)).save(out, format="WEBP")

@@ -16,11 +16,6 @@ from rpchat.errors import CardError
 DEEP = {"level": {"a": [{"b": {"c": [1, 2.5, None, False, {"d": "\u00e9\U0001f600"}]}}]}}
 
 
-@pytest.fixture(autouse=True)
-def _profile(tmp_path, monkeypatch):
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
-
-
 def write_json(tmp_path: Path, obj, name="card.json") -> Path:
     p = tmp_path / name
     p.write_text(json.dumps(obj), encoding="utf-8")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import pytest
 
@@ -15,17 +14,11 @@ from rpchat.cards import (
     import_card,
     list_cards,
     load_card,
-    safe_filename,
     save_card,
 )
 from rpchat.errors import CardError
+from rpchat.filenames import safe_name
 from rpchat.paths import bundled_dir, profile
-
-
-@pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
 
 
 def test_lists_bundled_and_user_cards(tmp_path):
@@ -147,9 +140,9 @@ def test_delete_refuses_symlink_and_traversal(tmp_path):
     ],
 )
 def test_safe_filename(name, expected):
-    assert safe_filename(name) == expected
+    assert safe_name(name, "card") == expected
 
 
 def test_safe_filename_length_cap():
-    stem = safe_filename("\u96ea" * 500)
+    stem = safe_name("\u96ea" * 500)
     assert len(stem) <= 80 and len(stem.encode()) <= 200

@@ -15,16 +15,11 @@ from rpchat.chat import (
     list_chats,
     load_chat,
     new_chat_path,
-    safe_name,
     save_branch,
     save_chat,
 )
+from rpchat.filenames import safe_name
 from rpchat.paths import profile
-
-
-@pytest.fixture(autouse=True)
-def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
 
 
 @pytest.mark.parametrize(
@@ -48,7 +43,7 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 )
 def test_hostile_names_stay_one_safe_part_inside_chats_dir(hostile: str) -> None:
     name = safe_name(hostile)
-    assert name and len(name) <= 100
+    assert name and len(name) <= 80 and len(name.encode()) <= 200
     assert "/" not in name and "\\" not in name and "\x00" not in name and "\x1b" not in name
     assert "\u202e" not in name and not name.startswith(".") and not name.endswith((".", " "))
     assert name.split(".")[0].upper() not in {"CON", "NUL", "PRN", "AUX"}
@@ -163,7 +158,8 @@ def test_new_chats_go_to_the_folder_of_the_card_file() -> None:
 
 
 def test_renaming_a_card_renames_its_file_and_moves_its_chats() -> None:
-    from rpchat.cards import load_card, save_edited_card
+    from rpchat.cards import load_card
+    from rpchat.chat.library import save_edited_card
 
     card = _card("Seraphina")
     first, second = _chat_with(card, "one"), _chat_with(card, "two")
@@ -185,8 +181,9 @@ def test_renaming_a_card_renames_its_file_and_moves_its_chats() -> None:
 def test_a_rename_interrupted_at_any_step_leaves_every_chat_listed(monkeypatch: pytest.MonkeyPatch) -> None:
     from dataclasses import replace
 
-    from rpchat.cards import library as cards_library
-    from rpchat.cards import list_cards, load_card, save_edited_card
+    from rpchat.cards import list_cards, load_card
+    from rpchat.chat import library as chat_library
+    from rpchat.chat.library import save_edited_card
 
     card = _card("Seraphina")
     chat = _chat_with(card, "keep me")
@@ -200,7 +197,7 @@ def test_a_rename_interrupted_at_any_step_leaves_every_chat_listed(monkeypatch: 
 
     before = load_card(card)
     with monkeypatch.context() as patched, pytest.raises(KeyboardInterrupt):
-        patched.setattr(cards_library, "_move_chats", crash)
+        patched.setattr(chat_library, "_move_chats", crash)
         save_edited_card(replace(before, name="Luna"), before, card)
     assert card.exists() and (profile().cards_dir / "Luna.png").exists()
     assert chat in listed()
@@ -254,7 +251,8 @@ def test_chats_filed_under_the_character_name_belong_to_that_card() -> None:
 def test_renaming_moves_chats_filed_under_the_old_name_too() -> None:
     from dataclasses import replace
 
-    from rpchat.cards import load_card, save_edited_card
+    from rpchat.cards import load_card
+    from rpchat.chat.library import save_edited_card
 
     card = _card("Marisol", stem="marisol_vega")
     legacy = character_folder("Marisol") / "old.jsonl"
@@ -269,7 +267,8 @@ def test_renaming_moves_chats_filed_under_the_old_name_too() -> None:
 def test_saving_an_edited_bundled_card_makes_a_new_character_without_chats() -> None:
     from dataclasses import replace
 
-    from rpchat.cards import list_cards, load_card, save_edited_card
+    from rpchat.cards import list_cards, load_card
+    from rpchat.chat.library import save_edited_card
 
     bundled = next(e for e in list_cards() if e.bundled)
     chat = _chat_with(bundled.path, "with the bundled one")
@@ -277,3 +276,23 @@ def test_saving_an_edited_bundled_card_makes_a_new_character_without_chats() -> 
     copy = save_edited_card(replace(before, description="My version."), before, bundled.path)
     assert copy.parent == profile().cards_dir and list_chats(copy) == []
     assert [e.path for e in list_chats(bundled.path)] == [chat]
+
+
+def test_a_long_wide_character_name_still_fits_a_file_name() -> None:
+    """100 four-byte characters were kept whole (400 bytes): more than a file system allows in one name."""
+    path = new_chat_path("\U0001F600" * 100)
+    save_chat(Chat.start("x", "Theo", ["Hi."]), path)
+    assert path.is_file() and len(path.parent.name.encode()) <= 200 and len(path.name.encode()) <= 255
+
+
+def test_chat_import_leaves_a_symlink_of_the_same_name_alone(tmp_path: Path) -> None:
+    from rpchat.chat.library import import_st_chat
+
+    src = tmp_path / "story.jsonl"
+    save_chat(Chat.start("Marisol", "Theo", ["Hi."]), src)
+    folder = tmp_path / "chats"
+    folder.mkdir()
+    (folder / "story.jsonl").symlink_to(tmp_path / "elsewhere.jsonl")  # dangling
+    target = import_st_chat(src, tmp_path, folder=folder)
+    assert target == folder / "story (2).jsonl"
+    assert (folder / "story.jsonl").is_symlink() and not (tmp_path / "elsewhere.jsonl").exists()

@@ -112,3 +112,57 @@ def test_mutated_valid_files_load_or_raise_chat_error(chat: Chat, data: st.DataO
         parse_chat(bytes(raw[:cut]), SOURCE)
     except ChatError as exc:
         assert "\n" not in str(exc)
+
+
+def _apply(chat: Chat, op: str, n: int, text: str) -> None:
+    """One of the chat's own operations on turn ``n`` (modulo the turns there are)."""
+    if op == "add":
+        chat.add(n % 2 == 0, text)
+        return
+    if op == "rename":
+        chat.rename_user(text)
+        chat.rename_character(text + "!")
+        return
+    if op == "settings":
+        chat.worlds, chat.length, chat.scenario, chat.use_card_lorebook = [text], text, text, False
+        return
+    if not chat.turns:
+        return
+    i = n % len(chat.turns)
+    if op == "edit":
+        chat.edit(i, text)
+    elif op == "delete":
+        chat.delete(i)
+    elif op == "swipe":
+        chat.add_swipe(i, text)
+        chat.mark_unfinished(i)
+    elif op == "remove_swipe":
+        chat.remove_swipe(i)
+    elif op == "select":
+        chat.select_swipe(i, n)
+    elif op == "hide":
+        chat.turns[i].hidden = True
+
+
+operations = st.lists(
+    st.tuples(
+        st.sampled_from(["add", "rename", "settings", "edit", "delete", "swipe", "remove_swipe", "select", "hide"]),
+        st.integers(0, 20),
+        texts,
+    ),
+    max_size=8,
+)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(chats(), operations)
+def test_restore_puts_the_chat_back_exactly_with_the_same_turn_objects(
+    chat: Chat, ops: list[tuple[str, int, str]]
+) -> None:
+    before, turns = dump_chat(chat), list(chat.turns)
+    snapshot = chat.snapshot()
+    for op, n, text in ops:
+        _apply(chat, op, n, text)
+    chat.restore(snapshot)
+    assert dump_chat(chat) == before
+    assert len(chat.turns) == len(turns) and all(a is b for a, b in zip(chat.turns, turns, strict=True))

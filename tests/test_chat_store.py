@@ -99,11 +99,6 @@ def write(tmp_path: Path, data: bytes, name: str = "chat.jsonl") -> Path:
     return path
 
 
-@pytest.fixture(autouse=True)
-def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
-
-
 def test_st_file_loads_with_every_field(tmp_path: Path) -> None:
     chat = load_chat(write(tmp_path, st_bytes(ST_LINES)))
     assert (chat.user_name, chat.character_name) == ("User", "Seraphina")

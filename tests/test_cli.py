@@ -98,14 +98,14 @@ def test_card_convert_round_trips_through_every_format(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("content", "needle"),
-    [(None, "not found"), (b"\x89PNG\r\n\x1a\nbroken", "broken.png"), (b"{not json", "broken.png")],
+    [(None, "no such card file"), (b"\x89PNG\r\n\x1a\nbroken", "PNG is truncated"), (b"{not json", "bad JSON")],
 )
 def test_bad_card_is_one_line_error_with_exit_2(tmp_path: Path, content: bytes | None, needle: str) -> None:
     path = tmp_path / "broken.png"
     if content is not None:
         path.write_bytes(content)
     res = run(["card", "show", str(path)], tmp_path)
-    assert_one_line_error(res, "broken.png")
+    assert_one_line_error(res, "broken.png", needle)
 
 
 def test_unknown_arguments_are_one_line_errors(tmp_path: Path) -> None:

@@ -14,11 +14,6 @@ from rpchat.engine.llama import LocalEngine, LocalSettings
 from rpchat.errors import ModelError
 
 
-@pytest.fixture(autouse=True)
-def _profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
-
-
 def test_demo_model_is_assembled_once(demo_model: Path, tmp_path: Path) -> None:
     path = demo.demo_model_path()
     assert path.parent == tmp_path / "home" / "cache" / "models"

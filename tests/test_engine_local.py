@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 from pathlib import Path
 
@@ -16,11 +17,6 @@ from rpchat.errors import EngineError, ModelError
 from rpchat.prompt.segments import Segment
 
 GREEDY = Sampling(temperature=0.0, max_tokens=8)
-
-
-@pytest.fixture(autouse=True)
-def _profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
 
 
 def make_engine(model: Path, **kw: object) -> LocalEngine:
@@ -68,7 +64,12 @@ def run(engine: LocalEngine, prompt: list[Segment], sampling: Sampling = GREEDY,
 
 def test_load_reports_model_and_context(engine: LocalEngine) -> None:
     assert engine.info.model_name == "tiny-llama"
-    assert engine.info.backend == "CPU"
+    import llama_cpp
+
+    if llama_cpp.llama_supports_gpu_offload():  # a GPU build offloads every layer by default
+        assert engine.info.gpu_layers > 0 and engine.info.backend != "CPU"
+    else:
+        assert engine.info.gpu_layers == 0 and engine.info.backend == "CPU"
     assert engine.info.total_layers == 2
     assert engine.n_ctx == 2048
     assert engine.info.notice is None
@@ -117,9 +118,24 @@ def test_truncated_model_is_a_model_error(tiny_model: Path, tmp_path: Path) -> N
         assert f"cut{cut}.gguf" in str(info.value)
 
 
+def _memory_bytes() -> int:
+    """RAM plus swap: the most one allocation can get here (the kernel refuses more)."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    meminfo = Path("/proc/meminfo")
+    for line in meminfo.read_text().splitlines() if meminfo.exists() else ():
+        if line.startswith("SwapTotal:"):
+            total += int(line.split()[1]) * 1024
+    return total
+
+
 def test_context_too_big_for_memory_is_a_model_error(tmp_path: Path) -> None:
-    # 64 layers x 16 KiB of KV per token x 8M tokens: a 128 GiB KV cache.
-    model = write_tiny_model(tmp_path / "huge-ctx.gguf", n_ctx=1 << 23, n_layer=64)
+    overcommit = Path("/proc/sys/vm/overcommit_memory")
+    if overcommit.exists() and overcommit.read_text().strip() == "1":
+        pytest.skip("the kernel grants any allocation (overcommit 1): clearing the cache would summon the OOM killer")
+    # 8M tokens x 256 bytes of KV per token per layer = 2 GiB per layer: enough layers for twice this
+    # machine's RAM and swap (at least 128 GiB), so it fails on any machine, a GPU's memory included.
+    layers = max(64, -(-2 * _memory_bytes() // (2 << 30)))
+    model = write_tiny_model(tmp_path / "huge-ctx.gguf", n_ctx=1 << 23, n_layer=layers)
     with pytest.raises(ModelError, match="not enough memory") as info:
         make_engine(model, n_ctx=1 << 23)
     assert "huge-ctx.gguf" in str(info.value)
@@ -362,3 +378,41 @@ def test_a_cpu_reads_big_models_in_micro_batches_esc_can_stop_between() -> None:
     assert prompt_micro_batch(512, 70_000_000_000, 80, gpu=False) == 64  # never below 64
     assert prompt_micro_batch(16, *seven_b, gpu=False) == 16  # never above n_batch
     assert prompt_micro_batch(512, 0, 0, gpu=False) == 512  # unknown size: llama.cpp's default
+
+
+def _flash_attn_logged() -> str:
+    """What llama.cpp says the last context it created uses: enabled, disabled or auto."""
+    from rpchat.paths import profile
+
+    lines = (profile().log_dir / "llama.log").read_text(encoding="utf-8").splitlines()
+    return [ln for ln in lines if ln.startswith("llama_context: flash_attn")][-1].split("=")[-1].strip()
+
+
+@pytest.mark.parametrize(("setting", "logged"), [("off", "disabled"), ("on", "enabled"), ("auto", "auto")])
+def test_flash_attention_setting_reaches_llama_cpp(tiny_model: Path, setting: str, logged: str) -> None:
+    make_engine(tiny_model, flash_attn=setting).close()
+    assert _flash_attn_logged() == logged
+
+
+def test_flash_attention_off_from_the_config_reaches_llama_cpp(tiny_model: Path, tmp_path: Path) -> None:
+    """`flash_attn: off` in config.yaml is forced off (unticked used to mean auto); old bools still read."""
+    import subprocess
+    import sys
+
+    from session_support import make_card
+
+    from rpchat.config import load_config
+    from rpchat.paths import profile
+
+    paths = profile()
+    paths.config_file.parent.mkdir(parents=True, exist_ok=True)
+    for old, new in ((False, "auto"), (True, "on")):
+        paths.config_file.write_text(f"engine:\n  flash_attn: {str(old).lower()}\n", encoding="utf-8")
+        assert load_config(paths).engine.flash_attn == new
+    paths.config_file.write_text(f"engine:\n  model: {tiny_model}\n  n_ctx: 512\n  flash_attn: 'off'\n"
+                                 "max_new_tokens: 2\n", encoding="utf-8")
+    card = make_card(tmp_path)
+    res = subprocess.run([sys.executable, "-m", "rpchat", "reply", str(card), "--chat", str(tmp_path / "c.jsonl"),
+                          "--say", "Hi"], check=False, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert _flash_attn_logged() == "disabled"

@@ -37,7 +37,6 @@ def test_corpus_is_large_seeded_and_covers_every_kind(tmp_path):
 
 
 def test_every_hostile_input_loads_sanely_or_fails_with_one_clean_line(tmp_path, monkeypatch):
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "profile"))
     canary = tmp_path / "canary-written-by-yaml-payload"
     report = run_corpus(tmp_path / "sandbox", generate(canary=canary))
     print("\n" + report.table())

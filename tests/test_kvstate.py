@@ -22,11 +22,6 @@ GREEDY = Sampling(temperature=0.0, max_tokens=12)
 TEXT = "the world said hello to you and she smiles at the beach, Theo. " * 80
 
 
-@pytest.fixture(autouse=True)
-def _profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
-
-
 def load(model: Path, folder: Path, budget: int = 1 << 30, **kw: object) -> LocalEngine:
     settings = {"n_ctx": 2048, "n_threads": 2, "use_extra_bufts": True, **kw}
     engine = LocalEngine(LocalSettings(model, **settings))  # type: ignore[arg-type]
@@ -41,8 +36,10 @@ def evaluate(engine: LocalEngine, tokens: list[int], sampling: Sampling = GREEDY
 
     probe = engine.generate_tokens(tokens, Sampling(temperature=0.0, max_tokens=0))
     list(probe)
-    n_vocab = int(llama_cpp.llama_vocab_n_tokens(engine._vocab))
-    ptr = llama_cpp.llama_get_logits_ith(engine._ctx, -1)
+    model = engine.loaded
+    assert model is not None
+    n_vocab = int(llama_cpp.llama_vocab_n_tokens(model.tokenizer.vocab))
+    ptr = llama_cpp.llama_get_logits_ith(model.ctx, -1)
     logits = list(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float))[:n_vocab])
     gen = engine.generate_tokens(tokens, sampling)
     text = "".join(gen)
@@ -366,7 +363,7 @@ def test_rpchat_reply_restores_the_chat_after_a_restart(tiny_model: Path, tmp_pa
 
 
 def test_tui_saves_after_a_reply_and_on_quit_and_restores_on_reopen(
-    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_model: Path, tmp_path: Path
 ) -> None:
     import asyncio
 
@@ -377,7 +374,6 @@ def test_tui_saves_after_a_reply_and_on_quit_and_restores_on_reopen(
     from rpchat.tui.app import RpchatApp
     from rpchat.tui.chat import ChatScreen
 
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
     write_profile_config(tiny_config(tiny_model))
     profile().cards_dir.mkdir(parents=True)
     card = make_card(profile().cards_dir, "Zephyrine")

@@ -110,22 +110,16 @@ def run(args: list[str], home: Path) -> subprocess.CompletedProcess[str]:
                           env=env, timeout=300)
 
 
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
-
-
 TOKENS = [1, 300, 301, 320, 350, 400, 410, 290, 305]
 
 
 @pytest.mark.parametrize("dtype", ["F32", "F16", "BF16"])
-def test_imported_adapter_matches_the_numpy_merge(dtype: str, tmp_path: Path, home: Path) -> None:
+def test_imported_adapter_matches_the_numpy_merge(dtype: str, tmp_path: Path, profile_home: Path) -> None:
     base = write_tiny_model(tmp_path / "base.gguf", n_layer=N_LAYER, n_embd=N_EMBD)
     delta = make_adapter(tmp_path / "my-adapter", dtype=dtype)
     merged = write_tiny_model(tmp_path / "merged.gguf", n_layer=N_LAYER, n_embd=N_EMBD, delta=delta)
 
-    res = run(["lora", "import", str(tmp_path / "my-adapter"), "--base", str(base)], home)
+    res = run(["lora", "import", str(tmp_path / "my-adapter"), "--base", str(base)], profile_home)
     assert res.returncode == 0, res.stderr
     out = tmp_path / "my-adapter" / "my-adapter.gguf"
     assert f"wrote {out}: rank 4, alpha 8, 14 target tensors" in res.stderr
@@ -144,25 +138,25 @@ def test_imported_adapter_matches_the_numpy_merge(dtype: str, tmp_path: Path, ho
     # It is now the engine's LoRA, on that base, and rpchat's own loader accepts it.
     cfg = load_config(profile())
     assert cfg.engine.lora == str(out.resolve()) and cfg.engine.model == str(base.resolve())
-    from rpchat.session import make_engine
+    from rpchat.engine.factory import make_engine
 
     engine = make_engine(cfg)
     engine.load()
     engine.close()
 
 
-def test_the_adapter_gguf_says_what_it_is(tmp_path: Path, home: Path) -> None:
+def test_the_adapter_gguf_says_what_it_is(tmp_path: Path, profile_home: Path) -> None:
     from rpchat.engine.gguf_info import read_gguf_info
 
     base = write_tiny_model(tmp_path / "base.gguf", n_layer=N_LAYER, n_embd=N_EMBD)
     make_adapter(tmp_path / "limarp-zloss-mixtral-8x7b-qlora")
     res = run(["lora", "import", str(tmp_path / "limarp-zloss-mixtral-8x7b-qlora"), "--base", str(base),
-               "--out", str(tmp_path / "a.gguf"), "--no-configure"], home)
+               "--out", str(tmp_path / "a.gguf"), "--no-configure"], profile_home)
     assert res.returncode == 0, res.stderr
     meta = read_gguf_info(tmp_path / "a.gguf").metadata
     assert meta["general.type"] == "adapter" and meta["adapter.type"] == "lora"
     assert meta["general.name"] == "limarp-zloss-mixtral-8x7b-qlora"  # what recognition matches on
-    assert not (home / "config" / "config.yaml").exists()
+    assert not (profile_home / "config" / "config.yaml").exists()
 
 
 def _one_line_error(res: subprocess.CompletedProcess[str], *needles: str) -> None:
@@ -173,40 +167,40 @@ def _one_line_error(res: subprocess.CompletedProcess[str], *needles: str) -> Non
         assert needle in lines[0], lines[0]
 
 
-def test_a_pickled_adapter_is_refused_in_one_line(tmp_path: Path, home: Path) -> None:
+def test_a_pickled_adapter_is_refused_in_one_line(tmp_path: Path, profile_home: Path) -> None:
     base = write_tiny_model(tmp_path / "base.gguf", n_layer=N_LAYER, n_embd=N_EMBD)
     folder = tmp_path / "old"
     make_adapter(folder)
     (folder / "adapter_model.safetensors").rename(folder / "adapter_model.bin")
-    res = run(["lora", "import", str(folder), "--base", str(base)], home)
+    res = run(["lora", "import", str(folder), "--base", str(base)], profile_home)
     _one_line_error(res, "adapter_model.bin", "pickled", "adapter_model.safetensors")
 
 
-def test_an_adapter_for_another_model_is_refused(tmp_path: Path, home: Path) -> None:
+def test_an_adapter_for_another_model_is_refused(tmp_path: Path, profile_home: Path) -> None:
     other = write_tiny_model(tmp_path / "small.gguf", n_layer=N_LAYER, n_embd=32)
     make_adapter(tmp_path / "ad")
-    res = run(["lora", "import", str(tmp_path / "ad"), "--base", str(other)], home)
+    res = run(["lora", "import", str(tmp_path / "ad"), "--base", str(other)], profile_home)
     _one_line_error(res, "small.gguf", "does not fit this base model", "trained on another model")
     fewer = write_tiny_model(tmp_path / "one-layer.gguf", n_layer=1, n_embd=N_EMBD)
-    res = run(["lora", "import", str(tmp_path / "ad"), "--base", str(fewer)], home)
+    res = run(["lora", "import", str(tmp_path / "ad"), "--base", str(fewer)], profile_home)
     _one_line_error(res, "one-layer.gguf", "model.layers.1.", "no matching tensor", "(1 layers)")
     assert not list(tmp_path.glob("ad/*.gguf*"))
 
 
-def test_broken_inputs_get_one_line(tmp_path: Path, home: Path) -> None:
+def test_broken_inputs_get_one_line(tmp_path: Path, profile_home: Path) -> None:
     base = write_tiny_model(tmp_path / "base.gguf", n_layer=N_LAYER, n_embd=N_EMBD)
-    res = run(["lora", "import", str(tmp_path / "nothing"), "--base", str(base)], home)
+    res = run(["lora", "import", str(tmp_path / "nothing"), "--base", str(base)], profile_home)
     _one_line_error(res, "nothing", "not a folder")
     folder = tmp_path / "ad"
     make_adapter(folder)
     (folder / "adapter_model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
-    _one_line_error(run(["lora", "import", str(folder), "--base", str(base)], home), "adapter_model.safetensors")
+    _one_line_error(run(["lora", "import", str(folder), "--base", str(base)], profile_home), "adapter_model.safetensors")
     make_adapter(folder)
     (folder / "adapter_config.json").write_text('{"peft_type": "LORA", "lora_alpha": 8, "use_dora": true}')
-    _one_line_error(run(["lora", "import", str(folder), "--base", str(base)], home), "DoRA")
+    _one_line_error(run(["lora", "import", str(folder), "--base", str(base)], profile_home), "DoRA")
 
 
-def test_a_mixtral_style_adapter_on_the_experts_matches_the_numpy_merge(tmp_path: Path, home: Path) -> None:
+def test_a_mixtral_style_adapter_on_the_experts_matches_the_numpy_merge(tmp_path: Path, profile_home: Path) -> None:
     # Seed 001 is a Mixtral QLoRA: PEFT saves one A/B pair per expert (experts.E.w1/w2/w3); the GGUF holds
     # the experts stacked (ffn_gate_exps / ffn_down_exps / ffn_up_exps), and so must the adapter.
     n_expert = 2
@@ -231,7 +225,7 @@ def test_a_mixtral_style_adapter_on_the_experts_matches_the_numpy_merge(tmp_path
     (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": RANK, "lora_alpha": ALPHA}))
     merged = write_tiny_model(tmp_path / "moe-merged.gguf", n_layer=1, n_embd=N_EMBD, n_expert=n_expert, delta=delta)
 
-    res = run(["lora", "import", str(folder), "--base", str(base), "--no-configure"], home)
+    res = run(["lora", "import", str(folder), "--base", str(base), "--no-configure"], profile_home)
     assert res.returncode == 0, res.stderr
     out = folder / "moe-adapter.gguf"
     plain, applied, reference = (logits(base, None, TOKENS), logits(base, out, TOKENS),
@@ -241,7 +235,7 @@ def test_a_mixtral_style_adapter_on_the_experts_matches_the_numpy_merge(tmp_path
     assert np.abs(applied - reference).max() < 1e-3 * scale
 
 
-def test_an_adapter_from_the_hub_cache_keeps_its_repo_name(tmp_path: Path, home: Path) -> None:
+def test_an_adapter_from_the_hub_cache_keeps_its_repo_name(tmp_path: Path, profile_home: Path) -> None:
     # `hf download` leaves the adapter under models--org--name/snapshots/<commit>/: the name comes from the
     # repo (what the model rules match), and the GGUF goes to rpchat's models folder, not into the cache.
     from rpchat.engine.gguf_info import read_gguf_info
@@ -251,7 +245,7 @@ def test_an_adapter_from_the_hub_cache_keeps_its_repo_name(tmp_path: Path, home:
                             name="mistralai_mixtral-8x7b-v0.1")
     snap = tmp_path / "hf" / "models--someone--limarp-zloss-mixtral-8x7b-qlora" / "snapshots" / ("c" * 40)
     make_adapter(snap)
-    res = run(["lora", "import", str(snap), "--base", str(base)], home)
+    res = run(["lora", "import", str(snap), "--base", str(base)], profile_home)
     assert res.returncode == 0, res.stderr
     out = profile().models_dir / "limarp-zloss-mixtral-8x7b-qlora.gguf"
     assert read_gguf_info(out).metadata["general.name"] == "limarp-zloss-mixtral-8x7b-qlora"

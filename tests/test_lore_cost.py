@@ -23,11 +23,6 @@ THEO = Persona("Theo", "A sailor.")
 LORE = "Every gear in the tower was cast from the bells of the drowned city."
 
 
-@pytest.fixture(autouse=True)
-def _profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
-
-
 @pytest.fixture(scope="module")
 def engine(tiny_model: Path) -> LocalEngine:
     e = LocalEngine(LocalSettings(tiny_model, n_ctx=2048, n_threads=2))

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
 from session_support import make_card
 
 from rpchat.cards.model import Card
@@ -25,11 +24,6 @@ FIXTURES = Path(__file__).parent / "fixtures"
 THEO = Persona("Theo", "A sailor.")
 ADA = Card(name="Ada", description="An inventor.", scenario="A workshop.")
 V3 = load_format("limarp-v3")
-
-
-@pytest.fixture(autouse=True)
-def _profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
 
 
 def world(*entries: dict[str, Any]) -> Any:

@@ -20,11 +20,6 @@ from rpchat.prompt.lorekeys import compile_regex
 THEO = Persona("Theo", "A sailor.")
 
 
-@pytest.fixture(autouse=True)
-def _profile(tmp_path, monkeypatch):
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path))
-
-
 def entry(keys: list[str], content: str, **kw: Any) -> dict[str, Any]:
     """A V2 character_book entry."""
     return {"keys": keys, "content": content, "enabled": True, "insertion_order": 100, **kw}

@@ -41,7 +41,6 @@ def hub() -> FakeHub:
 @pytest.fixture
 def env(hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     server, url = start_hub(hub)
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
     out = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     out.update(HF_ENDPOINT=url, HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_TELEMETRY="1",
                HF_HUB_DISABLE_XET="1", RPCHAT_HOME=str(tmp_path / "home"))

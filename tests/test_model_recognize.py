@@ -52,18 +52,12 @@ SEEDS = {
 }
 
 
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
-
-
 def _model(folder: Path, file: str, metadata: dict[str, str]) -> Path:
     return write_tiny_model(folder / file, metadata=metadata, n_layer=1)
 
 
 @pytest.mark.parametrize("seed", list(SEEDS))
-def test_each_seed_model_gets_its_format_preset_and_length(seed: str, tmp_path: Path, home: Path) -> None:
+def test_each_seed_model_gets_its_format_preset_and_length(seed: str, tmp_path: Path, profile_home: Path) -> None:
     file, meta, fmt, preset, length = SEEDS[seed]
     model = _model(tmp_path, file, meta)
     card = make_card(tmp_path)
@@ -76,14 +70,14 @@ def test_each_seed_model_gets_its_format_preset_and_length(seed: str, tmp_path: 
     assert any(n.startswith("Recognised ") for n in session.notices)
 
 
-def test_the_demo_model_keeps_the_defaults(tmp_path: Path, home: Path) -> None:
+def test_the_demo_model_keeps_the_defaults(tmp_path: Path, profile_home: Path) -> None:
     session = open_chat_session(make_card(tmp_path), config=Config())
     assert session.fmt.name == "limarp-v3"
     assert session.choices is not None
     assert session.choices.origins()[:2] == ["format limarp-v3, from the default", "preset ashhlimarp, from the default"]
 
 
-def test_explicit_settings_win_over_the_model(tmp_path: Path, home: Path) -> None:
+def test_explicit_settings_win_over_the_model(tmp_path: Path, profile_home: Path) -> None:
     model = _model(tmp_path, "limamono-7b.gguf", {"general.name": "Limamono-7B"})
     cfg = Config(engine=EngineConfig(model=str(model)), format="limarp-v3-mixtral", preset="creative",
                  default_length="short")
@@ -100,7 +94,7 @@ def test_explicit_settings_win_over_the_model(tmp_path: Path, home: Path) -> Non
     assert (session.fmt.name, session.preset_name) == ("limarp-v3-mixtral", "limamono")
 
 
-def test_a_resumed_chat_keeps_its_own_length(tmp_path: Path, home: Path) -> None:
+def test_a_resumed_chat_keeps_its_own_length(tmp_path: Path, profile_home: Path) -> None:
     model = _model(tmp_path, "limamono-7b.gguf", {"general.name": "Limamono-7B"})
     cfg = Config(engine=EngineConfig(model=str(model)))
     first = open_chat_session(make_card(tmp_path), config=cfg)
@@ -111,7 +105,7 @@ def test_a_resumed_chat_keeps_its_own_length(tmp_path: Path, home: Path) -> None
     assert again.choices is not None and "length tiny, from this chat" in again.choices.origins()
 
 
-def test_the_seed_qlora_is_recognised_through_the_configured_lora(tmp_path: Path, home: Path) -> None:
+def test_the_seed_qlora_is_recognised_through_the_configured_lora(tmp_path: Path, profile_home: Path) -> None:
     base = _model(tmp_path, "mixtral-8x7b-v0.1.Q4_K_M.gguf", {"general.name": "mistralai_mixtral-8x7b-v0.1"})
     lora = _model(tmp_path, "adapter.gguf", {"general.name": "limarp-zloss-mixtral-8x7b-qlora",
                                             "general.type": "adapter", "adapter.type": "lora"})
@@ -129,7 +123,7 @@ def test_the_seed_qlora_is_recognised_through_the_configured_lora(tmp_path: Path
     assert any("trained on another base model" in n for n in odd.notices)
 
 
-def test_unknown_models_get_the_default_and_a_template_guess(tmp_path: Path, home: Path) -> None:
+def test_unknown_models_get_the_default_and_a_template_guess(tmp_path: Path, profile_home: Path) -> None:
     alpaca = _model(tmp_path, "some-alpaca.gguf", {"general.name": "Some Alpaca 7B",
                                                    "tokenizer.chat_template": ALPACA_TEMPLATE})
     session = open_chat_session(make_card(tmp_path), config=Config(engine=EngineConfig(model=str(alpaca))))
@@ -143,7 +137,7 @@ def test_unknown_models_get_the_default_and_a_template_guess(tmp_path: Path, hom
     assert "its chat template is ChatML, which no rpchat format follows" in session.notices[0]
 
 
-def test_a_user_rule_adds_a_model_with_its_stops(tmp_path: Path, home: Path) -> None:
+def test_a_user_rule_adds_a_model_with_its_stops(tmp_path: Path, profile_home: Path) -> None:
     rules = profile().config_dir / "model_rules.yaml"
     rules.parent.mkdir(parents=True, exist_ok=True)
     rules.write_text(
@@ -165,10 +159,10 @@ def test_a_user_rule_adds_a_model_with_its_stops(tmp_path: Path, home: Path) -> 
     assert any("model_rules.yaml" in n and "bad regular expression" in n for n in session.notices)
 
 
-def test_cli_prompt_uses_the_models_format(tmp_path: Path, home: Path) -> None:
+def test_cli_prompt_uses_the_models_format(tmp_path: Path, profile_home: Path) -> None:
     model = _model(tmp_path, "limamono-7b.Q4_K_M.gguf", {"general.name": "Limamono-7B"})
     card = make_card(tmp_path)
-    env = {**os.environ, "RPCHAT_HOME": str(home)}
+    env = {**os.environ, "RPCHAT_HOME": str(profile_home)}
     res = subprocess.run([sys.executable, "-m", "rpchat", "prompt", str(card), "--model", str(model)],
                          check=False, capture_output=True, text=True, env=env,
                          timeout=120)
@@ -183,7 +177,7 @@ def test_cli_prompt_uses_the_models_format(tmp_path: Path, home: Path) -> None:
     assert "format limarp-v3, from the command line" in res.stderr
 
 
-def test_settings_saved_with_the_defaults_do_not_hide_the_model(tmp_path: Path, home: Path) -> None:
+def test_settings_saved_with_the_defaults_do_not_hide_the_model(tmp_path: Path, profile_home: Path) -> None:
     # The settings screen writes every field; a config equal to the defaults still lets the model choose.
     model = _model(tmp_path, "limamono-7b.gguf", {"general.name": "Limamono-7B"})
     cfg = Config(engine=EngineConfig(model=str(model)))

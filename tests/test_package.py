@@ -8,6 +8,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 CORE_MODULES = [
     p for p in (ROOT / "rpchat").rglob("*.py") if "tui" not in p.relative_to(ROOT / "rpchat").parts
@@ -57,15 +59,21 @@ def test_python_m_rpchat_runs() -> None:
 
 
 
-def test_regular_wheel_ships_cards_and_themes(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project's regular wheel, built once for every test that looks at it."""
+    folder = tmp_path_factory.mktemp("wheel")
     out = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(folder), str(ROOT)],
         check=False, capture_output=True,
         text=True,
         timeout=600,
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    wheel = next(tmp_path.glob("rpchat-*.whl"))
+    return next(folder.glob("rpchat-*.whl"))
+
+
+def test_regular_wheel_ships_cards_and_themes(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     cards = [n for n in names if n.startswith("rpchat/_bundled/cards/") and n.endswith(".png")]
     themes = [n for n in names if n.startswith("rpchat/_bundled/themes/") and n.endswith(".yaml")]
@@ -73,17 +81,10 @@ def test_regular_wheel_ships_cards_and_themes(tmp_path: Path) -> None:
     assert len(themes) >= 4
     assert any(n.startswith("rpchat/prompt/formats/") and n.endswith(".yaml") for n in names)
     assert any(n.startswith("rpchat/engine/preset_files/") and n.endswith(".yaml") for n in names)
+    assert "rpchat/tui/rpchat.tcss" in names  # the screens' shared style sheet
 
 
-def test_bundled_dir_found_from_an_installed_wheel(tmp_path: Path) -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "w"), str(ROOT)],
-        check=False, capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    wheel = next((tmp_path / "w").glob("rpchat-*.whl"))
+def test_bundled_dir_found_from_an_installed_wheel(wheel: Path, tmp_path: Path) -> None:
     target = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(target)
     code = (

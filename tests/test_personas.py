@@ -11,11 +11,6 @@ from rpchat.paths import profile
 from rpchat.personas import Persona, PersonaBook
 
 
-@pytest.fixture(autouse=True)
-def _profile(tmp_path, monkeypatch):
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path))
-
-
 def test_fresh_profile_has_user() -> None:
     book = PersonaBook.load()
     assert book.personas == [Persona("User", "")]

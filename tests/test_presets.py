@@ -24,12 +24,6 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 UNIVERSAL_LIGHT = FIXTURES / "st_textgen_Universal-Light.json"
 
 
-@pytest.fixture(autouse=True)
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
-
-
 def user_dir() -> Path:
     folder = profile().user_presets_dir
     folder.mkdir(parents=True, exist_ok=True)

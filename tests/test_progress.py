@@ -28,11 +28,6 @@ GREEDY = Sampling(temperature=0.0, max_tokens=4)
 WORDS = "the world said hello to you and she smiles at the island beach "
 
 
-@pytest.fixture(autouse=True)
-def _profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
-
-
 def local(model: Path, **kw: object) -> LocalEngine:
     settings = {"n_ctx": 2048, "n_threads": 2, "use_extra_bufts": True, **kw}
     engine = LocalEngine(LocalSettings(model, **settings))  # type: ignore[arg-type]

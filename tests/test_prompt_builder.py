@@ -13,11 +13,6 @@ from rpchat.personas import Persona
 from rpchat.prompt import build_prompt, load_format
 
 
-@pytest.fixture(autouse=True)
-def _profile(tmp_path, monkeypatch):
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path))
-
-
 def _turns(*pairs: tuple[bool, str], card: Card | None = None) -> list[Turn]:
     card = card or CARD
     chat = Chat.start(card.name, "Theo", card.greetings)
@@ -208,7 +203,7 @@ def test_selected_swipe_is_used() -> None:
 
 
 def test_user_format_with_greeting_in_instruction(tmp_path) -> None:
-    folder = tmp_path / "config" / "formats"
+    folder = tmp_path / "home" / "config" / "formats"
     folder.mkdir(parents=True)
     shipped = load_format(V3).source
     assert shipped is not None

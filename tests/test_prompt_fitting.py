@@ -19,11 +19,6 @@ CARD = Card(name="Ada", description="A clockwork inventor. " * 10, first_mes="He
 THEO = Persona("Theo", "A sailor.")
 
 
-@pytest.fixture(autouse=True)
-def _profile(tmp_path, monkeypatch):
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path))
-
-
 def count(text: str) -> int:
     """A stand-in tokenizer: one token per 4 characters, rounded up (so pieces do not add up exactly)."""
     return -(-len(text) // 4)

@@ -11,14 +11,9 @@ from rpchat.prompt import list_formats, load_format, load_formats
 from rpchat.prompt.formats import SHIPPED_DIR
 
 
-@pytest.fixture(autouse=True)
-def _profile(tmp_path, monkeypatch):
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path))
-
-
 @pytest.fixture
 def user_dir(tmp_path: Path) -> Path:
-    folder = tmp_path / "config" / "formats"
+    folder = tmp_path / "home" / "config" / "formats"
     folder.mkdir(parents=True)
     return folder
 

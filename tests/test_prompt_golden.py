@@ -14,12 +14,6 @@ from rpchat.chat.model import Chat
 from rpchat.personas import Persona
 from rpchat.prompt import build_prompt, load_format
 
-
-@pytest.fixture(autouse=True)
-def _profile(tmp_path, monkeypatch):
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path))
-
-
 CARD = Card(
     name="Marisol",
     description="Marisol is a lighthouse keeper on Gull Island. She distrusts {{user}} at first.",

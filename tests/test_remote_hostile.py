@@ -244,11 +244,6 @@ def _converse(url: str, kwargs: dict[str, Any], max_tokens: int) -> Outcome:
     return Outcome(r.error or engine.info.notice or "", r.text, r.finish_reason or "", 0, r, engine.n_ctx)
 
 
-@pytest.fixture(autouse=True)
-def _home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_hostile_server_gets_one_clear_line_and_bounded_memory(case: Case, tmp_path: Path) -> None:
     out, server = run_case(case, tmp_path / "certs")

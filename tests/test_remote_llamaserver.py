@@ -50,11 +50,6 @@ def engine(server: LlamaServer) -> Iterator[RemoteEngine]:
     eng.close()
 
 
-@pytest.fixture(autouse=True)
-def _home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
-
-
 def rpchat(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "rpchat", *args], capture_output=True, text=True,
                           env=dict(os.environ), timeout=300, check=False)  # fmt: skip

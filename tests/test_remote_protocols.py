@@ -123,11 +123,6 @@ def fake() -> Iterator[Fake]:
     server.server_close()
 
 
-@pytest.fixture(autouse=True)
-def _home(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path))
-
-
 def sse(obj: Any, event: str | None = None) -> bytes:
     return ((f"event: {event}\n" if event else "") + f"data: {json.dumps(obj)}\n\n").encode()
 

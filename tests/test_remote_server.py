@@ -80,11 +80,6 @@ def server(scripted_model: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     srv.stop()
 
 
-@pytest.fixture(autouse=True)
-def _home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path))
-
-
 @pytest.fixture
 def engine(server: Server) -> Iterator[RemoteEngine]:
     eng = RemoteEngine(server.url, n_ctx=N_CTX)

@@ -61,7 +61,7 @@ def evaluate(llm: L.Llama, text: str) -> tuple[list[int], np.ndarray]:
     tokens = llm.tokenize(text.encode())
     llm.reset()
     llm.eval(tokens)
-    row = L.llama_get_logits_ith(llm._ctx.ctx, -1)
+    row = L.llama_get_logits_ith(llm.ctx, -1)
     return tokens, np.ctypeslib.as_array(row, shape=(llm.n_vocab(),)).copy()
 
 
@@ -75,7 +75,7 @@ def lm_like_logits(seed: int, n: int = 262_144) -> np.ndarray:
 
 
 def chain(llm: L.Llama, history: list[int] | tuple[int, ...] = (), **settings: object) -> SamplerChain:
-    return SamplerChain(llm, llm, Sampling(**settings), history)  # type: ignore[arg-type]
+    return SamplerChain(llm.model, llm.ctx, Sampling(**settings), history)  # type: ignore[arg-type]
 
 
 # --- tail-free sampling ---------------------------------------------------------------------
@@ -294,7 +294,7 @@ def test_dry_from_the_prototype_cache_keeps_the_sequence_breakers(llm: L.Llama) 
     _, logits = evaluate(llm, PROMPTS[1])
     settings = Sampling(dry_multiplier=0.8, dry_base=1.75, dry_allowed_length=1, dry_penalty_last_n=64)
     breakers = (ctypes.c_char_p * 4)(b"\n", b":", b'"', b"*")
-    direct = L.llama_sampler_init_dry(L.llama_model_get_vocab(llm._model.model), 0.8, 1.75, 1, 64, breakers, 4)
+    direct = L.llama_sampler_init_dry(L.llama_model_get_vocab(llm.model), 0.8, 1.75, 1, 64, breakers, 4)
     try:
         for token in history:
             L.llama_sampler_accept(direct, token)
@@ -302,7 +302,7 @@ def test_dry_from_the_prototype_cache_keeps_the_sequence_breakers(llm: L.Llama) 
     finally:
         L.llama_sampler_free(direct)
     for _ in range(2):  # the first builds the prototype, the second clones it
-        with SamplerChain(llm, llm, settings, history) as chain_:
+        with SamplerChain(llm.model, llm.ctx, settings, history) as chain_:
             out = chain_.apply(logits)
         assert dict(zip(out.ids.tolist(), out.logits.tolist())) == expected
     assert expected[d] == pytest.approx(float(logits[d]) - 0.8 * 1.75)  # "b c" matched, not more
@@ -333,7 +333,7 @@ def test_order_follows_llama_cpp_and_temperature_first_moves_it(llm: L.Llama) ->
 def generate(llm: L.Llama, sampling: Sampling, n: int = 12) -> list[int]:
     tokens, _ = evaluate(llm, PROMPTS[0])
     out = []
-    with SamplerChain(llm, llm, sampling, tokens) as c:
+    with SamplerChain(llm.model, llm.ctx, sampling, tokens) as c:
         for _ in range(n):
             token = c.sample(llm)
             out.append(token)
@@ -350,7 +350,7 @@ def test_no_seed_gives_a_new_seed_per_request(llm: L.Llama) -> None:
     s = Sampling(temperature=1.5)
     seeds = set()
     for _ in range(4):
-        with SamplerChain(llm, llm, s) as c:
+        with SamplerChain(llm.model, llm.ctx, s) as c:
             seeds.add(c.seed)
     assert len(seeds) == 4
     replies = {tuple(generate(llm, s)) for _ in range(4)}
@@ -358,10 +358,10 @@ def test_no_seed_gives_a_new_seed_per_request(llm: L.Llama) -> None:
 
 
 def test_seed_minus_one_is_random_and_big_seeds_still_fix_the_reply(llm: L.Llama) -> None:
-    seeds = {SamplerChain(llm, llm, Sampling(seed=-1)).seed for _ in range(3)}
+    seeds = {SamplerChain(llm.model, llm.ctx, Sampling(seed=-1)).seed for _ in range(3)}
     assert len(seeds) == 3
-    big = SamplerChain(llm, llm, Sampling(seed=2**40 + 5))
-    assert 0 <= big.seed < 2**32 - 1 and big.seed == SamplerChain(llm, llm, Sampling(seed=2**40 + 5)).seed
+    big = SamplerChain(llm.model, llm.ctx, Sampling(seed=2**40 + 5))
+    assert 0 <= big.seed < 2**32 - 1 and big.seed == SamplerChain(llm.model, llm.ctx, Sampling(seed=2**40 + 5)).seed
 
 
 # --- lifecycle and presets -----------------------------------------------------------------------
@@ -382,13 +382,10 @@ def test_chain_without_model_needs_n_vocab() -> None:
         SamplerChain(None, None, Sampling(dry_multiplier=0.8), n_vocab=10)
 
 
-def test_every_shipped_preset_samples_on_a_real_model(
-    llm: L.Llama, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path))
+def test_every_shipped_preset_samples_on_a_real_model(llm: L.Llama) -> None:
     tokens, _ = evaluate(llm, PROMPTS[1])
     for preset in list_presets():
-        with SamplerChain(llm, llm, preset.sampling, tokens) as c:
+        with SamplerChain(llm.model, llm.ctx, preset.sampling, tokens) as c:
             assert 0 <= c.sample(llm) < llm.n_vocab(), preset.name
             assert c.error is None
 

@@ -30,13 +30,6 @@ from rpchat.errors import EngineError
 from rpchat.paths import profile
 
 
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("RPCHAT_API_KEY", raising=False)
-    return tmp_path / "home"
-
-
 def canary() -> str:
     return "sk-canary-" + secrets.token_hex(12)
 
@@ -69,7 +62,7 @@ def echo_routes(server: HostileServer) -> None:
 # --- file modes --------------------------------------------------------------------------------------
 
 
-def test_a_config_holding_a_key_is_written_private(home: Path) -> None:
+def test_a_config_holding_a_key_is_written_private(profile_home: Path) -> None:
     old = os.umask(0o022)
     try:
         save_config(profile(), Config())
@@ -81,15 +74,15 @@ def test_a_config_holding_a_key_is_written_private(home: Path) -> None:
 
 
 def test_a_readable_config_holding_a_key_is_made_private_with_a_notice(
-    home: Path, capsys: pytest.CaptureFixture[str]
+    profile_home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with HostileServer() as server:
         llama_routes(server)
         profile().config_dir.mkdir(parents=True)
         profile().config_file.write_text(f"engine:\n  api_key: sk-readable\n  remote_url: {server.url}\n")
         profile().config_file.chmod(0o644)
-        card = make_card(home.parent, "Marisol")
-        code = main(["reply", str(card), "--chat", str(home.parent / "c.jsonl"), "--say", "hi", "--max-new", "8",
+        card = make_card(profile_home.parent, "Marisol")
+        code = main(["reply", str(card), "--chat", str(profile_home.parent / "c.jsonl"), "--say", "hi", "--max-new", "8",
                      "--engine", server.url])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 0, err
@@ -104,13 +97,13 @@ def test_a_readable_config_holding_a_key_is_made_private_with_a_notice(
 # --- the environment key ------------------------------------------------------------------------------
 
 
-def test_the_environment_key_is_sent_and_never_saved(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_environment_key_is_sent_and_never_saved(profile_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     key = canary()
     monkeypatch.setenv("RPCHAT_API_KEY", key)
     with HostileServer() as server:
         llama_routes(server)
         save_config(profile(), Config(engine=EngineConfig(kind="remote", remote_url=server.url)))
-        from rpchat.session import make_engine
+        from rpchat.engine.factory import make_engine
 
         engine = make_engine(load_config(profile()))
         engine.load()
@@ -122,7 +115,7 @@ def test_the_environment_key_is_sent_and_never_saved(home: Path, monkeypatch: py
 
 
 def test_saving_settings_with_the_environment_key_keeps_it_off_disk(
-    home: Path, monkeypatch: pytest.MonkeyPatch
+    profile_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from textual.widgets import Input
 
@@ -151,7 +144,7 @@ def test_saving_settings_with_the_environment_key_keeps_it_off_disk(
 # --- where the key may go -----------------------------------------------------------------------------
 
 
-def test_the_key_is_not_sent_over_plain_http_to_another_host(home: Path, capsys: pytest.CaptureFixture[str],
+def test_the_key_is_not_sent_over_plain_http_to_another_host(profile_home: Path, capsys: pytest.CaptureFixture[str],
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     key = canary()
     with pytest.raises(EngineError) as err:
@@ -174,22 +167,22 @@ def test_the_key_is_not_sent_over_plain_http_to_another_host(home: Path, capsys:
         RemoteEngine(f"http://localhost:{port}", api_key=key).load()
     # The CLI says it in one line, without the key.
     monkeypatch.setenv("RPCHAT_API_KEY", key)
-    card = make_card(home.parent, "Marisol")
-    code = main(["reply", str(card), "--chat", str(home.parent / "c.jsonl"), "--say", "hi",
+    card = make_card(profile_home.parent, "Marisol")
+    code = main(["reply", str(card), "--chat", str(profile_home.parent / "c.jsonl"), "--say", "hi",
                  "--engine", "http://192.0.2.7:8080"])  # fmt: skip
     err_text = capsys.readouterr().err
     assert code == 2 and err_text.count("\n") == 1 and "refusing to send the API key" in err_text
     assert key not in err_text
 
 
-def test_a_key_that_cannot_go_in_a_header_is_refused_without_showing_it(home: Path) -> None:
+def test_a_key_that_cannot_go_in_a_header_is_refused_without_showing_it(profile_home: Path) -> None:
     with pytest.raises(EngineError) as err:
         RemoteEngine("http://127.0.0.1:9", api_key="sk-line\nbreak").load()
     assert "the API key has characters an HTTP header cannot carry" in str(err.value)
     assert "sk-line" not in str(err.value)
 
 
-def test_a_password_in_the_url_is_not_shown(home: Path) -> None:
+def test_a_password_in_the_url_is_not_shown(profile_home: Path) -> None:
     with pytest.raises(EngineError) as err:
         RemoteEngine("http://user:hunter2secret@127.0.0.1:9", timeout=0.5).load()
     assert str(err.value).startswith("http://127.0.0.1:9: ") and "hunter2secret" not in str(err.value)
@@ -213,7 +206,7 @@ def _grep(root: Path, key: str, outputs: dict[str, str]) -> list[str]:
     return found
 
 
-def test_the_key_appears_in_no_output_and_no_file(home: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch,
+def test_the_key_appears_in_no_output_and_no_file(profile_home: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     from textual.widgets import Input
 
@@ -302,7 +295,7 @@ def test_the_key_appears_in_no_output_and_no_file(home: Path, tiny_model: Path, 
     crash_log = profile().log_dir / "crash.log"
     assert "a bug that quotes [redacted]" in crash_log.read_text() and mode(crash_log) == 0o600
 
-    found = _grep(home, key, outputs)
+    found = _grep(profile_home, key, outputs)
     assert found == [], found
     # The chat kept everything, the key masked: the reply that echoed it was saved as data.
     lines = [json.loads(line) for line in chat.read_text().splitlines()]

@@ -10,24 +10,20 @@ import pytest
 from session_support import make_card, tiny_config
 
 from rpchat.chat.store import load_chat
+from rpchat.config import Config
 from rpchat.engine.base import Result
+from rpchat.engine.factory import make_engine
 from rpchat.errors import ChatError, EngineError
 from rpchat.personas import PersonaBook
-from rpchat.session import RoleplaySession, make_engine, open_chat_session
+from rpchat.session import RoleplaySession, open_chat_session
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
-    return tmp_path
-
-
-@pytest.fixture
-def session(home: Path, tiny_model: Path) -> Iterator[RoleplaySession]:
+def session(tmp_path: Path, tiny_model: Path) -> Iterator[RoleplaySession]:
     config = tiny_config(tiny_model)
     engine = make_engine(config)
     engine.load()
-    s = open_chat_session(make_card(home), config=config, personas=PersonaBook(), engine=engine)
+    s = open_chat_session(make_card(tmp_path), config=config, personas=PersonaBook(), engine=engine)
     yield s
     s.close()
 
@@ -90,8 +86,32 @@ def test_cancel_keeps_partial_reply_marked_unfinished(session: RoleplaySession) 
     reply = on_disk(session).turns[-1]
     assert reply.unfinished
     assert reply.text == "".join(pieces).strip()
-    session.discard_last_reply()
+    # Reopened (after a quit), the cut-off reply is still marked, and the user can drop it.
+    again = open_chat_session(session.card_path, session.path, config=Config(), personas=PersonaBook())
+    assert again.chat.turns[-1].unfinished
+    again.delete(len(again.chat.turns) - 1)
     assert on_disk(session).turns[-1].text == "Hello"
+
+
+def test_regenerate_cancelled_before_its_first_token_drops_the_new_swipe(session: RoleplaySession) -> None:
+    session.send("Hello")
+    cancel = threading.Event()
+    seen: list[str] = []
+
+    def cut_after_three(piece: str) -> None:
+        seen.append(piece)
+        if len(seen) == 3:
+            cancel.set()
+
+    session.reply(lambda _p: None)
+    session.reply(cut_after_three, cancel, "regenerate")  # swipe 2: cut off, marked unfinished
+    cut = on_disk(session).turns[-1]
+    assert (len(cut.swipes), cut.swipe_id, cut.unfinished) == (2, 1, True)
+    stop = threading.Event()
+    stop.set()
+    assert session.reply(lambda _p: None, stop, "regenerate").finish_reason == "cancelled"
+    for turn in (session.chat.turns[-1], on_disk(session).turns[-1]):
+        assert turn.swipes == cut.swipes and turn.swipe_id == 1 and turn.unfinished
 
 
 def test_cancel_before_first_token_leaves_no_empty_turn(session: RoleplaySession) -> None:
@@ -190,12 +210,12 @@ def test_length_cycle_follows_the_format_so_every_choice_builds(session: Rolepla
         session.set_length("enormous")
 
 
-def test_build_fits_context_with_engine_counts(home: Path, tiny_model: Path) -> None:
+def test_build_fits_context_with_engine_counts(tmp_path: Path, tiny_model: Path) -> None:
     config = tiny_config(tiny_model)
     config.engine.n_ctx = 512
     engine = make_engine(config)
     engine.load()
-    s = open_chat_session(make_card(home), config=config, personas=PersonaBook(), engine=engine)
+    s = open_chat_session(make_card(tmp_path), config=config, personas=PersonaBook(), engine=engine)
     for i in range(40):
         s.chat.add(i % 2 == 0, f"Turn {i}: the island and the beach and the world.")
     built = s.build("reply")
@@ -246,22 +266,22 @@ def test_engine_failure_keeps_partial_reply(session: RoleplaySession) -> None:
     assert reply.unfinished and reply.text == "".join(pieces).strip()
 
 
-def test_reply_without_engine_is_an_engine_error(home: Path, tiny_model: Path) -> None:
-    s = open_chat_session(make_card(home), config=tiny_config(tiny_model), personas=PersonaBook())
+def test_reply_without_engine_is_an_engine_error(tmp_path: Path, tiny_model: Path) -> None:
+    s = open_chat_session(make_card(tmp_path), config=tiny_config(tiny_model), personas=PersonaBook())
     s.send("Hello")
     with pytest.raises(EngineError):
         s.reply(lambda p: None)
     assert len(on_disk(s).turns) == 2
 
 
-def test_open_chat_session_creates_a_missing_chat_file_and_resumes_it(home: Path, tiny_model: Path) -> None:
-    chat_path = home / "chat.jsonl"
+def test_open_chat_session_creates_a_missing_chat_file_and_resumes_it(tmp_path: Path, tiny_model: Path) -> None:
+    chat_path = tmp_path / "chat.jsonl"
     config = tiny_config(tiny_model, max_new=8)
     engine = make_engine(config, n_ctx=512)
     engine.load()
     with pytest.raises(ChatError, match="chat.jsonl"):
-        open_chat_session(make_card(home), chat_path, config=config, personas=PersonaBook())  # the app's way
-    s = open_chat_session(make_card(home), chat_path, config=config, personas=PersonaBook(), engine=engine,
+        open_chat_session(make_card(tmp_path), chat_path, config=config, personas=PersonaBook())  # the app's way
+    s = open_chat_session(make_card(tmp_path), chat_path, config=config, personas=PersonaBook(), engine=engine,
                           user="Theo", create_missing=True)  # `rpchat reply`'s way
     try:
         assert load_chat(chat_path).turns[0].text.startswith("*throws a blanket over Theo")
@@ -272,7 +292,7 @@ def test_open_chat_session_creates_a_missing_chat_file_and_resumes_it(home: Path
     finally:
         s.close()
     # Resuming the same file continues it, as the same persona.
-    s2 = open_chat_session(make_card(home), chat_path, config=config, personas=PersonaBook())
+    s2 = open_chat_session(make_card(tmp_path), chat_path, config=config, personas=PersonaBook())
     assert len(s2.chat.turns) == 3 and s2.persona.name == "Theo"
 
 

@@ -16,12 +16,6 @@ from rpchat.session import RoleplaySession, open_chat_session
 from rpchat.worlds import load_world, world_path, worlds_dir
 
 
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
-    return tmp_path
-
-
 def open_new(home: Path, tiny_model: Path | None = None, **card_fields: object) -> RoleplaySession:
     config = tiny_config(tiny_model or home / "none.gguf")
     return open_chat_session(make_card(home, **card_fields), config=config, personas=PersonaBook())
@@ -32,10 +26,10 @@ def reopen(s: RoleplaySession) -> RoleplaySession:
     return open_chat_session(s.card_path, s.path, config=tiny_config(Path("none.gguf")), personas=PersonaBook())
 
 
-def test_attached_world_fires_on_a_key_and_is_remembered(home: Path) -> None:
-    (home / "downloads").mkdir()
-    src = write_world(home / "downloads" / "gull.json")
-    s = open_new(home)
+def test_attached_world_fires_on_a_key_and_is_remembered(tmp_path: Path) -> None:
+    (tmp_path / "downloads").mkdir()
+    src = write_world(tmp_path / "downloads" / "gull.json")
+    s = open_new(tmp_path)
     name = s.attach_world(src)
     # The chat holds a copy in the profile, not a reference to the original.
     assert (worlds_dir() / name).read_bytes() == src.read_bytes()
@@ -55,9 +49,9 @@ def test_attached_world_fires_on_a_key_and_is_remembered(home: Path) -> None:
     assert again.take_notices() == []
 
 
-def test_detach_removes_the_entry_and_keeps_the_file(home: Path) -> None:
-    s = open_new(home)
-    name = s.attach_world(write_world(home / "gull.json"))
+def test_detach_removes_the_entry_and_keeps_the_file(tmp_path: Path) -> None:
+    s = open_new(tmp_path)
+    name = s.attach_world(write_world(tmp_path / "gull.json"))
     s.send("the lighthouse again")
     assert LORE in s.build().text
     s.detach_world(name.removesuffix(".json"))  # the name without .json works too
@@ -68,14 +62,14 @@ def test_detach_removes_the_entry_and_keeps_the_file(home: Path) -> None:
         s.detach_world(name)
 
 
-def test_attaching_the_same_file_twice_keeps_one_copy(home: Path) -> None:
-    s = open_new(home)
-    src = write_world(home / "gull.json")
+def test_attaching_the_same_file_twice_keeps_one_copy(tmp_path: Path) -> None:
+    s = open_new(tmp_path)
+    src = write_world(tmp_path / "gull.json")
     first = s.attach_world(src)
     assert s.attach_world(src) == first
     assert s.worlds == [first]
     assert sorted(p.name for p in worlds_dir().iterdir()) == [first]
-    other = s.attach_world(write_world(home / "reef.json", key="reef", content="The reef is sharp."))
+    other = s.attach_world(write_world(tmp_path / "reef.json", key="reef", content="The reef is sharp."))
     assert other != first and s.worlds == [first, other]
 
 
@@ -88,10 +82,10 @@ def test_attaching_the_same_file_twice_keeps_one_copy(home: Path) -> None:
         (b"[1, 2, 3]", "JSON object"),
     ],
 )
-def test_broken_world_is_a_clean_error_and_the_chat_is_unchanged(home: Path, content: bytes, needle: str) -> None:
-    s = open_new(home)
+def test_broken_world_is_a_clean_error_and_the_chat_is_unchanged(tmp_path: Path, content: bytes, needle: str) -> None:
+    s = open_new(tmp_path)
     before = s.path.read_bytes()
-    bad = home / "bad.json"
+    bad = tmp_path / "bad.json"
     bad.write_bytes(content)
     with pytest.raises(ConfigError) as err:
         s.attach_world(bad)
@@ -102,9 +96,9 @@ def test_broken_world_is_a_clean_error_and_the_chat_is_unchanged(home: Path, con
     assert not worlds_dir().exists() or not any(worlds_dir().iterdir())
 
 
-def test_missing_or_broken_attached_world_is_one_notice_and_the_prompt_still_builds(home: Path) -> None:
-    s = open_new(home)
-    name = s.attach_world(write_world(home / "gull.json"))
+def test_missing_or_broken_attached_world_is_one_notice_and_the_prompt_still_builds(tmp_path: Path) -> None:
+    s = open_new(tmp_path)
+    name = s.attach_world(write_world(tmp_path / "gull.json"))
     s.send("the lighthouse")
     (worlds_dir() / name).write_text("{broken", encoding="utf-8")
     text = s.build().text
@@ -118,9 +112,9 @@ def test_missing_or_broken_attached_world_is_one_notice_and_the_prompt_still_bui
     assert [n for n in s.take_notices() if "missing" in n]
 
 
-def test_parsed_world_is_cached_until_the_file_changes(home: Path) -> None:
-    s = open_new(home)
-    name = s.attach_world(write_world(home / "gull.json"))
+def test_parsed_world_is_cached_until_the_file_changes(tmp_path: Path) -> None:
+    s = open_new(tmp_path)
+    name = s.attach_world(write_world(tmp_path / "gull.json"))
     first = load_world(name)
     assert load_world(name) is first
     path = world_path(name)
@@ -131,19 +125,19 @@ def test_parsed_world_is_cached_until_the_file_changes(home: Path) -> None:
     assert load_world(name).entries[0].content == "Rebuilt in 1920 after the storm."
 
 
-def test_a_hostile_world_name_in_the_chat_file_never_leaves_the_worlds_folder(home: Path) -> None:
+def test_a_hostile_world_name_in_the_chat_file_never_leaves_the_worlds_folder(tmp_path: Path) -> None:
     worlds_dir().mkdir(parents=True)
     write_world(worlds_dir().parent / "secret.json")  # a real world file, one folder up
-    s = open_new(home)
+    s = open_new(tmp_path)
     s.chat.settings["worlds"] = ["../secret.json", "/etc/passwd", 7]
     s.send("the lighthouse")
     assert LORE not in s.build().text
     assert len(s.take_notices()) == 2  # the non-string entry is ignored
 
 
-def test_card_lorebook_toggle_is_remembered(home: Path) -> None:
+def test_card_lorebook_toggle_is_remembered(tmp_path: Path) -> None:
     book = {"entries": [{"keys": ["cat"], "content": CARD_LORE, "enabled": True, "insertion_order": 0}]}
-    s = open_new(home, character_book=book)
+    s = open_new(tmp_path, character_book=book)
     s.send("Is that your cat?")
     assert s.use_card_lorebook and CARD_LORE in s.build().text
     s.set_card_lorebook(False)
@@ -158,8 +152,8 @@ def test_card_lorebook_toggle_is_remembered(home: Path) -> None:
     assert load_chat(again.path).settings["use_card_lorebook"] is True
 
 
-def test_branch_keeps_the_attached_worlds(home: Path) -> None:
-    s = open_new(home)
-    name = s.attach_world(write_world(home / "gull.json"))
+def test_branch_keeps_the_attached_worlds(tmp_path: Path) -> None:
+    s = open_new(tmp_path)
+    name = s.attach_world(write_world(tmp_path / "gull.json"))
     branched = s.branch(0)
     assert branched.path != s.path and branched.worlds == [name]

@@ -20,8 +20,8 @@ from session_support import make_card, write_world
 
 from rpchat.cards import load_card
 from rpchat.cards.library import list_cards
-from rpchat.chat.library import ChatEntry, list_chats
-from rpchat.chat.store import export_st_chat, load_chat
+from rpchat.chat.library import ChatEntry, export_st_chat, list_chats
+from rpchat.chat.store import load_chat
 from rpchat.config import Config, save_config
 from rpchat.errors import ChatError
 from rpchat.paths import profile
@@ -34,12 +34,6 @@ SERAPHINA = FIXTURES / "default_Seraphina.png"
 KAEL_CHAT = FIXTURES / "st_chat_kael.jsonl"
 HIDDEN = "three silver moons"
 NARRATION = "A storm rolls over the glade; the wards flicker."
-
-
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
-    return tmp_path
 
 
 def run(args: list[str], home: Path) -> subprocess.CompletedProcess[str]:
@@ -107,8 +101,8 @@ def test_context_cut_reports_chat_indices_around_hidden_turns() -> None:
 
 
 # --- opening a chat: the user's name --------------------------------------------------------------------------
-def test_an_imported_chat_is_played_prompted_and_continued_as_its_user_name(home: Path) -> None:
-    path = kael_chat(home)
+def test_an_imported_chat_is_played_prompted_and_continued_as_its_user_name(tmp_path: Path) -> None:
+    path = kael_chat(tmp_path)
     session = open_chat_session(SERAPHINA, path, config=Config(), personas=PersonaBook())
     assert session.persona.name == "Kael"
     built = session.build()
@@ -124,10 +118,10 @@ def test_an_imported_chat_is_played_prompted_and_continued_as_its_user_name(home
     {"user_name": "unused", "character_name": "unused", "chat_metadata": {}},  # as SillyTavern tools write it
     {"chat_metadata": {}},  # no names at all
 ])
-def test_a_header_without_real_names_takes_them_from_the_messages(home: Path, header: dict[str, object]) -> None:
+def test_a_header_without_real_names_takes_them_from_the_messages(tmp_path: Path, header: dict[str, object]) -> None:
     """A header whose names are SillyTavern's "unused" placeholder (or missing) must not make the user
     "unused" (or "User") when every user turn says Kael."""
-    path = home / "kael.jsonl"
+    path = tmp_path / "kael.jsonl"
     lines = KAEL_CHAT.read_text(encoding="utf-8").splitlines()
     narration = {"name": "System", "is_user": False, "mes": "Night falls.", "extra": {"type": "narrator"}}
     path.write_text("\n".join([json.dumps(header), json.dumps(narration), *lines[1:]]) + "\n", encoding="utf-8")
@@ -139,15 +133,15 @@ def test_a_header_without_real_names_takes_them_from_the_messages(home: Path, he
     assert "\nKael:" in built.stop
 
 
-def test_the_chat_user_name_picks_the_persona_of_that_name(home: Path) -> None:
+def test_the_chat_user_name_picks_the_persona_of_that_name(tmp_path: Path) -> None:
     book = PersonaBook(personas=[Persona("User"), Persona("Kael", "A ranger with a limp.")], default="User")
-    session = open_chat_session(SERAPHINA, kael_chat(home), config=Config(), personas=book)
+    session = open_chat_session(SERAPHINA, kael_chat(tmp_path), config=Config(), personas=book)
     assert session.persona == Persona("Kael", "A ranger with a limp.")
     assert "Kael's Persona: A ranger with a limp." in session.build().text
 
 
-def test_picking_a_persona_renames_the_users_turns_in_the_file_and_the_export(home: Path) -> None:
-    path = kael_chat(home)
+def test_picking_a_persona_renames_the_users_turns_in_the_file_and_the_export(tmp_path: Path) -> None:
+    path = kael_chat(tmp_path)
     session = open_chat_session(SERAPHINA, path, config=Config(), personas=PersonaBook())
     session.set_persona(Persona("Theo", "A castaway."))
     session.send("Hello?")
@@ -155,7 +149,7 @@ def test_picking_a_persona_renames_the_users_turns_in_the_file_and_the_export(ho
     assert saved.user_name == "Theo"
     assert [t.name for t in saved.turns if t.is_user] == ["Theo", "Theo", "Theo"]
     assert [t.name for t in saved.turns if not t.is_user] == ["Seraphina", "Seraphina", "System"]
-    out = home / "export.jsonl"
+    out = tmp_path / "export.jsonl"
     export_st_chat(saved, out)
     lines = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
     assert lines[0]["user_name"] == "Theo" and "rpchat" not in lines[0]["chat_metadata"]
@@ -165,8 +159,8 @@ def test_picking_a_persona_renames_the_users_turns_in_the_file_and_the_export(ho
     assert again.persona.name == "Theo" and "\nTheo:" in again.build().stop
 
 
-def test_hiding_a_turn_is_saved_as_sillytavern_does_and_leaves_the_prompt(home: Path) -> None:
-    path = kael_chat(home)
+def test_hiding_a_turn_is_saved_as_sillytavern_does_and_leaves_the_prompt(tmp_path: Path) -> None:
+    path = kael_chat(tmp_path)
     session = open_chat_session(SERAPHINA, path, config=Config(), personas=PersonaBook())
     assert "Where am I?" in session.build().text
     session.set_hidden(1, True)
@@ -178,8 +172,8 @@ def test_hiding_a_turn_is_saved_as_sillytavern_does_and_leaves_the_prompt(home: 
     assert json.loads(path.read_text(encoding="utf-8").splitlines()[3])["is_system"] is False
 
 
-def test_regenerate_and_swipes_leave_narration_and_hidden_turns_alone(home: Path) -> None:
-    session = open_chat_session(SERAPHINA, kael_chat(home), config=Config(), personas=PersonaBook())
+def test_regenerate_and_swipes_leave_narration_and_hidden_turns_alone(tmp_path: Path) -> None:
+    session = open_chat_session(SERAPHINA, kael_chat(tmp_path), config=Config(), personas=PersonaBook())
     del session.chat.turns[4:]  # the chat now ends with the narration
     assert session.last_reply_index() is None and session.swipe(1) == "none"
     del session.chat.turns[3:]  # ... now with the hidden reply
@@ -202,41 +196,41 @@ def _chat_with_settings(home: Path) -> Path:
     return session.path
 
 
-def test_prompt_for_a_chat_is_exactly_what_the_session_sends(home: Path) -> None:
-    path = _chat_with_settings(home)
-    expected = open_chat_session(make_card(home), path).build().text
+def test_prompt_for_a_chat_is_exactly_what_the_session_sends(tmp_path: Path) -> None:
+    path = _chat_with_settings(tmp_path)
+    expected = open_chat_session(make_card(tmp_path), path).build().text
     assert "Theo's Persona: A castaway who lost his ship." in expected
     assert "Scenario: A storm traps Theo in the lighthouse." in expected
     assert "built in 1887" in expected  # the attached world fired
     assert expected.endswith("### Input:\nTheo: Tell me about the lighthouse.\n\n### Response: (length = huge)\nMarisol:")
     before = path.read_bytes()
-    res = run(["prompt", str(make_card(home)), "--chat", str(path)], home)
+    res = run(["prompt", str(make_card(tmp_path)), "--chat", str(path)], tmp_path)
     assert res.returncode == 0, res.stderr
     assert res.stdout == expected
     assert path.read_bytes() == before  # printing a prompt changes nothing
 
 
-def test_prompt_flags_override_the_chats_settings_for_that_prompt_only(home: Path) -> None:
-    path = _chat_with_settings(home)
+def test_prompt_flags_override_the_chats_settings_for_that_prompt_only(tmp_path: Path) -> None:
+    path = _chat_with_settings(tmp_path)
     before = path.read_bytes()
-    res = run(["prompt", str(make_card(home)), "--chat", str(path), "--length", "none", "--user", "Ana",
-               "--persona", "A lighthouse inspector.", "--scenario", "Noon.", "--no-lore"], home)
+    res = run(["prompt", str(make_card(tmp_path)), "--chat", str(path), "--length", "none", "--user", "Ana",
+               "--persona", "A lighthouse inspector.", "--scenario", "Noon.", "--no-lore"], tmp_path)
     assert res.returncode == 0, res.stderr
     assert res.stdout.endswith("### Input:\nAna: Tell me about the lighthouse.\n\n### Response:\nMarisol:")
     assert "Ana's Persona: A lighthouse inspector." in res.stdout and "Scenario: Noon." in res.stdout
     assert path.read_bytes() == before
 
 
-def test_prompt_without_a_chat_is_a_new_chats_first_prompt(home: Path) -> None:
+def test_prompt_without_a_chat_is_a_new_chats_first_prompt(tmp_path: Path) -> None:
     save_config(profile(), Config(default_length="short"))
-    res = run(["prompt", str(SERAPHINA), "--no-lore"], home)
+    res = run(["prompt", str(SERAPHINA), "--no-lore"], tmp_path)
     assert res.returncode == 0, res.stderr
     assert res.stdout.endswith("### Response: (length = short)\nSeraphina:")
     assert not profile().chats_dir.exists()  # nothing was saved
 
 
-def test_prompt_of_the_st_chat_uses_kael_and_leaves_hidden_text_out(home: Path) -> None:
-    res = run(["prompt", str(SERAPHINA), "--chat", str(KAEL_CHAT), "--no-lore"], home)
+def test_prompt_of_the_st_chat_uses_kael_and_leaves_hidden_text_out(tmp_path: Path) -> None:
+    res = run(["prompt", str(SERAPHINA), "--chat", str(KAEL_CHAT), "--no-lore"], tmp_path)
     assert res.returncode == 0, res.stderr
     assert HIDDEN not in res.stdout and "User:" not in res.stdout
     assert res.stdout.endswith("### Input:\nKael: *I look up at the sky.* Is that your doing?\n\n"
@@ -250,8 +244,8 @@ def card_chats(name: str) -> list[ChatEntry]:
     return list_chats(card.path, card.name)
 
 
-def test_chat_import_without_its_card_in_the_library_refuses_and_says_how(home: Path) -> None:
-    res = run(["chat", "import", str(KAEL_CHAT)], home)
+def test_chat_import_without_its_card_in_the_library_refuses_and_says_how(tmp_path: Path) -> None:
+    res = run(["chat", "import", str(KAEL_CHAT)], tmp_path)
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("rpchat: error: ")
@@ -259,28 +253,28 @@ def test_chat_import_without_its_card_in_the_library_refuses_and_says_how(home: 
     assert not profile().chats_dir.exists()
 
 
-def test_chat_import_with_a_card_file_adds_the_card_and_files_the_chat_under_it(home: Path) -> None:
-    res = run(["chat", "import", str(KAEL_CHAT), "--card", str(SERAPHINA)], home)
+def test_chat_import_with_a_card_file_adds_the_card_and_files_the_chat_under_it(tmp_path: Path) -> None:
+    res = run(["chat", "import", str(KAEL_CHAT), "--card", str(SERAPHINA)], tmp_path)
     assert res.returncode == 0, res.stderr
     assert "card Seraphina added to the library" in res.stderr and "pick Seraphina" in res.stderr
     entries = card_chats("Seraphina")
     assert len(entries) == 1 and str(entries[0].path) in res.stderr
     assert [p.suffix for p in profile().cards_dir.iterdir()] == [".png"]
     # A second import finds the card in the library by name now, and adds no second card.
-    res = run(["chat", "import", str(KAEL_CHAT)], home)
+    res = run(["chat", "import", str(KAEL_CHAT)], tmp_path)
     assert res.returncode == 0, res.stderr
     assert "added" not in res.stderr
     assert len(card_chats("Seraphina")) == 2 and len(list(profile().cards_dir.iterdir())) == 1
 
 
-def test_chat_import_under_another_library_card_by_name(home: Path) -> None:
+def test_chat_import_under_another_library_card_by_name(tmp_path: Path) -> None:
     profile().cards_dir.mkdir(parents=True)
     make_card(profile().cards_dir, "Marisol")
-    res = run(["chat", "import", str(KAEL_CHAT), "--card", "marisol"], home)
+    res = run(["chat", "import", str(KAEL_CHAT), "--card", "marisol"], tmp_path)
     assert res.returncode == 0, res.stderr
     (entry,) = card_chats("Marisol")
     chat = load_chat(entry.path)
     assert chat.character_name == "Marisol"
     assert [t.name for t in chat.turns] == ["Marisol", "Kael", "Marisol", "System", "Kael"]
-    res = run(["chat", "import", str(KAEL_CHAT), "--card", "Nobody"], home)
+    res = run(["chat", "import", str(KAEL_CHAT), "--card", "Nobody"], tmp_path)
     assert res.returncode == 2 and "Nobody" in res.stderr and "Traceback" not in res.stderr

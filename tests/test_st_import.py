@@ -33,12 +33,6 @@ CARD = Card(name="Ada", description="A clockwork inventor.", personality="curiou
             scenario="In the workshop.", first_mes="Hello there.")
 
 
-@pytest.fixture(autouse=True)
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
-
-
 def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     code = main(list(args))
     out, err = capsys.readouterr()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import pytest
 from textual.app import App, ComposeResult
 from textual.color import Color
 from textual.widgets import Static
@@ -23,12 +22,6 @@ from rpchat.tui.themes import (
     prose_variable_defaults,
     remember_theme,
 )
-
-
-@pytest.fixture(autouse=True)
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path))
-    return tmp_path
 
 
 def user_theme(name: str, text: str) -> Path:

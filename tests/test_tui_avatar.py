@@ -84,8 +84,7 @@ class AvatarApp(App[None]):
         yield self.view
 
 
-def test_headless_app_keeps_halfblock_in_a_kitty_terminal(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path))
+def test_headless_app_keeps_halfblock_in_a_kitty_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TERM", "xterm-kitty")
     monkeypatch.setenv("KITTY_WINDOW_ID", "1")
     monkeypatch.setenv("RPCHAT_IMAGES", "kitty")
@@ -102,8 +101,7 @@ def test_headless_app_keeps_halfblock_in_a_kitty_terminal(monkeypatch: pytest.Mo
 
 
 def test_kitty_mode_sends_the_picture_as_chunked_graphics_escapes(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path))
+        monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
     # Big enough that its PNG needs more than one 4096-byte chunk.
     noisy = Image.frombytes("RGB", (64, 64), bytes((i * 7919) % 251 for i in range(64 * 64 * 3)))
     out = io.BytesIO()
@@ -139,8 +137,7 @@ def test_kitty_mode_sends_the_picture_as_chunked_graphics_escapes(
 
 
 def test_sixel_mode_mounts_the_sixel_widget_and_broken_bytes_fall_back(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path))
+        monkeypatch: pytest.MonkeyPatch) -> None:
 
     async def go() -> None:
         view = AvatarView(png_bytes(), mode="sixel")

@@ -23,8 +23,7 @@ from rpchat.tui.library import ChatsDialog, LibraryScreen
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model: Path) -> Path:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
+def home(tmp_path: Path, tiny_model: Path) -> Path:
     write_profile_config(tiny_config(tiny_model))
     profile().cards_dir.mkdir(parents=True)
     make_card(profile().cards_dir, "Zephyrine", tags=["sky", "pirate"])
@@ -551,5 +550,41 @@ def test_ctrl_o_with_the_last_chat_gone_and_no_chats_on_the_card_says_it_starts_
             await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen))
             said = [n.message for n in app._notifications if "is gone" in n.message]
             assert said == [f"Your last chat {used.name} is gone; starting a new chat with Quillon."], said
+
+    run(go())
+
+
+def test_highlighting_a_card_reads_none_of_its_chats(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The detail pane says how many chats a card has on every highlight: it must not parse them (on
+    # the UI thread), however many and big they are. Only Enter, which lists them, reads them.
+    import rpchat.chat.library as chat_library
+    from rpchat.chat.model import Chat
+    from rpchat.chat.store import ChatStore
+
+    card = profile().cards_dir / "zephyrine.png"
+    for i in range(5):
+        chat = Chat.start("Zephyrine", "User", ["Ahoy."])
+        for j in range(50):
+            chat.add(j % 2 == 0, f"Line {j} " + "sky " * 200)
+        ChatStore(chat_library.chats_folder(card) / f"chat-{i}.jsonl").save(chat)
+    parsed: list[Path] = []
+    salvage = chat_library.salvage_chat
+    monkeypatch.setattr(chat_library, "salvage_chat", lambda data, path: parsed.append(path) or salvage(data, path))
+
+    async def go() -> None:
+        app = RpchatApp(load_model=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            screen = await library(pilot, app)
+            await pilot.press(*"Zephyrine")
+            await wait_for(pilot, lambda: screen.current is not None and screen.current.name == "Zephyrine")
+            for _ in range(3):
+                await pilot.press("ctrl+f", "backspace")
+                await pilot.press("e")
+            await pilot.pause()
+            assert "5 chats" in str(screen.query_one("#card-chats").render())
+            assert parsed == []
+            await pilot.press("enter")  # listing them reads them
+            await wait_for(pilot, lambda: isinstance(app.screen, ChatsDialog))
+            assert len(parsed) == 5
 
     run(go())

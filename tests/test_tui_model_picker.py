@@ -19,8 +19,7 @@ NAME = "Zephyrine"
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
+def home(tmp_path: Path) -> Path:
     models = tmp_path / "models"
     write_tiny_model(models / "plain-tiny.gguf", n_layer=1, name="Plain Tiny")
     write_tiny_model(models / "limamono-7b.Q4_K_M.gguf", n_layer=2, name="Limamono-7B")
@@ -175,7 +174,6 @@ def test_with_no_models_found_typing_goes_to_the_path_box(tmp_path: Path, monkey
     go to the empty table and were lost."""
     from huggingface_hub import constants
 
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("HOME", str(tmp_path / "user"))  # no LM Studio folders
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     model = write_tiny_model(tmp_path / "elsewhere" / "tiny.gguf", n_layer=1, name="Elsewhere Tiny")
@@ -203,7 +201,6 @@ def test_the_demo_model_in_use_is_listed(tmp_path: Path, monkeypatch: pytest.Mon
 
     from rpchat.engine.demo import demo_model_file
 
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("HOME", str(tmp_path / "user"))
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     write_tiny_model(demo_model_file(), n_layer=1, name="Demo Tiny")  # where the demo model is assembled

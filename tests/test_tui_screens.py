@@ -25,19 +25,15 @@ from rpchat.tui.avatar import AvatarView, render_avatar
 from rpchat.tui.dialogs import ConfirmDialog, ErrorDialog, PathPrompt, TextPrompt
 from rpchat.tui.inspector import PromptInspector
 from rpchat.tui.persona_editor import PersonaChoice, PersonaEditor
-from rpchat.tui.themes import install_themes, prose_variable_defaults
+from rpchat.tui.themes import STYLESHEET, install_themes, prose_variable_defaults
 
 HOSTILE = "[bold red]shout[/] \x1b[2J cleared?"
 
 
-@pytest.fixture(autouse=True)
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path))
-    return tmp_path
-
-
 class Host(App[None]):
     """A bare app that pushes one screen and records what it dismisses with."""
+
+    CSS_PATH = STYLESHEET  # the app's sheet, which styles every screen
 
     def __init__(self, make: Callable[[], Screen[Any]]) -> None:
         super().__init__()

@@ -22,18 +22,14 @@ from rpchat.cards.model import Card
 from rpchat.paths import profile
 from rpchat.tui.card_editor import CardEditor, GreetingList, SavedCard
 from rpchat.tui.dialogs import ConfirmDialog
-from rpchat.tui.themes import install_themes, prose_variable_defaults
+from rpchat.tui.themes import STYLESHEET, install_themes, prose_variable_defaults
 
 HOSTILE = "[bold red]shout[/] \x1b[2J cleared?"
 
 
-@pytest.fixture(autouse=True)
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path))
-    return tmp_path
-
-
 class Host(App[None]):
+    CSS_PATH = STYLESHEET  # the app's sheet, which styles every screen
+
     def __init__(self, make: Callable[[], Screen[Any]]) -> None:
         super().__init__()
         self.make = make
@@ -76,7 +72,7 @@ def text_chunks(path: Path) -> dict[str, dict[str, Any]]:
 
 
 @pytest.fixture
-def card_file(home: Path) -> Path:
+def card_file(tmp_path: Path) -> Path:
     card = Card(
         name="Marisol",
         description=HOSTILE,
@@ -222,3 +218,27 @@ def test_change_picture_from_a_file(card_file: Path, tmp_path: Path) -> None:
     with Image.open(io.BytesIO(avatar)) as image:
         assert image.size == (33, 44)
     assert set(text_chunks(card_file)) >= {"chara", "ccv3"}
+
+
+def test_a_bad_picture_file_is_named_as_an_image_not_a_card(card_file: Path, tmp_path: Path) -> None:
+    before = load_card(card_file).avatar
+    (tmp_path / "notes.png").write_text("not a picture", encoding="utf-8")
+    with open(tmp_path / "huge.png", "wb") as f:
+        f.truncate(17 * 2**20)  # sparse: over the 16 MiB cap without writing it
+    messages: list[str] = []
+
+    async def script(app: Host, pilot: Any) -> None:
+        for name in ("huge.png", "notes.png"):
+            await pilot.click("#change-avatar")
+            await pilot.pause()
+            app.screen.query_one(Input).value = str(tmp_path / name)
+            await pilot.press("enter")
+            await pilot.pause()
+        messages.extend(n.message for n in app._notifications)
+        await pilot.press("ctrl+s")
+
+    drive(lambda: CardEditor(load_card(card_file), card_file), script)
+    assert any("huge.png: file is larger than 16 MiB" in m for m in messages), messages
+    assert any("notes.png: not a picture file Pillow can read" in m for m in messages), messages
+    assert not any("card file" in m for m in messages)
+    assert load_card(card_file).avatar == before  # the card keeps its picture

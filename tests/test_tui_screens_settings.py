@@ -10,22 +10,18 @@ from typing import Any
 
 import pytest
 from textual.app import App
-from textual.widgets import Checkbox, DataTable, Input, Select, Static, TabbedContent
+from textual.widgets import DataTable, Input, Select, Static, TabbedContent
 
 from rpchat.config import Config, EngineConfig, load_config, save_config
 from rpchat.engine.presets import load_preset
 from rpchat.paths import profile
 from rpchat.tui.settings import SettingsScreen
-from rpchat.tui.themes import install_themes, prose_variable_defaults
-
-
-@pytest.fixture(autouse=True)
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path))
-    return tmp_path
+from rpchat.tui.themes import STYLESHEET, install_themes, prose_variable_defaults
 
 
 class Host(App[None]):
+    CSS_PATH = STYLESHEET  # the app's sheet, which styles every screen
+
     def __init__(self, make: Callable[[], SettingsScreen]) -> None:
         super().__init__()
         self.make = make
@@ -130,7 +126,8 @@ def test_pick_model_from_folder_and_save_everything(tiny_model: Path, tmp_path: 
         screen.query_one("#n-gpu-layers", Input).value = "0"
         screen.query_one("#n-threads", Input).value = "2"
         screen.query_one("#kv-type", Select).value = "q8_0"
-        screen.query_one("#flash-attn", Checkbox).value = True
+        assert screen.query_one("#flash-attn", Select).value == "auto"
+        screen.query_one("#flash-attn", Select).value = "off"  # forced off: no longer the same as auto
         screen.query_one("#max-new-tokens", Input).value = "250"
         screen.query_one("#tabs", TabbedContent).active = "tab-prompt"
         await pilot.pause()
@@ -159,7 +156,7 @@ def test_pick_model_from_folder_and_save_everything(tiny_model: Path, tmp_path: 
     assert saved.engine.model == str(models / "tiny.gguf") and saved.engine.lora == str(lora)
     assert saved.engine.models_dir == str(models)
     assert (saved.engine.n_ctx, saved.engine.n_gpu_layers, saved.engine.n_threads) == (8192, 0, 2)
-    assert saved.engine.kv_type == "q8_0" and saved.engine.flash_attn is True
+    assert saved.engine.kv_type == "q8_0" and saved.engine.flash_attn == "off"
     assert saved.max_new_tokens == 250 and saved.preset != "ashhlimarp" and saved.theme == "rpchat-nord"
     assert saved.format == "limamono" and saved.default_length == "huge"
     assert saved.keys == {"regenerate": "ctrl+r"}  # fields the screen does not show are kept

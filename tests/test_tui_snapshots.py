@@ -23,7 +23,6 @@ SIZE = (110, 34)
 
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
     empty = tmp_path / "no-bundled-cards"
     empty.mkdir()
     monkeypatch.setattr("rpchat.cards.library.bundled_dir", lambda name: empty)

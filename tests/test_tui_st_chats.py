@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from session_support import make_card, tiny_config, wait_for, write_profile_config
 
-from rpchat.chat.store import import_st_chat, load_chat
+from rpchat.chat.library import import_st_chat
+from rpchat.chat.store import load_chat
 from rpchat.paths import profile
 from rpchat.personas import Persona, PersonaBook
 from rpchat.tui.app import RpchatApp
@@ -23,8 +24,7 @@ HIDDEN = "three silver moons"
 
 
 @pytest.fixture
-def chat_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model: Path) -> Path:
-    monkeypatch.setenv("RPCHAT_HOME", str(tmp_path / "home"))
+def chat_path(tiny_model: Path) -> Path:
     write_profile_config(tiny_config(tiny_model))
     PersonaBook(personas=[Persona("User"), Persona("Theo", "A castaway.")], default="User").save(
         profile().personas_file)

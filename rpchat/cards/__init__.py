@@ -11,8 +11,6 @@ from rpchat.cards.library import (
     duplicate_card,
     import_card,
     list_cards,
-    safe_filename,
-    save_edited_card,
 )
 from rpchat.cards.model import Card
 
@@ -29,7 +27,5 @@ __all__ = [
     "import_card",
     "list_cards",
     "load_card",
-    "safe_filename",
     "save_card",
-    "save_edited_card",
 ]

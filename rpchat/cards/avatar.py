@@ -1,6 +1,7 @@
-"""Generated avatars: a placeholder for cards without an image, and the emblems of the bundled cards.
+"""Avatars: a picture file a user picks, a placeholder for cards without an image, and the emblems of the
+bundled cards.
 
-Everything is drawn with Pillow from the name alone (no fonts, no files), so the same name always gives
+Generated ones are drawn with Pillow from the name alone (no fonts, no files), so the same name always gives
 the same picture on the same Pillow.
 """
 
@@ -11,12 +12,31 @@ import hashlib
 import io
 import math
 import random
+from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFilter
+
+from rpchat.errors import CardError
+from rpchat.userfile import read_capped
+
+MAX_IMAGE_BYTES = 16 * 2**20  # a card's picture; more is a photo nobody meant to embed
 
 RGB = tuple[int, int, int]
 # Drawn larger then scaled down: Pillow's shapes have no anti-aliasing of their own.
 SUPERSAMPLE = 2
+
+
+def read_image(path: Path) -> bytes:
+    """The bytes of a picture file for a card's avatar; a `CardError` naming the file (a picture file, not a
+    card file) when it is missing, too big or not an image Pillow can read."""
+    data = read_capped(path, MAX_IMAGE_BYTES, CardError, "picture file")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.verify()
+    # Pillow raises many types for bad images; all mean "not usable".
+    except Exception as e:  # noqa: BLE001
+        raise CardError(f"not a picture file Pillow can read ({type(e).__name__})", path) from None
+    return data
 
 
 def placeholder_avatar(name: str, size: int = 256) -> bytes:

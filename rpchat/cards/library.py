@@ -11,28 +11,16 @@ a rename renames the file and moves its chats with it.
 from __future__ import annotations
 
 import os
-import re
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
 from rpchat.atomic import write_atomic
 from rpchat.cards import charx, jsoncard, png
-from rpchat.cards.cardfile import EXTENSIONS, card_format, load_card, read_capped, save_card
+from rpchat.cards.cardfile import EXTENSIONS, card_format, load_card, read_capped
 from rpchat.cards.model import Card
 from rpchat.errors import CardError
-from rpchat.paths import bundled_dir, profile
-
-MAX_STEM = 80
-_WINDOWS_RESERVED = {
-    "con",
-    "prn",
-    "aux",
-    "nul",
-    *(f"com{i}" for i in range(1, 10)),
-    *(f"lpt{i}" for i in range(1, 10)),
-}
-_UNSAFE = re.compile(r'[/\\:*?"<>|]')
+from rpchat.filenames import safe_name
+from rpchat.paths import bundled_dir, named_chats_dir, profile
 
 
 @dataclass(frozen=True)
@@ -92,75 +80,19 @@ def duplicate_card(path: Path, folder: Path | None = None) -> Path:
     return _store(raw, card, _kind_suffix(raw), folder, fresh_chats=True)
 
 
-def save_edited_card(card: Card, previous: Card, path: Path | None, folder: Path | None = None) -> Path:
-    """Save ``card`` from the editor (``previous`` is the card it opened) and return where it went.
-
-    A new card, or an edit of a bundled one, becomes a new file in the user's folder (a new character,
-    with no chats). Any other card is saved in place, except that a card in the user's folder whose name
-    changed is renamed after the new name, and its chats move along (`rename_card`).
-    """
-    folder = Path(folder) if folder is not None else profile().cards_dir
-    if path is None or is_bundled(path):
-        dest = new_card_path(folder, card.name, ".png", fresh_chats=True)
-        save_card(card, dest)
-        return dest
-    path = Path(path)
-    renamed = card.name != previous.name and safe_filename(card.name) != path.stem
-    if renamed and path.parent.resolve() == folder.resolve():
-        return rename_card(card, path, previous.display_name, folder)
-    save_card(card, path)
-    if previous.display_name != card.display_name:
-        _move_chats(path, path, previous.display_name)  # chats filed under the old name come along
-    return path
-
-
-def rename_card(card: Card, path: Path, old_name: str, folder: Path | None = None) -> Path:
-    """Save ``card`` (renamed; ``old_name`` is its display name before) under a file named after it and
-    move its chats there; returns the new path.
-
-    The steps are ordered so that a crash at any point loses no chat and leaves each one listed under a
-    card: the new file is written first, then the chats move, then the old file is removed.
-    """
-    folder = Path(folder) if folder is not None else profile().cards_dir
-    dest = new_card_path(folder, card.name, path.suffix.lower(), fresh_chats=True)
-    save_card(card, dest)
-    _move_chats(path, dest, old_name)
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
-    except OSError as e:
-        raise CardError(f"saved as {dest.name}, but the old file stays: {e.strerror or type(e).__name__}",
-                        path) from None
-    return dest
-
-
-def _move_chats(old: Path, new: Path, old_name: str) -> None:
-    from rpchat.chat.library import move_chats
-
-    try:
-        move_chats(old, new, old_name)
-    except OSError as e:
-        # The old card file is kept, so every chat is still listed under one of the two cards.
-        raise CardError(f"saved as {new.name}, but its chats could not all be moved: "
-                        f"{e.strerror or type(e).__name__}", old) from None
-
-
 def new_card_path(folder: Path, name: str, suffix: str, *, fresh_chats: bool) -> Path:
     """A free path in ``folder`` for a new card file named after ``name``.
 
     Its stem is one no other card file has (in any format, bundled cards included), so no two cards
     share a chat folder; with ``fresh_chats`` no chat folder exists under it yet either.
     """
-    from rpchat.chat.library import chats_folder, safe_name
-
     taken = {safe_name(p.stem).casefold() for p in card_files() + _card_files(folder)}
-    stem = safe_filename(name)
+    stem = safe_name(name, "card")
     for n in range(1, 10_001):
         candidate = folder / (f"{stem}{suffix}" if n == 1 else f"{stem} ({n}){suffix}")
         if candidate.exists() or candidate.is_symlink() or safe_name(candidate.stem).casefold() in taken:
             continue
-        if fresh_chats and chats_folder(candidate).exists():
+        if fresh_chats and named_chats_dir(candidate.stem).exists():
             continue
         return candidate
     raise CardError("too many files with this name", folder / f"{stem}{suffix}")
@@ -180,35 +112,6 @@ def delete_card(path: Path, folder: Path | None = None) -> None:
         raise CardError("no such file", path) from None
     except OSError as e:
         raise CardError(f"cannot delete: {e.strerror or type(e).__name__}", path) from None
-
-
-def safe_filename(name: str, default: str = "card") -> str:
-    """A file stem made from a card name that is safe on every OS and cannot leave its folder."""
-    text = unicodedata.normalize("NFC", name)
-    # Control, format (bidi overrides, zero-width) and separator characters never belong in a file name.
-    text = "".join("_" if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp") else c for c in text)
-    text = _UNSAFE.sub("_", text)
-    text = " ".join(text.split()).strip(" .")
-    text = text[:MAX_STEM].rstrip(" .")
-    while len(text.encode("utf-8")) > 200:
-        text = text[:-1]
-    if not text or set(text) <= {"_"}:
-        return default
-    if text.split(".")[0].lower() in _WINDOWS_RESERVED:
-        text = "_" + text
-    return text
-
-
-def unique_path(folder: Path, stem: str, suffix: str) -> Path:
-    """``folder/stem+suffix``, or ``stem (2)+suffix`` and so on when taken."""
-    candidate = folder / f"{stem}{suffix}"
-    n = 2
-    while candidate.exists() or candidate.is_symlink():
-        if n > 10_000:
-            raise CardError("too many files with this name", folder / f"{stem}{suffix}")
-        candidate = folder / f"{stem} ({n}){suffix}"
-        n += 1
-    return candidate
 
 
 def _card_files(folder: Path) -> list[Path]:

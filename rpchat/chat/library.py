@@ -14,23 +14,25 @@ from __future__ import annotations
 
 import os
 import re
-import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from rpchat.cards.cardfile import load_card, save_card
+from rpchat.cards.library import card_files, is_bundled, new_card_path
+from rpchat.cards.model import Card
 from rpchat.chat.model import Chat
-from rpchat.chat.store import MAX_CHAT_BYTES, ChatStore, folder_lock, salvage_chat
-from rpchat.errors import ChatError
-from rpchat.paths import profile
+from rpchat.chat.recent import LastChat, follow_moves, recorded_chat
+from rpchat.chat.store import MAX_CHAT_BYTES, ChatStore, folder_lock, load_chat, salvage_chat, save_chat
+from rpchat.errors import CardError, ChatError
+from rpchat.filenames import safe_name, unique_path
+from rpchat.paths import Paths, named_chats_dir, profile
 from rpchat.userfile import read_capped
 
-_MAX_NAME = 100
 _PREVIEW = 200
 # Copies rpchat keeps aside (see store.keep_aside / save_conflict_copy); not chats to list.
 _ASIDE = re.compile(r"\.(corrupt|conflict)-\d{8}T\d{6}(-\d+)?\.jsonl$")
-_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL"} | {f"{p}{i}" for p in ("COM", "LPT") for i in range(1, 10)}
 
 
 @dataclass(frozen=True)
@@ -46,26 +48,9 @@ class ChatEntry:
     bad_lines: int = 0
 
 
-def safe_name(name: str) -> str:
-    """A file or folder name made from untrusted text: one path part, never hidden or reserved."""
-    kept = []
-    for ch in unicodedata.normalize("NFC", name):
-        cat = unicodedata.category(ch)
-        if cat in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"):
-            continue  # control, bidi overrides, surrogates: never in a file name
-        kept.append("_" if ch in '/\\:*?"<>|' else ch)
-    text = " ".join("".join(kept).split())
-    text = text.strip(" .")  # no "..", no hidden files, no trailing dots (Windows drops them)
-    text = text[:_MAX_NAME].rstrip(" .")
-    if not text or text.split(".")[0].upper() in _WINDOWS_RESERVED:
-        text = f"_{text}" if text else "unnamed"
-    return text
-
-
 def character_folder(character_name: str, root: Path | None = None) -> Path:
     """The folder named after a character: where chats without a card of their own are filed."""
-    base = root if root is not None else profile().chats_dir
-    return base / safe_name(character_name)
+    return named_chats_dir(character_name, root)
 
 
 def chats_folder(card_path: Path, root: Path | None = None) -> Path:
@@ -79,11 +64,9 @@ def chat_folders(card_path: Path, name: str, root: Path | None = None) -> list[P
     own = chats_folder(card_path, root)
     named = character_folder(name, root)
     folders = [own]
-    if named.name != own.name and named.is_dir() and not _same_dir(named, own):
-        from rpchat.cards.library import card_files
-
-        if named.name not in {safe_name(p.stem) for p in card_files()}:
-            folders.append(named)
+    if (named.name != own.name and named.is_dir() and not _same_dir(named, own)
+            and named.name not in {safe_name(p.stem) for p in card_files()}):
+        folders.append(named)
     return folders
 
 
@@ -92,15 +75,6 @@ def _same_dir(a: Path, b: Path) -> bool:
         return os.path.samefile(a, b)  # a case-insensitive file system
     except OSError:
         return False
-
-
-def unique_path(path: Path) -> Path:
-    """``path``, or ``name (2).jsonl`` and so on when it is taken."""
-    candidate, n = path, 2
-    while candidate.exists():
-        candidate = path.with_name(f"{path.stem} ({n}){path.suffix}")
-        n += 1
-    return candidate
 
 
 def new_chat_path(character_name: str, folder: Path | None = None) -> Path:
@@ -145,18 +119,33 @@ def list_chats(card_path: Path, name: str | None = None) -> list[ChatEntry]:
     return entries
 
 
+def count_chats(card_path: Path, name: str | None = None) -> int:
+    """How many chats the card has (what `list_chats` would list), without reading any of them."""
+    return len(_chat_files(chat_folders(card_path, _name(card_path, name))))
+
+
 def latest_chat(card_path: Path, name: str | None = None) -> Path | None:
     """The card's most recently changed chat file, or None when there is none."""
     files = _chat_files(chat_folders(card_path, _name(card_path, name)))
     return files[0] if files else None
 
 
+def last_chat(paths: Paths | None = None) -> LastChat | None:
+    """The chat to resume: the one recorded, with the card that owns its folder now (the recorded card
+    may have been renamed). None when nothing was recorded or the chat file is gone."""
+    found = recorded_chat(paths)
+    if found is None or not found.chat.is_file():
+        return None
+    if found.card.is_file():
+        return found
+    # The card file was renamed or deleted outside rpchat: the card whose folder holds the chat.
+    owner = next((p for p in card_files() if chats_folder(p) == found.chat.parent), None)
+    return LastChat(owner, found.chat) if owner is not None else None
+
+
 def _name(card_path: Path, name: str | None) -> str:
     if name is not None:
         return name
-    from rpchat.cards import load_card
-    from rpchat.errors import CardError
-
     try:
         return load_card(Path(card_path)).display_name
     except CardError:
@@ -169,8 +158,6 @@ def move_chats(old_card: Path, new_card: Path, name: str, root: Path | None = No
     Each file is renamed, never copied, so at every moment it is in exactly one folder and a crash
     loses nothing. Returns where each moved chat file went.
     """
-    from rpchat.chat.recent import follow_moves
-
     dest = chats_folder(new_card, root)
     moved: dict[Path, Path] = {}
     for folder in chat_folders(old_card, name, root):
@@ -198,14 +185,93 @@ def move_chats(old_card: Path, new_card: Path, name: str, root: Path | None = No
 
 def save_branch(chat: Chat, upto: int, parent_path: Path) -> tuple[Chat, ChatStore]:
     """Branch ``chat`` after turn ``upto`` into a new file beside its parent; returns it and its store."""
-    branch = chat.branch(upto)
-    parent = branch.settings.get("parent")
-    if isinstance(parent, dict):
-        parent["file"] = parent_path.name
-    # SillyTavern links a branch to its parent through main_chat (the file name without .jsonl).
-    branch.metadata["main_chat"] = parent_path.stem
+    branch = chat.branch(upto, parent_path.name)
     stamp = datetime.now().strftime("%Y-%m-%d@%Hh%Mm%Ss")
     path = unique_path(parent_path.parent / f"Branch #{upto} - {stamp}.jsonl")
     store = ChatStore(path)
     store.save(branch)
     return branch, store
+
+
+# --- SillyTavern import and export ---------------------------------------------------------------
+
+
+def import_st_chat(src: Path, dest_dir: Path, character: str | None = None, folder: Path | None = None) -> Path:
+    """Validate a SillyTavern chat and copy it into ``dest_dir/<character>/``; returns the new path.
+
+    ``character`` (a card's name) files the chat under that card; the chat's character turns then carry
+    that name too, so the file says who speaks. By default the chat's own character_name decides.
+    ``folder``, when given, is the exact folder (a library card's own, `chats_folder`).
+    """
+    src = Path(src)
+    chat = load_chat(src)
+    if character:
+        chat.rename_character(character)
+    if folder is None:
+        folder = Path(dest_dir) / safe_name(chat.character_name or src.parent.name)
+    target = unique_path(Path(folder) / f"{safe_name(src.stem)}.jsonl")
+    ChatStore(target).save(chat)
+    return target
+
+
+def export_st_chat(chat: Chat, dest: Path) -> None:
+    """Write a plain SillyTavern chat file (without rpchat's own keys) to ``dest``."""
+    dest = Path(dest)
+    if dest.is_dir():
+        dest = new_chat_path(chat.character_name, folder=dest)
+    save_chat(chat.without_own_keys(), dest)
+
+
+# --- a card's edits that move its chats (the card editor saves through these) -----------------------
+
+
+def save_edited_card(card: Card, previous: Card, path: Path | None, folder: Path | None = None) -> Path:
+    """Save ``card`` from the editor (``previous`` is the card it opened) and return where it went.
+
+    A new card, or an edit of a bundled one, becomes a new file in the user's folder (a new character,
+    with no chats). Any other card is saved in place, except that a card in the user's folder whose name
+    changed is renamed after the new name, and its chats move along (`rename_card`).
+    """
+    folder = Path(folder) if folder is not None else profile().cards_dir
+    if path is None or is_bundled(path):
+        dest = new_card_path(folder, card.name, ".png", fresh_chats=True)
+        save_card(card, dest)
+        return dest
+    path = Path(path)
+    renamed = card.name != previous.name and safe_name(card.name, "card") != path.stem
+    if renamed and path.parent.resolve() == folder.resolve():
+        return rename_card(card, path, previous.display_name, folder)
+    save_card(card, path)
+    if previous.display_name != card.display_name:
+        _move_chats(path, path, previous.display_name)  # chats filed under the old name come along
+    return path
+
+
+def rename_card(card: Card, path: Path, old_name: str, folder: Path | None = None) -> Path:
+    """Save ``card`` (renamed; ``old_name`` is its display name before) under a file named after it and
+    move its chats there; returns the new path.
+
+    The steps are ordered so that a crash at any point loses no chat and leaves each one listed under a
+    card: the new file is written first, then the chats move, then the old file is removed.
+    """
+    folder = Path(folder) if folder is not None else profile().cards_dir
+    dest = new_card_path(folder, card.name, path.suffix.lower(), fresh_chats=True)
+    save_card(card, dest)
+    _move_chats(path, dest, old_name)
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise CardError(f"saved as {dest.name}, but the old file stays: {e.strerror or type(e).__name__}",
+                        path) from None
+    return dest
+
+
+def _move_chats(old: Path, new: Path, old_name: str) -> None:
+    try:
+        move_chats(old, new, old_name)
+    except OSError as e:
+        # The old card file is kept, so every chat is still listed under one of the two cards.
+        raise CardError(f"saved as {new.name}, but its chats could not all be moved: "
+                        f"{e.strerror or type(e).__name__}", old) from None

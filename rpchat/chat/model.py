@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import copy
 import math
+import pickle
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import PurePath
 from typing import Any
 
 # Who a message inserted into the chat speaks as (SillyTavern's extension_prompt_roles 0, 1, 2).
@@ -90,8 +92,28 @@ class Turn:
     @property
     def unfinished(self) -> bool:
         """True when the selected swipe was cut off (a quit or crash during generation)."""
-        marks = self.extra.get("rpchat", {}).get("unfinished", [])
-        return isinstance(marks, list) and self.swipe_id in marks
+        return self.swipe_id in self._unfinished_marks()
+
+    def _unfinished_marks(self) -> list[int]:
+        # rpchat's own key in SillyTavern's ``extra``: the ids of the swipes cut off mid-generation.
+        own = self.extra.get("rpchat")
+        marks = own.get("unfinished") if isinstance(own, dict) else None
+        return marks if isinstance(marks, list) else []
+
+    def _set_unfinished_marks(self, marks: list[int]) -> None:
+        own = self.extra.get("rpchat")
+        if not isinstance(own, dict):
+            own = self.extra["rpchat"] = {}
+        own["unfinished"] = marks
+
+
+@dataclass(frozen=True)
+class ChatSnapshot:
+    """A chat's whole state at one moment, for `Chat.restore`: its turn objects and a pickled copy of
+    every field, so a restore gives back the very same `Turn` objects (the screen holds them)."""
+
+    turns: tuple[Turn, ...]
+    state: bytes
 
 
 @dataclass
@@ -183,6 +205,68 @@ class Chat:
     def banned_phrases(self, phrases: list[str]) -> None:
         self.settings["banned_phrases"] = list(phrases)
 
+    @property
+    def worlds(self) -> list[str]:
+        """The world files attached to this chat (names in the worlds folder), in attach order."""
+        value = self.settings.get("worlds")
+        return [w for w in value if isinstance(w, str)] if isinstance(value, list) else []
+
+    @worlds.setter
+    def worlds(self, names: list[str]) -> None:
+        self.settings["worlds"] = list(names)
+
+    @property
+    def use_card_lorebook(self) -> bool:
+        """Whether the card's own lorebook takes part (on unless this chat turned it off)."""
+        return self.settings.get("use_card_lorebook", True) is not False
+
+    @use_card_lorebook.setter
+    def use_card_lorebook(self, on: bool) -> None:
+        self.settings["use_card_lorebook"] = bool(on)
+
+    def without_own_keys(self) -> Chat:
+        """This chat as plain SillyTavern writes it: rpchat's own keys (``chat_metadata.rpchat``, each
+        message's ``extra.rpchat``) left out; everything else shared, not copied."""
+        pure = Chat(
+            user_name=self.user_name,
+            character_name=self.character_name,
+            create_date=self.create_date,
+            metadata={k: v for k, v in self.metadata.items() if k != "rpchat"},
+            unknown=self.unknown,
+        )
+        for turn in self.turns:
+            pure.turns.append(
+                Turn(
+                    is_user=turn.is_user,
+                    name=turn.name,
+                    swipes=turn.swipes,
+                    swipe_id=turn.swipe_id,
+                    send_date=turn.send_date,
+                    extra={k: v for k, v in turn.extra.items() if k != "rpchat"},
+                    swipe_info=turn.swipe_info,
+                    unknown=turn.unknown,
+                    had_swipes=turn.had_swipes,
+                )
+            )
+        return pure
+
+    # --- a whole-chat copy, to undo a change that could not be saved -------------------------------
+    def snapshot(self) -> ChatSnapshot:
+        """Everything this chat holds now, to put back with `restore` (pickled: far cheaper than deepcopy)."""
+        fields = {k: v for k, v in vars(self).items() if k != "turns"}
+        state = (fields, [vars(t) for t in self.turns])
+        return ChatSnapshot(tuple(self.turns), pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def restore(self, snapshot: ChatSnapshot) -> None:
+        """Put the chat back exactly as it was at ``snapshot``: the same turn objects, in the same list."""
+        fields, turn_states = pickle.loads(snapshot.state)  # our own bytes, never a file's
+        for turn, state in zip(snapshot.turns, turn_states, strict=True):
+            # One update, no clear(): a reader on another thread never sees a turn without its fields.
+            vars(turn).update(state)
+        self.turns[:] = snapshot.turns
+        for key, value in fields.items():
+            setattr(self, key, value)
+
     # --- operations ----------------------------------------------------------------------------
     @classmethod
     def start(cls, character_name: str, user_name: str, greetings: list[str]) -> Chat:
@@ -212,6 +296,17 @@ class Chat:
             if turn.is_user:
                 turn.name = name
 
+    def rename_character(self, name: str) -> None:
+        """Make ``name`` the character's name: the header's, and that of every character turn that spoke
+        under the old one (narration and other speakers keep theirs)."""
+        old = self.character_name
+        if name == old:
+            return
+        self.character_name = name
+        for turn in self.turns:
+            if not turn.is_user and not turn.narrator and turn.name == old:
+                turn.name = name
+
     def delete(self, index: int) -> Turn:
         """Remove a turn."""
         return self.turns.pop(index)
@@ -232,29 +327,55 @@ class Chat:
         """Flag (or clear) the selected swipe of a turn as cut off mid-generation."""
         turn = self.turns[index]
         if unfinished:
-            marks = turn.extra.setdefault("rpchat", {}).setdefault("unfinished", [])
+            marks = turn._unfinished_marks()
             if turn.swipe_id not in marks:
-                marks.append(turn.swipe_id)
+                turn._set_unfinished_marks([*marks, turn.swipe_id])
         else:
             self._clear_unfinished(turn)
 
     @staticmethod
     def _clear_unfinished(turn: Turn) -> None:
-        marks = turn.extra.get("rpchat", {}).get("unfinished")
-        if isinstance(marks, list) and turn.swipe_id in marks:
+        marks = turn._unfinished_marks()
+        if turn.swipe_id in marks:
             marks.remove(turn.swipe_id)
 
-    def branch(self, upto: int) -> Chat:
-        """A new chat holding a copy of turns ``0..upto`` (inclusive), linked to this one."""
+    def write_reply(self, index: int, text: str, *, unfinished: bool) -> None:
+        """Set the selected swipe of a turn being generated to ``text``, flagged unfinished or not."""
+        turn = self.turns[index]
+        turn.swipes[turn.swipe_id] = text
+        self.mark_unfinished(index, unfinished)
+
+    def remove_swipe(self, index: int) -> None:
+        """Drop a turn's selected swipe (the whole turn when it is its only one); the one before is shown."""
+        turn = self.turns[index]
+        if len(turn.swipes) <= 1:
+            self.delete(index)
+            return
+        self.mark_unfinished(index, False)
+        removed = turn.swipe_id
+        turn.swipes.pop(removed)
+        marks = turn._unfinished_marks()
+        if marks:
+            # Swipe ids after the removed one shift down by one.
+            turn._set_unfinished_marks([m - 1 if m > removed else m for m in marks if m != removed])
+        if len(turn.swipe_info) > removed:
+            turn.swipe_info.pop(removed)
+        turn.swipe_id = max(0, removed - 1)
+
+    def branch(self, upto: int, parent_file: str | None = None) -> Chat:
+        """A new chat holding a copy of turns ``0..upto`` (inclusive), linked to this one (saved under the
+        file name ``parent_file``, when given: SillyTavern finds the parent through ``main_chat``)."""
         meta = copy.deepcopy(self.metadata)
         meta["integrity"] = str(uuid.uuid4())
-        meta.setdefault("rpchat", {})["parent"] = {
-            "integrity": self.metadata.get("integrity"),
-            "turn": upto,
-        }
-        return Chat(
+        branch = Chat(
             user_name=self.user_name,
             character_name=self.character_name,
             turns=copy.deepcopy(self.turns[: upto + 1]),
             metadata=meta,
         )
+        link: dict[str, Any] = {"integrity": self.metadata.get("integrity"), "turn": upto}
+        branch.settings["parent"] = link
+        if parent_file is not None:
+            link["file"] = parent_file
+            meta["main_chat"] = PurePath(parent_file).stem
+        return branch

@@ -1,7 +1,8 @@
 """The chat the user had open last, remembered across restarts in ``<data_dir>/last-chat.json``.
 
 The file is small JSON written atomically. It is only a hint: a missing or garbled file, or a chat
-deleted since, reads as "nothing to resume", never as an error.
+deleted since, reads as "nothing to resume", never as an error. Which card owns the recorded chat now is
+the library's to say (`rpchat.chat.library.last_chat`).
 """
 
 from __future__ import annotations
@@ -51,22 +52,6 @@ def recorded_chat(paths: Paths | None = None) -> LastChat | None:
     if not isinstance(card, str) or not isinstance(chat, str) or not card or not chat or "\0" in card + chat:
         return None
     return LastChat(Path(card), Path(chat))
-
-
-def last_chat(paths: Paths | None = None) -> LastChat | None:
-    """The chat to resume: the one recorded, with the card that owns its folder now (the recorded card
-    may have been renamed). None when nothing was recorded or the chat file is gone."""
-    from rpchat.cards.library import card_files
-    from rpchat.chat.library import chats_folder
-
-    found = recorded_chat(paths)
-    if found is None or not found.chat.is_file():
-        return None
-    if found.card.is_file():
-        return found
-    # The card file was renamed or deleted outside rpchat: the card whose folder holds the chat.
-    owner = next((p for p in card_files() if chats_folder(p) == found.chat.parent), None)
-    return LastChat(owner, found.chat) if owner is not None else None
 
 
 def follow_moves(moved: dict[Path, Path], card: Path, paths: Paths | None = None) -> None:

@@ -12,20 +12,19 @@ are offsets in the reply. Characters split over tokens belong to the token holdi
 
 from __future__ import annotations
 
-import threading
 from bisect import bisect_right
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from functools import cache
 from pathlib import Path
-from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from rpchat.engine.base import Result
-from rpchat.engine.textstream import StopFilter, Utf8Pieces
-from rpchat.errors import ConfigError, EngineError
+from rpchat.engine.kvcache import KVCache
+from rpchat.engine.textstream import Utf8Pieces
+from rpchat.errors import ConfigError
 
 if TYPE_CHECKING:
-    from rpchat.engine.llama import LocalEngine
+    # Only types: the sampler bindings (numpy, llama_cpp) load when a reply starts.
     from rpchat.engine.sampling import ChainCheckpoint, SamplerChain
 
 DEFAULT_FILE = Path(__file__).with_name("banned_phrases.yaml")
@@ -165,130 +164,102 @@ class _Reply:
         self.release(len(self.marks))
 
 
-def generate(
-    engine: LocalEngine,
-    llama_cpp: Any,
-    sampler: SamplerChain,
-    prompt: Sequence[int],
-    max_new: int,
-    stop: Sequence[str],
-    cancel: threading.Event,
-    result: Result,
-    t0: float,
-) -> Iterator[str]:
-    """`generation._generate` with banned phrases taken back; fills the same ``result`` fields."""
-    from rpchat.engine.generation import _resync
+class PhraseGuard:
+    """Banned phrases for the per-token loop (`rpchat.engine.generation`), which consults it before
+    each sample (`before_sample`) and with each sampled token (`add`).
 
-    ctx = engine._ctx
-    matcher = PhraseMatcher(sampler.sampling.banned_phrases)
-    decode = llama_cpp.llama_decode
-    buf = (llama_cpp.llama_token * 1)()
-    batch = llama_cpp.llama_batch_get_one(buf, 1)
-    logits_of = llama_cpp.llama_get_logits_ith
-    pieces, piece_of = engine._pieces, engine._piece
-    stops = StopFilter(stop)
-    reply = _Reply()
-    bans: dict[int, set[int]] = {}  # reply position -> tokens banned there
-    exhausted: set[int] = set()  # positions where every candidate was banned
-    shown = 0  # characters of reply.text released to the stream
-    allowed = 0  # a phrase starting before this offset was let through (a cap was hit)
-    t_first = 0.0
-    finish = "length"
+    When the reply completes a phrase, the KV cache and the sampler chain go back to the token where
+    it began and that token is banned there; `add` then returns None and `redo` is the token to
+    decode again (the one before the phrase). Otherwise `add` returns the text that is safe to show.
+    """
 
-    def step(token: int) -> str | None:
-        """Decode ``token`` into the KV cache; the finish reason when that fails."""
-        buf[0] = token
-        rc = decode(ctx, batch)
-        if not rc:
-            engine._cache.append(token)
+    def __init__(self, llama_cpp: Any, phrases: Sequence[str], sampler: SamplerChain, cache: KVCache,
+                 prompt: Sequence[int], result: Result) -> None:
+        self._logits_of = llama_cpp.llama_get_logits_ith
+        self._matcher = PhraseMatcher(phrases)
+        self._sampler = sampler
+        self._cache = cache
+        self._prompt = prompt
+        self._result = result
+        self._reply = _Reply()
+        self._bans: dict[int, set[int]] = {}  # reply position -> tokens banned there
+        self._exhausted: set[int] = set()  # positions where every candidate was banned
+        self._shown = 0  # characters of the reply's text released to the stream
+        self._allowed = 0  # a phrase starting before this offset was let through (a cap was hit)
+        self._mark: ChainCheckpoint | None = None  # the sampler state before the token being sampled
+        self._banned_here: set[int] | None = None
+        self.redo = -1  # after a rewind: the token to decode again
+
+    @property
+    def n_tokens(self) -> int:
+        """Tokens in the reply (after any rewind)."""
+        return len(self._reply.tokens)
+
+    def before_sample(self) -> None:
+        """Ban the tokens already tried at this position, and remember the sampler's state."""
+        banned_here = self._bans.get(len(self._reply.tokens))
+        if banned_here:
+            logits = self._logits_of(self._cache.ctx, -1)
+            for tok in banned_here:
+                logits[tok] = BANNED_LOGIT
+        self._banned_here = banned_here
+        self._mark = self._sampler.checkpoint()
+
+    def add(self, tok: int, data: bytes) -> str | None:
+        """Take the sampled ``tok`` (its bytes ``data``): text now safe to show, or None after a rewind."""
+        reply, matcher = self._reply, self._matcher
+        mark, self._mark = self._mark, None
+        assert mark is not None, "add without before_sample"
+        at = len(reply.tokens)
+        if self._banned_here and tok in self._banned_here:
+            self._exhausted.add(at)  # every candidate is banned: this one stays
+        reply.add(tok, data, mark)
+        hit = matcher.find(reply.folded, max(self._shown, self._allowed))
+        if hit is not None and self._rewind(reply.token_at(hit[0])):
             return None
-        _resync(engine, llama_cpp, [*engine._cache, token])
-        if rc == 2:
-            return "cancelled"
-        if rc == 1:
-            return "length"  # no room left in the KV cache
-        result.tokens_generated = len(reply.tokens)
-        raise EngineError(
-            f"llama.cpp failed while generating (llama_decode returned {rc})", engine.settings.model_path
-        )
+        if hit is not None:
+            self._allowed = hit[1]  # give up on this one gracefully (recurrent state cannot be cut)
+        hold = reply.token_at(matcher.open_from(reply.folded, max(self._shown, self._allowed)))
+        upto = reply.char_of(hold)
+        if upto <= self._shown:
+            return ""
+        text = reply.text[self._shown : upto]
+        self._shown = upto
+        reply.release(hold)
+        return text
 
-    try:
-        while len(reply.tokens) < max_new:
-            at = len(reply.tokens)
-            banned_here = bans.get(at)
-            if banned_here:
-                logits = logits_of(ctx, -1)
-                for tok in banned_here:
-                    logits[tok] = BANNED_LOGIT
-            mark = sampler.checkpoint()
-            tok = sampler.sample(ctx, -1)
-            if not t_first:
-                t_first = perf_counter()
-                result.ttft_s = t_first - t0
-            entry = pieces.get(tok) or piece_of(tok)
-            if entry[1]:
-                mark.close()
-                finish = "eos"
-                break
-            if banned_here and tok in banned_here:
-                exhausted.add(at)  # every candidate is banned: this one stays
-            reply.add(tok, entry[0], mark)
-            hit = matcher.find(reply.folded, max(shown, allowed))
-            if hit is not None:
-                back = reply.token_at(hit[0])
-                tried = bans.setdefault(back, set())
-                keep = len(prompt) + back - 1  # the KV cache is cut one token short of `back`
-                if (result.rewinds >= MAX_REWINDS or len(tried) >= MAX_BANS_AT or back in exhausted
-                        or reply.marks[back] is None
-                        or not llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(ctx), 0, keep, -1)):
-                    allowed = hit[1]  # give up on this one gracefully (recurrent state cannot be cut)
-                else:
-                    tried.add(reply.tokens[back])
-                    for later in [p for p in bans if p > back]:
-                        del bans[later]
-                    exhausted = {p for p in exhausted if p < back}
-                    result.rewinds += 1
-                    result.tokens_resampled += len(reply.tokens) - back
-                    # The cache held the prompt and the reply before `tok`; the token before `back`
-                    # is decoded again for the logits at `back`.
-                    last = engine._cache[keep]
-                    del engine._cache[keep:]
-                    with_mark = reply.cut(back)
-                    sampler.rewind(with_mark, [*prompt, *reply.tokens])
-                    with_mark.close()
-                    failure = step(last)
-                    if failure:
-                        finish = failure
-                        break
-                    continue
-            hold = reply.token_at(matcher.open_from(reply.folded, max(shown, allowed)))
-            upto = reply.char_of(hold)
-            if upto > shown:
-                text, stopped = stops.feed(reply.text[shown:upto])
-                shown = upto
-                reply.release(hold)
-                if text:
-                    yield text
-                if stopped:
-                    finish = "stop"
-                    break
-            if cancel.is_set():
-                finish = "cancelled"
-                break
-            failure = step(tok)
-            if failure:
-                finish = failure
-                break
-        if finish != "stop":
-            text, stopped = stops.feed(reply.text[shown:])
-            if stopped:
-                finish = "stop"
-            else:
-                text += stops.flush()
-            if text:
-                yield text
-    finally:
-        reply.close()
-    result.tokens_generated = len(reply.tokens)
-    result.gen_time_s = perf_counter() - t_first if t_first else 0.0
-    result.finish_reason = finish  # type: ignore[assignment]
+    def _rewind(self, back: int) -> bool:
+        """Go back to before reply token ``back``; False when a cap or the KV cache says no."""
+        reply, cache, result = self._reply, self._cache, self._result
+        tried = self._bans.setdefault(back, set())
+        keep = len(self._prompt) + back - 1  # the KV cache is cut one token short of `back`
+        if (result.rewinds >= MAX_REWINDS or len(tried) >= MAX_BANS_AT or back in self._exhausted
+                or reply.marks[back] is None):
+            return False
+        # The cache holds the prompt and the reply before the newest token; the token before `back`
+        # is decoded again for the logits at `back`.
+        last = cache.tokens[keep]
+        if not cache.truncate(keep):
+            return False
+        tried.add(reply.tokens[back])
+        for later in [p for p in self._bans if p > back]:
+            del self._bans[later]
+        self._exhausted = {p for p in self._exhausted if p < back}
+        result.rewinds += 1
+        result.tokens_resampled += len(reply.tokens) - back
+        with_mark = reply.cut(back)
+        self._sampler.rewind(with_mark, [*self._prompt, *reply.tokens])
+        with_mark.close()
+        self.redo = last
+        return True
+
+    def rest(self) -> str:
+        """The text still held back when the reply ends."""
+        return self._reply.text[self._shown :]
+
+    def close(self) -> None:
+        """Free the sampler checkpoints."""
+        if self._mark is not None:
+            self._mark.close()
+            self._mark = None
+        self._reply.close()

@@ -47,6 +47,11 @@ class Sampling:
     banned_phrases: tuple[str, ...] = ()
 
 
+# The one place the defaults are read from: presets save only what differs, the sampler form marks what is
+# on, and remote requests leave neutral samplers out.
+NEUTRAL_SAMPLING = Sampling()
+
+
 @dataclass
 class Result:
     """What one generation did, for the status line and the benchmark."""

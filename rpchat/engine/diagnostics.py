@@ -5,6 +5,9 @@ from __future__ import annotations
 import ctypes
 from typing import TYPE_CHECKING, Any
 
+from rpchat.engine.llama_log import route_llama_logs
+from rpchat.engine.preflight import remembered_verdict
+
 if TYPE_CHECKING:
     from rpchat.paths import Paths
 
@@ -64,8 +67,6 @@ def doctor_report() -> list[tuple[str, str]]:
         rows.append(("llama-cpp-python", f"not importable: {exc}"))
         llama_cpp = None
     if llama_cpp is not None:
-        from rpchat.engine.llama import route_llama_logs
-
         route_llama_logs()
         rows.append(("llama-cpp-python", str(getattr(llama_cpp, "__version__", "?"))))
         info = llama_cpp.llama_print_system_info().decode("utf-8", "replace").strip()
@@ -121,8 +122,6 @@ def _remote_rows(paths: Paths) -> list[tuple[str, str]]:
 
 
 def _repack_row() -> str:
-    from rpchat.engine.preflight import remembered_verdict
-
     verdict = remembered_verdict()
     if verdict is None:
         return "not tested yet (tested once on the first quantized model load)"

@@ -1,7 +1,10 @@
-"""One reply from `LocalEngine`: reuse the KV cache, evaluate the prompt in chunks, stream tokens.
+"""One reply from a `LoadedModel`: reuse the KV cache, evaluate the prompt in chunks, stream tokens.
 
-The per-token loop is deliberately plain: everything it touches is bound to a local name first,
-pieces are cached per token, and the only per-token C calls are the sampler and ``llama_decode``.
+There is one per-token loop (`_generate`). It is deliberately plain: everything it touches is bound
+to a local name first, pieces are cached per token, and the only per-token C calls are the sampler
+and ``llama_decode``. Optional components hook into it at fixed points, each behind one
+``is not None`` test: today the banned-phrase guard (`rpchat.engine.banned.PhraseGuard`), which is
+consulted before sampling and for each sampled token's text.
 """
 
 from __future__ import annotations
@@ -11,126 +14,110 @@ from collections.abc import Iterator, Sequence
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from rpchat.engine.base import PromptProgress, PromptProgressCallback, Result, Sampling
-from rpchat.engine.kvreuse import plan_reuse
+from rpchat.engine.banned import PhraseGuard
+from rpchat.engine.base import FinishReason, PromptProgress, PromptProgressCallback, Result, Sampling
+from rpchat.engine.kvstate import KVStates
+from rpchat.engine.loader import LoadedModel
 from rpchat.engine.textstream import StopFilter, Utf8Pieces
 from rpchat.errors import EngineError
-from rpchat.prompt.segments import Segment
+
+if TYPE_CHECKING:
+    from rpchat.engine.sampling import SamplerChain
 
 # Inside a long prompt chunk (seconds each at 7B on a CPU), progress is reported this often.
 PROGRESS_INTERVAL_S = 0.2
 
-if TYPE_CHECKING:
-    from rpchat.engine.llama import LocalEngine
-
 
 def run(
-    engine: LocalEngine,
-    prompt: Sequence[Segment] | Sequence[int],
+    model: LoadedModel,
+    tokens: list[int],
     sampling: Sampling,
     stop: Sequence[str],
     cancel: threading.Event | None,
     result: Result,
     progress: PromptProgressCallback | None = None,
+    *,
+    states: KVStates | None = None,
+    context_shift: bool = True,
+    t0: float | None = None,
 ) -> Iterator[str]:
-    """Generate text pieces for ``prompt`` and fill ``result`` as it goes; ``progress`` hears how
-    far the prompt evaluation has got (see `Engine.stream`)."""
+    """Generate text pieces for the prompt ``tokens`` and fill ``result`` as it goes.
+
+    ``progress`` hears how far the prompt evaluation has got (see `Engine.stream`), ``states`` are
+    saved chat states to read back when one serves the prompt better than the cache, and ``t0`` is
+    when the request started (for the time to the first token). The caller holds the engine's lock.
+    """
     import llama_cpp
 
-    t0 = perf_counter()
+    # Imported per reply, not with the engine: numpy and the sampler bindings are only needed here.
+    from rpchat.engine.sampling import SamplerChain
+
+    t0 = perf_counter() if t0 is None else t0
     cancel = cancel or threading.Event()
-    with engine.lock:
-        engine._require_loaded()
-        if prompt and isinstance(prompt[0], Segment):
-            tokens = engine.tokenize_prompt(prompt)  # type: ignore[arg-type]
-        else:
-            tokens = [int(t) for t in prompt]  # type: ignore[arg-type]
-        result.prompt_tokens = len(tokens)
-        source = engine.settings.model_path
-        if not tokens:
-            raise EngineError("the prompt is empty", source)
-        if len(tokens) >= engine.n_ctx:
-            raise EngineError(
-                f"the prompt has {len(tokens)} tokens but the context holds {engine.n_ctx}", source
-            )
-        done = threading.Event()
-        abort = engine._abort
-        assert abort is not None  # set by load()
-        abort.arm(engine._ctx)
-        abort.watch(cancel, done)
-        sampler = None
-        emitted: list[str] = []
-        result.finish_reason = "cancelled"  # until something else is known
-        try:
-            if not _evaluate_prompt(engine, llama_cpp, tokens, cancel, result, progress, t0):
-                result.ttft_s = perf_counter() - t0
-                return
-            from rpchat.engine.llama import _make_sampler
-
-            sampler = _make_sampler(engine._model, engine._ctx, sampling, tokens)
-            max_new = min(max(0, sampling.max_tokens), engine.n_ctx - len(tokens))
-            if sampling.banned_phrases:
-                from rpchat.engine import banned
-
-                pieces = banned.generate(engine, llama_cpp, sampler, tokens, max_new, stop, cancel, result, t0)
-            else:
-                pieces = _generate(engine, llama_cpp, sampler, max_new, stop, cancel, result, t0)
-            for piece in pieces:
-                emitted.append(piece)
-                yield piece
-        except EngineError as exc:
-            result.finish_reason = "error"
-            result.error = exc.problem
-            raise
-        finally:
-            done.set()
-            abort.clear()
-            if sampler is not None:
-                sampler.close()
-            result.text = "".join(emitted)
+    result.prompt_tokens = len(tokens)
+    if not tokens:
+        raise EngineError("the prompt is empty", model.path)
+    if len(tokens) >= model.n_ctx:
+        raise EngineError(f"the prompt has {len(tokens)} tokens but the context holds {model.n_ctx}", model.path)
+    done = threading.Event()
+    abort = model.abort
+    abort.arm(model.ctx)
+    abort.watch(cancel, done)
+    sampler = None
+    guard = None
+    emitted: list[str] = []
+    result.finish_reason = "cancelled"  # until something else is known
+    try:
+        if not _evaluate_prompt(model, llama_cpp, tokens, cancel, result, progress, t0, states, context_shift):
+            result.ttft_s = perf_counter() - t0
+            return
+        sampler = SamplerChain(model.model, model.ctx, sampling, tokens)
+        max_new = min(max(0, sampling.max_tokens), model.n_ctx - len(tokens))
+        if sampling.banned_phrases:
+            guard = PhraseGuard(llama_cpp, sampling.banned_phrases, sampler, model.cache, tokens, result)
+        for piece in _generate(model, llama_cpp, sampler, guard, max_new, stop, cancel, result, t0):
+            emitted.append(piece)
+            yield piece
+    except EngineError as exc:
+        result.finish_reason = "error"
+        result.error = exc.problem
+        raise
+    finally:
+        done.set()
+        abort.clear()
+        if guard is not None:
+            guard.close()
+        if sampler is not None:
+            sampler.close()
+        result.text = "".join(emitted)
 
 
 def _evaluate_prompt(
-    engine: LocalEngine,
+    model: LoadedModel,
     llama_cpp: Any,
     tokens: list[int],
     cancel: threading.Event,
     result: Result,
     progress: PromptProgressCallback | None,
     t0: float,
+    states: KVStates | None,
+    context_shift: bool,
 ) -> bool:
     """Bring the KV cache to hold ``tokens``; False when cancelled (the cache stays consistent)."""
-    ctx = engine._ctx
-    mem = llama_cpp.llama_get_memory(ctx)
-    seq_rm = llama_cpp.llama_memory_seq_rm
-    states = engine.kv_states
-    restored = states.restore(engine, llama_cpp, tokens) if states is not None else 0
-    plan = plan_reuse(engine._cache, tokens, can_shift=engine._can_shift and engine.settings.context_shift)
-    if plan.shifted:
-        ok = seq_rm(mem, 0, plan.span_end, -1) and seq_rm(mem, 0, plan.keep, plan.span_start)
-        if ok:
-            llama_cpp.llama_memory_seq_add(
-                mem, 0, plan.span_start, plan.span_end, plan.keep - plan.span_start
-            )
-    else:
-        ok = seq_rm(mem, 0, plan.keep, -1)
-    if ok:
-        engine._cache = tokens[: plan.reused]
-    else:  # e.g. recurrent state that cannot be cut: start over
-        llama_cpp.llama_memory_clear(mem, True)
-        engine._cache = []
-    result.prompt_tokens_reused = len(engine._cache)
+    ctx, cache = model.ctx, model.cache
+    restored = states.restore(model, tokens, shift=context_shift) if states is not None else 0
+    plan = cache.reuse(tokens, shift=context_shift)
+    result.prompt_tokens_reused = len(cache.tokens)
     result.prompt_tokens_restored = min(restored, result.prompt_tokens_reused)
     if states is not None:
-        states.after_plan(bool(plan.shifted), len(engine._cache))
+        states.after_plan(bool(plan.shifted), len(cache.tokens))
 
     decode, get_one = llama_cpp.llama_decode, llama_cpp.llama_batch_get_one
-    step = max(1, engine._batch_cap)
+    step = max(1, model.batch_cap)
     ubatch = max(1, int(llama_cpp.llama_n_ubatch(ctx)))
-    start = len(engine._cache)
-    abort = engine._abort
-    assert abort is not None  # set by load()
-    meter = _PromptMeter(progress, len(tokens) - start, t0, engine._graph_nodes) if progress else None
+    start = len(cache.tokens)
+    abort = model.abort
+    meter = _PromptMeter(progress, len(tokens) - start, t0, model.graph_nodes) if progress else None
     # Python after every graph node: progress inside a long chunk, and Ctrl+C within one node.
     abort.count_nodes(ctx, meter.on_node if meter else None)
     try:
@@ -145,24 +132,21 @@ def _evaluate_prompt(
             arr = (llama_cpp.llama_token * len(chunk))(*chunk)
             rc = decode(ctx, get_one(arr, len(chunk)))
             if abort.interrupted:
-                _resync(engine, llama_cpp, tokens)
+                cache.resync(tokens)
                 raise KeyboardInterrupt
             if rc == 0:
-                engine._cache.extend(chunk)
+                cache.tokens.extend(chunk)
                 if abort.nodes:
-                    engine._graph_nodes = abort.nodes // graphs
+                    model.graph_nodes = abort.nodes // graphs
             else:
-                _resync(engine, llama_cpp, tokens)
-            result.prompt_tokens_evaluated = len(engine._cache) - start
+                cache.resync(tokens)
+            result.prompt_tokens_evaluated = len(cache.tokens) - start
             if meter is not None and rc == 0:
                 meter.chunk_done(result.prompt_tokens_evaluated)
             if rc == 2:
                 return False
             if rc != 0:
-                raise EngineError(
-                    f"llama.cpp failed to evaluate the prompt (llama_decode returned {rc})",
-                    engine.settings.model_path,
-                )
+                raise EngineError(f"llama.cpp failed to evaluate the prompt (llama_decode returned {rc})", model.path)
     finally:
         abort.attach(ctx)  # back to the C-only flag for the per-token loop
     return not cancel.is_set()
@@ -207,88 +191,91 @@ class _PromptMeter:
             pass
 
 
-def _resync(engine: LocalEngine, llama_cpp: Any, tokens: Sequence[int]) -> None:
-    """After an aborted or failed decode, trust the memory's own idea of what it holds."""
-    mem = llama_cpp.llama_get_memory(engine._ctx)
-    n = int(llama_cpp.llama_memory_seq_pos_max(mem, 0)) + 1
-    n = max(0, min(n, len(tokens)))
-    llama_cpp.llama_memory_seq_rm(mem, 0, n, -1)
-    engine._cache = list(tokens[:n])
-
-
 def _generate(
-    engine: LocalEngine,
+    model: LoadedModel,
     llama_cpp: Any,
-    sampler: Any,
+    sampler: SamplerChain,
+    guard: PhraseGuard | None,
     max_new: int,
     stop: Sequence[str],
     cancel: threading.Event,
     result: Result,
     t0: float,
 ) -> Iterator[str]:
-    ctx = engine._ctx
+    """The per-token loop: sample, turn the token into text, stream it, decode it into the cache."""
+    ctx = model.ctx
     decode = llama_cpp.llama_decode
     buf = (llama_cpp.llama_token * 1)()
     batch = llama_cpp.llama_batch_get_one(buf, 1)
     sample = sampler.sample
-    pieces = engine._pieces
-    piece_of = engine._piece
-    utf8 = Utf8Pieces()
-    feed = utf8.feed
+    pieces = model.tokenizer.pieces
+    piece_of = model.tokenizer.piece
+    feed = Utf8Pieces().feed
     stops = StopFilter(stop)
     filtering = bool(stops.stops)
     is_cancelled = cancel.is_set
-    cache = engine._cache
-    append = cache.append
+    cache = model.cache
+    append = cache.tokens.append  # `KVCache.tokens` only changes in place
     n = 0
     t_first = 0.0
-    finish = "length"
+    finish: FinishReason = "length"
+    text: str | None
     while n < max_new:
+        if guard is not None:
+            guard.before_sample()
         tok = sample(ctx, -1)
-        if not n:
+        if not t_first:
             t_first = perf_counter()
             result.ttft_s = t_first - t0
         entry = pieces.get(tok) or piece_of(tok)
         if entry[1]:
             finish = "eos"
             break
-        n += 1
-        text = feed(entry[0])
-        if filtering:
-            text, hit = stops.feed(text)
-            if hit:
-                if text:
-                    yield text
-                finish = "stop"
+        if guard is None:
+            n += 1
+            text = feed(entry[0])
+        else:
+            # The guard decodes UTF-8 itself and holds back what could still become a banned phrase.
+            text = guard.add(tok, entry[0])
+            n = guard.n_tokens
+            if text is None:  # a phrase was taken back: decode the token before it again, for its logits
+                tok = guard.redo
+        if text is not None:
+            if filtering:
+                text, hit = stops.feed(text)
+                if hit:
+                    if text:
+                        yield text
+                    finish = "stop"
+                    break
+            if text:
+                yield text
+            if is_cancelled():
+                finish = "cancelled"
                 break
-        if text:
-            yield text
-        if is_cancelled():
-            finish = "cancelled"
-            break
         buf[0] = tok
         rc = decode(ctx, batch)
         if rc:
-            _resync(engine, llama_cpp, cache + [tok])
-            cache = engine._cache
-            append = cache.append
+            cache.resync(cache.tokens + [tok])
             if rc == 2:
                 finish = "cancelled"
             elif rc == 1:
                 finish = "length"  # no room left in the KV cache
             else:
                 result.tokens_generated = n
-                raise EngineError(
-                    f"llama.cpp failed while generating (llama_decode returned {rc})",
-                    engine.settings.model_path,
-                )
+                raise EngineError(f"llama.cpp failed while generating (llama_decode returned {rc})", model.path)
             break
         append(tok)
     t_end = perf_counter()
+    tail = ""
+    if finish != "stop":
+        tail, hit = stops.feed(guard.rest()) if guard is not None else ("", False)
+        if hit:
+            finish = "stop"
+        else:
+            tail += stops.flush()
     result.tokens_generated = n
     result.gen_time_s = t_end - t_first if n else 0.0
-    result.finish_reason = finish  # type: ignore[assignment]
-    if finish != "stop":
-        tail = stops.flush()
-        if tail:
-            yield tail
+    result.finish_reason = finish
+    if tail:
+        yield tail

@@ -24,13 +24,13 @@ import zlib
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rpchat.atomic import write_atomic_chunks
 from rpchat.engine.kvreuse import common_prefix, plan_reuse
+from rpchat.engine.loader import LoadedModel
 
 if TYPE_CHECKING:
-    from rpchat.engine.llama import LocalEngine
     from rpchat.engine.remote_slots import SlotStates
 
 MAGIC = b"RPCHATKV"
@@ -119,19 +119,29 @@ def build_identity() -> dict[str, Any]:
     }
 
 
-def engine_key(engine: LocalEngine) -> dict[str, Any]:
-    """Everything a state's validity depends on, for a loaded engine."""
-    s = engine.settings
+class LoadedEngine(Protocol):
+    """What saving a state needs of the local engine: its lock and its loaded model."""
+
+    @property
+    def lock(self) -> threading.Lock: ...
+
+    @property
+    def loaded(self) -> LoadedModel | None: ...
+
+
+def engine_key(model: LoadedModel) -> dict[str, Any]:
+    """Everything a state's validity depends on, for a loaded model."""
+    s = model.settings
     lora = Path(s.lora_path).expanduser() if s.lora_path is not None else None
     return {
         "version": VERSION,
         "model": file_identity(Path(s.model_path).expanduser()),
         "lora": file_identity(lora) if lora is not None else None,
         "lora_scale": s.lora_scale if lora is not None else None,
-        "n_ctx": engine.n_ctx,
+        "n_ctx": model.n_ctx,
         "kv_type": s.kv_type.lower(),
         "flash_attn": s.flash_attn,
-        "gpu_layers": engine.info.gpu_layers,
+        "gpu_layers": model.info.gpu_layers,
         "build": build_identity(),
     }
 
@@ -154,13 +164,13 @@ class KVStates:
         self._io = threading.Lock()
 
     # --- identity --------------------------------------------------------------------------------
-    def prepare(self, engine: LocalEngine) -> None:
+    def prepare(self, model: LoadedModel) -> None:
         """Work out the state key now (the engine calls it when a model is loaded), not during a save."""
-        self._prepare(engine)
+        self._prepare(model)
 
-    def _prepare(self, engine: LocalEngine) -> Path:
+    def _prepare(self, model: LoadedModel) -> Path:
         if self._key_dir is None:
-            self._key = engine_key(engine)
+            self._key = engine_key(model)
             digest = hashlib.sha256(json.dumps(self._key, sort_keys=True).encode()).hexdigest()[:20]
             self._key_dir = self.folder / digest
         return self._key_dir
@@ -182,23 +192,26 @@ class KVStates:
         """Called by the generation once the cache plan is applied (a shift lands at the next decode)."""
         self._shift_at = cached if shifted else None
 
-    def capture(self, engine: LocalEngine, chat: str) -> Snapshot | None:
+    def capture(self, engine: LoadedEngine, chat: str) -> Snapshot | None:
         """Read ``chat``'s state out of the engine (a memory copy); None when there is nothing new."""
         import llama_cpp
 
         if self._off is not None or self.budget <= 0:
             return None
         with engine.lock:
-            tokens = list(engine._cache)
-            if engine._ctx is None or self.owner != chat or len(tokens) < MIN_TOKENS:
+            model = engine.loaded
+            if model is None:
+                return None
+            tokens = list(model.cache.tokens)
+            if self.owner != chat or len(tokens) < MIN_TOKENS:
                 return None
             if self._shift_at is not None and len(tokens) <= self._shift_at:
                 return None  # a context shift not yet applied to the K cache: the state is not final
             digest = _digest(tokens)
-            key_dir = self._prepare(engine)
+            key_dir = self._prepare(model)
             if self._saved.get(chat) == digest and (key_dir / (chat + SUFFIX)).is_file():
                 return None
-            ctx = engine._ctx
+            ctx = model.ctx
             size = int(llama_cpp.llama_state_seq_get_size(ctx, ALL_CELLS))
             if size <= 0 or size > self.budget:
                 return None
@@ -234,24 +247,25 @@ class KVStates:
             self.evict()
         return path
 
-    def save(self, engine: LocalEngine, chat: str) -> Path | None:
+    def save(self, engine: LoadedEngine, chat: str) -> Path | None:
         """Capture and write ``chat``'s state now; None when nothing was written."""
         snap = self.capture(engine, chat)
         return self.write(snap) if snap is not None else None
 
     # --- restoring -------------------------------------------------------------------------------
-    def restore(self, engine: LocalEngine, llama_cpp: Any, tokens: list[int]) -> int:
+    def restore(self, model: LoadedModel, tokens: list[int], *, shift: bool) -> int:
         """Under the engine's lock, before the cache plan: load the saved state that serves the most
-        of ``tokens`` when it beats what is in memory; returns the tokens restored (0 for none)."""
+        of ``tokens`` when it beats what is in memory; returns the tokens restored (0 for none).
+        ``shift``: a context shift is allowed."""
         if len(tokens) <= MIN_TOKENS + 1:
             return 0
         try:
-            key_dir = self._prepare(engine)
+            key_dir = self._prepare(model)
             files = sorted(key_dir.glob("*" + SUFFIX))
         except OSError:
             return 0
-        can_shift = engine._can_shift and engine.settings.context_shift
-        best = plan_reuse(engine._cache, tokens, can_shift=can_shift).reused + MIN_GAIN
+        can_shift = model.cache.can_shift and shift
+        best = model.cache.plan(tokens, shift=shift).reused + MIN_GAIN
         choice: tuple[Path, list[int]] | None = None
         for path in files:
             saved = self._tokens_of(path)
@@ -264,10 +278,9 @@ class KVStates:
             return 0
         path, saved = choice
         try:
-            return len(saved) if self._load(engine, llama_cpp, path, saved) else 0
+            return len(saved) if self._load(model, path, saved) else 0
         except Exception as exc:  # noqa: BLE001 - a state that cannot be used costs an evaluation, never the reply
-            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(engine._ctx), True)
-            engine._cache = []
+            model.cache.clear()
             self._reject(path, f"{type(exc).__name__}: {exc}")
             return 0
 
@@ -293,7 +306,7 @@ class KVStates:
         self._headers[path] = (stamp, tokens)
         return tokens
 
-    def _load(self, engine: LocalEngine, llama_cpp: Any, path: Path, saved: list[int]) -> bool:
+    def _load(self, model: LoadedModel, path: Path, saved: list[int]) -> bool:
         try:
             # Read straight into a C buffer (no copy holding the GIL: the UI thread keeps running).
             size = path.stat().st_size
@@ -317,10 +330,10 @@ class KVStates:
             self._reject(path, str(exc) if isinstance(exc, ValueError) and str(exc).startswith("it") else
                          "it is garbled")
             return False
-        ctx = engine._ctx
+        llama_cpp = model.llama_cpp
+        ctx = model.ctx
         mem = llama_cpp.llama_get_memory(ctx)
-        llama_cpp.llama_memory_clear(mem, True)
-        engine._cache = []
+        model.cache.clear()
         at = ctypes.cast(ctypes.addressof(buf) + tok_end, ctypes.POINTER(ctypes.c_uint8))
         ok = int(llama_cpp.llama_state_seq_set_data(ctx, at, len(state), ALL_CELLS)) > 0
         if ok and int(llama_cpp.llama_memory_seq_pos_max(mem, 0)) + 1 != len(saved):
@@ -329,7 +342,7 @@ class KVStates:
             llama_cpp.llama_memory_clear(mem, True)
             self._reject(path, "llama.cpp could not read it back")
             return False
-        engine._cache = list(saved)
+        model.cache.replace(saved)
         self._shift_at = None
         self._saved[str(header.get("chat", ""))] = _digest(saved)
         try:
@@ -437,5 +450,5 @@ def save_for(engine: Any, chat_path: Path) -> Path | None:
         return None
 
 
-__all__ = ["KVStates", "Snapshot", "Usage", "attach", "chat_id", "engine_key", "save_for", "states_dir",
+__all__ = ["KVStates", "LoadedEngine", "Snapshot", "Usage", "attach", "chat_id", "engine_key", "save_for", "states_dir",
            "states_of", "usage"]

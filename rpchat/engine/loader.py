@@ -1,35 +1,100 @@
-"""Loading a GGUF model and its context for `LocalEngine`, with one-line errors for every failure."""
+"""Loading a GGUF model and its context, with one-line errors for every failure.
+
+`load_model` turns `LocalSettings` into a `LoadedModel`: llama.cpp's model and context with the
+tokenizer, the KV cache bookkeeping, the abort flag and what the user is shown about them.
+"""
 
 from __future__ import annotations
 
 import ctypes
-import re
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from rpchat.engine.abort import AbortFlag
 from rpchat.engine.base import EngineInfo, ProgressCallback
+from rpchat.engine.diagnostics import backend_label
 from rpchat.engine.gguf_info import read_gguf_info
-from rpchat.engine.llama import (
-    _SPECIAL_ATTRS,
-    KV_TYPES,
-    default_threads,
-    load_failure,
-    round_ctx,
-    route_llama_logs,
-)
+from rpchat.engine.kvcache import KVCache
+from rpchat.engine.llama_log import load_failure, route_llama_logs
+from rpchat.engine.preflight import repack_verdict
+from rpchat.engine.tokenizer import Tokenizer
 from rpchat.errors import ModelError
 
-if TYPE_CHECKING:
-    from rpchat.engine.llama import LocalEngine, _AbortFlag
-
+FLASH_ATTN = ("auto", "on", "off")  # auto: llama.cpp decides (on where the backend supports it)
+KV_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "bf16": 30}
 _FLOAT_TYPES = {"F32", "F16", "BF16"}  # repacking (and its AMX kernels) only touches quantized weights
 
 
-def load(engine: LocalEngine, progress: ProgressCallback | None) -> None:
-    """Fill ``engine``'s model, context and vocabulary fields, or raise ModelError."""
+@dataclass(frozen=True)
+class LocalSettings:
+    """How to run a GGUF model in-process."""
+
+    model_path: Path
+    n_ctx: int = 4096  # rounded up to a multiple of 256
+    n_threads: int | None = None  # None: the physical core count (best guess)
+    n_batch: int = 512  # prompt tokens per llama_decode call (and per cancel check)
+    n_gpu_layers: int | None = None  # None: all layers when the build can offload, else 0
+    flash_attn: str = "auto"  # one of FLASH_ATTN
+    kv_type: str = "f16"
+    lora_path: Path | None = None
+    lora_scale: float = 1.0
+    use_extra_bufts: bool | None = None  # None: decided by the repack preflight
+    context_shift: bool = True  # shift the KV cache when the prompt loses a span in the middle
+
+
+def round_ctx(n_ctx: int) -> int:
+    """llama-cpp-python wants n_ctx as a multiple of 256."""
+    return max(256, -(-int(n_ctx) // 256) * 256)
+
+
+def default_threads() -> int:
+    """Physical cores, guessed: hyperthreads slow token generation down."""
+    n = os.cpu_count() or 2
+    return max(1, n // 2) if n > 4 else n
+
+
+@dataclass
+class LoadedModel:
+    """A model and its context, ready to generate. `free` releases both (the LoRA goes with the model)."""
+
+    llama_cpp: Any = field(repr=False)
+    settings: LocalSettings
+    path: Path  # the model file, for error messages
+    model: Any
+    ctx: Any
+    tokenizer: Tokenizer
+    cache: KVCache
+    abort: AbortFlag
+    info: EngineInfo
+    batch_cap: int  # prompt tokens per llama_decode call
+    graph_nodes: int  # graph nodes per micro-batch (counted at warm-up, refined by every prompt chunk)
+    lora: Any = None
+
+    @property
+    def n_ctx(self) -> int:
+        return self.info.n_ctx
+
+    def free(self) -> None:
+        """Free the context and the model; the object is unusable afterwards."""
+        L = self.llama_cpp
+        if self.ctx is not None:
+            L.llama_free(self.ctx)
+            self.ctx = None
+        # A LoRA adapter belongs to its model in current llama.cpp: freeing the model frees it.
+        self.lora = None
+        if self.model is not None:
+            L.llama_model_free(self.model)
+            self.model = None
+        self.cache.tokens.clear()
+
+
+def load_model(settings: LocalSettings, progress: ProgressCallback | None = None) -> LoadedModel:
+    """Load the model and create its context, or raise ModelError naming the file."""
     import llama_cpp
 
-    s = engine.settings
+    s = settings
     path = Path(s.model_path).expanduser()
     if not path.exists():
         raise ModelError("model file not found", path)
@@ -44,8 +109,6 @@ def load(engine: LocalEngine, progress: ProgressCallback | None) -> None:
         if meta.quantization in _FLOAT_TYPES:
             use_extra = True
         else:
-            from rpchat.engine.preflight import repack_verdict
-
             verdict = repack_verdict()
             use_extra, notice = verdict.use_extra_bufts, verdict.notice
 
@@ -88,17 +151,18 @@ def load(engine: LocalEngine, progress: ProgressCallback | None) -> None:
         kv = KV_TYPES.get(s.kv_type.lower())
         if kv is None:
             raise ModelError(f"unknown kv_type {s.kv_type!r} (use one of {', '.join(KV_TYPES)})", path)
-        flash = s.flash_attn
-        if flash is None:
-            cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO
-        else:
-            cparams.flash_attn_type = (
-                llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
-            )
+        flash = s.flash_attn.lower()
+        if flash not in FLASH_ATTN:
+            raise ModelError(f"unknown flash_attn {s.flash_attn!r} (use one of {', '.join(FLASH_ATTN)})", path)
+        cparams.flash_attn_type = {
+            "auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
+            "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+            "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+        }[flash]
         cparams.type_k = kv
         # A quantized V cache needs flash attention; without it only K is quantized.
-        cparams.type_v = kv if (flash is not False or kv in (0, 1, 30)) else 1
-        if kv not in (0, 1, 30) and flash is None:
+        cparams.type_v = kv if (flash != "off" or kv in (0, 1, 30)) else 1
+        if kv not in (0, 1, 30) and flash == "auto":
             cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
         cparams.swa_full = True  # sliding-window models keep every cell, so prefix reuse stays exact
         cparams.no_perf = True
@@ -111,69 +175,50 @@ def load(engine: LocalEngine, progress: ProgressCallback | None) -> None:
         llama_cpp.llama_model_free(model)
         raise
 
-    engine._model, engine._ctx = model, ctx
     try:
-        _finish(engine, llama_cpp, path, meta.name, n_ctx, n_gpu, offload, notice, progress)
+        lora = _apply_lora(llama_cpp, s, model, ctx)
+        tokenizer = Tokenizer(llama_cpp, llama_cpp.llama_model_get_vocab(model))
+        can_shift = bool(llama_cpp.llama_memory_can_shift(llama_cpp.llama_get_memory(ctx)))
+        cache = KVCache(llama_cpp, ctx, can_shift=can_shift)
+        abort = AbortFlag(llama_cpp)
+        if progress is not None:
+            progress(0.97, "warming up: one pass over every weight")
+        graph_nodes = _warm_up(llama_cpp, ctx, max(tokenizer.bos, 0), abort)
+        n_layer = int(llama_cpp.llama_model_n_layer(model))
+        gpu_layers = 0 if not offload else (n_layer if n_gpu < 0 else min(n_gpu, n_layer))
+        info = EngineInfo(
+            model_name=meta.name,
+            backend=backend_label(gpu_layers),
+            n_ctx=int(llama_cpp.llama_n_ctx(ctx)),
+            gpu_layers=gpu_layers,
+            total_layers=n_layer,
+            notice=notice,
+        )
     except BaseException:
-        engine._free()
+        llama_cpp.llama_free(ctx)
+        llama_cpp.llama_model_free(model)
         raise
     if progress is not None:
         progress(1.0)
+    return LoadedModel(llama_cpp, s, path, model, ctx, tokenizer, cache, abort, info,
+                       batch_cap=int(llama_cpp.llama_n_batch(ctx)), graph_nodes=graph_nodes, lora=lora)
 
 
-def _finish(
-    engine: LocalEngine,
-    llama_cpp: Any,
-    path: Path,
-    name: str,
-    n_ctx: int,
-    n_gpu: int,
-    offload: bool,
-    notice: str | None,
-    progress: ProgressCallback | None = None,
-) -> None:
-    s = engine.settings
-    model, ctx = engine._model, engine._ctx
-    if s.lora_path is not None:
-        lora_path = Path(s.lora_path).expanduser()
-        if not lora_path.is_file():
-            raise ModelError("LoRA adapter file not found", lora_path)
-        adapter = llama_cpp.llama_adapter_lora_init(model, str(lora_path).encode())
-        if not adapter:
-            raise ModelError("llama.cpp could not load this LoRA adapter for the model", lora_path)
-        engine._lora = adapter
-        arr = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(adapter)
-        scales = (ctypes.c_float * 1)(s.lora_scale)
-        if llama_cpp.llama_set_adapters_lora(ctx, arr, 1, scales) != 0:
-            raise ModelError("the LoRA adapter does not fit this model", lora_path)
-
-    engine._vocab = llama_cpp.llama_model_get_vocab(model)
-    engine._bos = int(llama_cpp.llama_vocab_bos(engine._vocab))
-    engine._add_bos = bool(llama_cpp.llama_vocab_get_add_bos(engine._vocab))
-    engine._n_ctx = int(llama_cpp.llama_n_ctx(ctx))
-    engine._batch_cap = int(llama_cpp.llama_n_batch(ctx))
-    engine._can_shift = bool(llama_cpp.llama_memory_can_shift(llama_cpp.llama_get_memory(ctx)))
-    engine._cache = []
-    engine._pieces = {}
-    engine._special_re, engine._special_ids, engine._special_indexed = None, {}, False
-    from rpchat.engine.llama import _AbortFlag
-
-    engine._abort = _AbortFlag(llama_cpp, ctx)
-    if progress is not None:
-        progress(0.97, "warming up: one pass over every weight")
-    engine._graph_nodes = _warm_up(llama_cpp, ctx, max(engine._bos, 0), engine._abort)
-    n_layer = int(llama_cpp.llama_model_n_layer(model))
-    gpu_layers = 0 if not offload else (n_layer if n_gpu < 0 else min(n_gpu, n_layer))
-    from rpchat.engine.diagnostics import backend_label
-
-    engine._info = EngineInfo(
-        model_name=name,
-        backend=backend_label(gpu_layers),
-        n_ctx=engine._n_ctx,
-        gpu_layers=gpu_layers,
-        total_layers=n_layer,
-        notice=notice,
-    )
+def _apply_lora(llama_cpp: Any, s: LocalSettings, model: Any, ctx: Any) -> Any:
+    """The settings' LoRA adapter loaded and set on ``ctx`` (None without one)."""
+    if s.lora_path is None:
+        return None
+    lora_path = Path(s.lora_path).expanduser()
+    if not lora_path.is_file():
+        raise ModelError("LoRA adapter file not found", lora_path)
+    adapter = llama_cpp.llama_adapter_lora_init(model, str(lora_path).encode())
+    if not adapter:
+        raise ModelError("llama.cpp could not load this LoRA adapter for the model", lora_path)
+    arr = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(adapter)
+    scales = (ctypes.c_float * 1)(s.lora_scale)
+    if llama_cpp.llama_set_adapters_lora(ctx, arr, 1, scales) != 0:
+        raise ModelError("the LoRA adapter does not fit this model", lora_path)
+    return adapter
 
 
 def _reading_stage(size: int, layers: int | None, n_gpu: int) -> str:
@@ -184,7 +229,7 @@ def _reading_stage(size: int, layers: int | None, n_gpu: int) -> str:
     return line + f", offloading {n_gpu} layers" if n_gpu else line
 
 
-def _warm_up(llama_cpp: Any, ctx: Any, token: int, abort: _AbortFlag) -> int:
+def _warm_up(llama_cpp: Any, ctx: Any, token: int, abort: AbortFlag) -> int:
     """One throwaway decode that touches every weight (as llama.cpp's own tools do at start), so
     the memory-mapped model is paged in during loading rather than during the first reply.
 
@@ -203,29 +248,6 @@ def _warm_up(llama_cpp: Any, ctx: Any, token: int, abort: _AbortFlag) -> int:
     return abort.nodes
 
 
-def index_special_tokens(engine: LocalEngine, llama_cpp: Any) -> None:
-    """Control tokens by text, so template segments can contain them and user text never does."""
-    vocab = engine._vocab
-    get_attr, get_text = llama_cpp.llama_vocab_get_attr, llama_cpp.llama_vocab_get_text
-    found: dict[str, int] = {}
-    for tok in range(int(llama_cpp.llama_vocab_n_tokens(vocab))):
-        if get_attr(vocab, tok) & _SPECIAL_ATTRS:
-            text = (get_text(vocab, tok) or b"").decode("utf-8", "replace")
-            if text and text not in found:
-                found[text] = tok
-    engine._special_ids = found
-    engine._special_indexed = True
-    if found:
-        # Longest first, as llama.cpp matches them.
-        alternatives = sorted(found, key=len, reverse=True)
-        engine._special_re = re.compile("|".join(re.escape(t) for t in alternatives))
-    else:
-        engine._special_re = None
-
-
-__all__ = ["load"]
-
-
 # One graph node of a micro-batch (the biggest FFN matmul) is what Esc waits for while a prompt is read:
 # llama.cpp checks its abort callback between nodes. On a CPU this many FLOPs take some tens of ms.
 NODE_FLOP_BUDGET = 32e9
@@ -242,3 +264,7 @@ def prompt_micro_batch(n_batch: int, parameter_count: int, block_count: int, *, 
         while size > 64 and size * per_token > NODE_FLOP_BUDGET:
             size //= 2
     return max(1, min(n_batch, size))
+
+
+__all__ = ["KV_TYPES", "LoadedModel", "LocalSettings", "default_threads", "load_model", "prompt_micro_batch",
+           "round_ctx"]

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rpchat.atomic import write_atomic
+from rpchat.engine.llama_log import route_llama_logs
 from rpchat.paths import profile
 
 VERDICT_FILE = "preflight.json"
@@ -207,8 +208,6 @@ def write_probe_model(path: Path) -> Path:
 def _probe(model: Path) -> int:
     """Child process: load ``model`` with extra buffer types on, decode a batch and one token."""
     import llama_cpp
-
-    from rpchat.engine.llama import route_llama_logs
 
     route_llama_logs()
     if not model.exists():

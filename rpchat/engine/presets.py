@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from rpchat.atomic import write_atomic
-from rpchat.engine.base import Sampling
+from rpchat.engine.base import NEUTRAL_SAMPLING, Sampling
 from rpchat.errors import ConfigError
 from rpchat.importname import NAME, Imported, import_name
 from rpchat.paths import profile
@@ -65,7 +65,6 @@ SAMPLER_HELP: dict[str, str] = {
 }
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Sampling)}
-_DEFAULTS = Sampling()
 
 
 @dataclass(frozen=True)
@@ -139,7 +138,7 @@ def sampling_from_dict(data: Any, source: str | Path) -> Sampling:
     for key, value in data.items():
         if key not in _FIELDS:
             raise ConfigError(f"unknown sampler setting {str(key)[:40]!r}", source)
-        default = getattr(_DEFAULTS, key)
+        default = getattr(NEUTRAL_SAMPLING, key)
         if key == "seed" and value is None:
             values[key] = None
             continue
@@ -175,7 +174,7 @@ def sampling_to_dict(sampling: Sampling, *, only_changed: bool = True) -> dict[s
     out: dict[str, Any] = {}
     for name in _FIELDS:
         value = getattr(sampling, name)
-        if only_changed and value == getattr(_DEFAULTS, name):
+        if only_changed and value == getattr(NEUTRAL_SAMPLING, name):
             continue
         out[name] = list(value) if isinstance(value, tuple) else value
     return out

@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from rpchat.engine.base import FinishReason, PromptProgress, Sampling
+from rpchat.engine.base import NEUTRAL_SAMPLING, FinishReason, PromptProgress, Sampling
 from rpchat.errors import EngineError
 from rpchat.prompt.segments import Segment
 from rpchat.secret import redact, remember_secret
@@ -44,7 +44,6 @@ _DEPENDS_ON = {
     "dynatemp_exponent": "dynatemp_range",
 }
 _ALWAYS = {"max_tokens", "seed", "temperature"}
-_NEUTRAL = Sampling()
 
 
 def unsupported_settings(sampling: Sampling, supported: frozenset[str]) -> list[str]:
@@ -60,9 +59,9 @@ def unsupported_settings(sampling: Sampling, supported: frozenset[str]) -> list[
             continue
         primary = _DEPENDS_ON.get(name)
         if primary is None:
-            if getattr(sampling, name) != getattr(_NEUTRAL, name):
+            if getattr(sampling, name) != getattr(NEUTRAL_SAMPLING, name):
                 missing.append(name)
-        elif primary in supported and getattr(sampling, primary) != getattr(_NEUTRAL, primary):
+        elif primary in supported and getattr(sampling, primary) != getattr(NEUTRAL_SAMPLING, primary):
             missing.append(name)
     return missing
 

@@ -15,10 +15,6 @@ class Utf8Pieces:
     def feed(self, data: bytes) -> str:
         return self._decoder.decode(data)
 
-    def pending_bytes(self) -> int:
-        """Bytes of an unfinished character; at the end they are dropped, not shown as garbage."""
-        return len(self._decoder.getstate()[0])
-
     def pending(self) -> bytes:
         """The bytes of an unfinished character, for `restore` after a rewind."""
         return bytes(self._decoder.getstate()[0])

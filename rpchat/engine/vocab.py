@@ -5,6 +5,8 @@ from __future__ import annotations
 import ctypes
 from pathlib import Path
 
+from rpchat.engine.llama_log import route_llama_logs
+from rpchat.engine.tokenizer import Tokenizer
 from rpchat.errors import ModelError
 
 
@@ -13,8 +15,6 @@ class Vocab:
 
     def __init__(self, path: Path) -> None:
         import llama_cpp
-
-        from rpchat.engine.llama import route_llama_logs
 
         route_llama_logs()
         path = Path(path)
@@ -28,24 +28,16 @@ class Vocab:
         self._model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
         if not self._model:
             raise ModelError("llama.cpp could not read this model's vocabulary (corrupt file?)", path)
-        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
         self._llama_cpp = llama_cpp
+        self.tokenizer = Tokenizer(llama_cpp, llama_cpp.llama_model_get_vocab(self._model))
 
     def tokenize(self, text: str, *, special: bool = False) -> list[int]:
         """Tokens of ``text``; ``special`` lets control-token text (``</s>``) become control tokens."""
-        data = text.encode("utf-8")
-        cap = len(data) + 8
-        buf = (self._llama_cpp.llama_token * cap)()
-        n = self._llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, cap, False, special)
-        if n < 0:
-            cap = -n
-            buf = (self._llama_cpp.llama_token * cap)()
-            n = self._llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, cap, False, special)
-        return list(buf[:n])
+        return self.tokenizer.tokenize(text, special=special)
 
     def count_tokens(self, text: str) -> int:
         """Number of tokens in ``text`` as plain text."""
-        return len(self.tokenize(text))
+        return self.tokenizer.count_tokens(text)
 
     def close(self) -> None:
         """Free the vocabulary."""

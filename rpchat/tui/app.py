@@ -18,7 +18,7 @@ from textual import on, work
 from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.notifications import SeverityLevel
-from textual.reactive import reactive
+from textual.reactive import reactive, var
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
@@ -27,11 +27,22 @@ from rpchat.engine.base import Engine, EngineInfo
 from rpchat.errors import RpchatError
 from rpchat.paths import Paths, profile
 from rpchat.personas import PersonaBook
-from rpchat.session import RoleplaySession
+from rpchat.session import RoleplaySession, open_chat_session
 from rpchat.text import strip_controls
 from rpchat.tui.bindings import BY_ID, bindings_for, check_keymap, effective_key
+from rpchat.tui.chat import ChatScreen
 from rpchat.tui.commands import RpchatCommands
-from rpchat.tui.messages import ModelFailed, ModelLoaded, ModelLoading
+from rpchat.tui.help import HelpScreen
+from rpchat.tui.host import Host
+from rpchat.tui.library import LibraryScreen
+from rpchat.tui.messages import ModelFailed, ModelLoaded, ModelLoading, SettingsChanged
+from rpchat.tui.themes import (
+    STYLESHEET,
+    install_themes,
+    prose_styles,
+    prose_variable_defaults,
+    remember_theme,
+)
 
 EngineFactory = Callable[[Config], Engine]
 
@@ -42,18 +53,11 @@ class RpchatApp(App[None]):
     TITLE = "rpchat"
     BINDINGS: ClassVar[list[BindingType]] = bindings_for("app")
     COMMANDS = App.COMMANDS | {RpchatCommands}
-    CSS = """
-    Screen { background: $background; }
-    /* Toasts never cover where the user types: in a chat they stack up from above the input at its
-       tallest (footer 1 + status 1 + ChatInput max-height 10), newest lowest; in the library they sit
-       above the model bar. */
-    ChatScreen ToastRack { margin-bottom: 12; }
-    LibraryScreen ToastRack { margin-bottom: 2; }
-    """
+    CSS_PATH = STYLESHEET
 
     engine_state: reactive[str] = reactive("idle")  # idle, loading, ready, failed, missing
     load_progress: reactive[float] = reactive(0.0)
-    load_stage = ""  # what the engine is doing while it loads ("reading 4.1 GB", "warming up"...)
+    load_stage: var[str] = var("")  # what the engine is doing while it loads ("reading 4.1 GB", "warming up"...)
 
     def __init__(self, *, paths: Paths | None = None, engine_factory: EngineFactory | None = None,
                  load_model: bool = True) -> None:
@@ -81,14 +85,9 @@ class RpchatApp(App[None]):
 
     # --- start -------------------------------------------------------------------------------------------
     def get_theme_variable_defaults(self) -> dict[str, str]:
-        from rpchat.tui.themes import prose_variable_defaults
-
         return prose_variable_defaults()
 
     def on_mount(self) -> None:
-        from rpchat.tui.library import LibraryScreen
-        from rpchat.tui.themes import install_themes
-
         notice = install_themes(self, self.config.theme, self.paths)
         if notice:
             self._notices.append(notice)
@@ -107,8 +106,6 @@ class RpchatApp(App[None]):
     def watch_theme(self, name: str) -> None:
         # Remember a theme picked from the palette; the config file is the source of truth.
         if self._started and name != self.config.theme and self.get_theme(name) is not None:
-            from rpchat.tui.themes import remember_theme
-
             self.config.theme = name
             try:
                 remember_theme(name, self.paths)
@@ -164,9 +161,9 @@ class RpchatApp(App[None]):
         self.start_loading()
 
     def on_model_loading(self, message: ModelLoading) -> None:
-        self.load_progress = max(0.0, min(1.0, message.progress))
+        # Screens watch both (the stage first, so a progress watcher shows the new stage too).
         self.load_stage = message.stage or self.load_stage
-        self._refresh_status()
+        self.load_progress = max(0.0, min(1.0, message.progress))
 
     def on_model_loaded(self, message: ModelLoaded) -> None:
         self.engine_info = message.info
@@ -180,11 +177,6 @@ class RpchatApp(App[None]):
         self.engine_state = "missing" if message.problem.lower().startswith("no model") else "failed"
         self.notify(message.problem, severity="error", timeout=15, markup=False)
 
-    def _refresh_status(self) -> None:
-        update = getattr(self.screen, "update_status", None)
-        if callable(update):
-            update()
-
     @on(Worker.StateChanged)
     def _worker_failed(self, event: Worker.StateChanged) -> None:
         # Workers report their own failures; this catches anything that still escaped one.
@@ -195,8 +187,6 @@ class RpchatApp(App[None]):
     # --- shared helpers for screens -----------------------------------------------------------------------
     def prose_styles(self) -> dict[str, Style]:
         """Rich styles for roleplay prose under the current theme (cached per theme)."""
-        from rpchat.tui.themes import prose_styles
-
         name = self.theme
         if self._prose_cache is None or self._prose_cache[0] != name:
             self._prose_cache = (name, prose_styles(self.current_theme))
@@ -214,22 +204,26 @@ class RpchatApp(App[None]):
     def keymap(self) -> dict[str, str]:
         return dict(self._user_keys)
 
-    def open_chat(self, card_path: Path, chat_path: Path | None = None) -> None:
-        """Open (``chat_path``) or start a chat with a card and show it."""
-        from rpchat.tui.chat import ChatScreen
-
+    def open_chat(self, card_path: Path, chat_path: Path | None = None, *, branch: bool = False) -> None:
+        """Open (``chat_path``) or start a chat with a card and show it; ``branch`` opens a new branch of
+        ``chat_path`` at its last turn instead."""
         try:
-            session = open_session_for(self, card_path, chat_path)
+            session = open_chat_session(card_path, chat_path, config=self.config, personas=self.personas,
+                                        engine=self.engine if self.engine_state == "ready" else None)
+            if branch:
+                if not session.chat.turns:
+                    raise RpchatError("the chat is empty; nothing to branch", chat_path)
+                session = session.branch(len(session.chat.turns) - 1)
         except RpchatError as e:
             self.notify(str(e), severity="error", markup=False)
             return
         self.push_screen(ChatScreen(session))
         self.remember_chat(session)
+        if branch:
+            self.notify(f"Branched into {session.path.name}", markup=False)
 
     # --- other screens ------------------------------------------------------------------------------------
     def action_show_help(self) -> None:
-        from rpchat.tui.help import HelpScreen
-
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen())
 
@@ -265,15 +259,12 @@ class RpchatApp(App[None]):
         self._user_keys = keymap
         self.set_keymap(keymap)
         for screen in self.screen_stack:
-            apply = getattr(screen, "settings_changed", None)
-            if callable(apply):
-                apply(config)
+            screen.post_message(SettingsChanged(config))
         if engine_changed and self._load_model:
             self.start_loading()
 
     def action_open_model_picker(self) -> None:
         """List the models rpchat can find; the one picked loads in the background."""
-        import dataclasses
 
         from rpchat.config import save_config
         from rpchat.tui.model_picker import ModelPicker
@@ -298,75 +289,6 @@ class RpchatApp(App[None]):
 
         self.push_screen(ModelPicker(self.config, self.paths), done)
 
-    def open_persona_editor(self, chat: Any) -> None:
-        """Pick the persona and edit the scenario of the chat on ``chat`` (a ChatScreen)."""
-        from rpchat.session import pick_persona
-        from rpchat.tui.persona_editor import PersonaChoice, PersonaEditor
-
-        session: RoleplaySession = chat.session
-        book = self.personas
-        if book.find(session.persona.name) is None:
-            # The name this chat's user plays (an imported chat's user_name) is offered as a persona too,
-            # so applying the editor never swaps it for the default by itself.
-            book = dataclasses.replace(book, personas=[*book.personas, session.persona])
-
-        def done(choice: PersonaChoice | None) -> None:
-            try:
-                self.personas = PersonaBook.load(self.paths.personas_file)  # the editor saved its changes
-                if choice is None:
-                    return
-                session.set_persona(pick_persona(self.personas, choice.persona))
-                session.set_scenario(choice.scenario)
-            except RpchatError as e:
-                self.notify(str(e), severity="error", markup=False)
-                return
-            chat.show_chat()  # the user's turns now carry the persona's name
-            chat.measure()
-
-        self.push_screen(PersonaEditor(book, persona=session.persona.name, scenario=session.chat.scenario,
-                                       card_scenario=session.card.scenario), done)
-
-    def open_card_editor(self, card_path: Path | None, origin: Any = None) -> None:
-        """Edit a card file, or make a new card when ``card_path`` is None; ``origin.card_changed(saved)``
-        hears about the saved result."""
-        from rpchat.cards import Card, load_card
-        from rpchat.tui.card_editor import CardEditor, SavedCard
-
-        try:
-            card = load_card(card_path) if card_path is not None else Card(name="New character")
-        except RpchatError as e:
-            self.notify(str(e), severity="error", markup=False)
-            return
-
-        if getattr(origin, "generating", False):
-            # A rename moves the chat file that the reply is being written to.
-            self.notify("Wait for the reply to finish.", severity="warning")
-            return
-
-        def done(saved: SavedCard | None) -> None:
-            if saved is not None and saved.renamed_from is not None:
-                self._follow_rename(saved.renamed_from, saved.path)
-            refresh = getattr(origin, "card_changed", None)
-            if saved is not None and callable(refresh):
-                refresh(saved)
-
-        self.push_screen(CardEditor(card, card_path), done)
-
-    def _follow_rename(self, old: Path, new: Path) -> None:
-        # The renamed card's chats moved to its new folder: open chats go on saving there.
-        from rpchat.chat.library import chats_folder
-        from rpchat.tui.chat import ChatScreen
-
-        for screen in self.screen_stack:
-            session = screen.session if isinstance(screen, ChatScreen) else None
-            if session is None or session.card_path != old:
-                continue
-            session.card_path = new
-            moved = chats_folder(new) / session.store.path.name
-            if not session.store.path.exists() and moved.is_file():
-                session.store.path = moved
-            self.remember_chat(session)
-
     def remember_chat(self, session: RoleplaySession) -> None:
         """Remember the chat on screen as the one Ctrl+O resumes, after a restart too."""
         from rpchat.chat.recent import remember_chat
@@ -374,28 +296,9 @@ class RpchatApp(App[None]):
         if session.card_path is not None:
             remember_chat(session.card_path, session.path, self.paths)
 
-    def open_prompt_inspector(self, chat: Any) -> None:
-        """Show the exact prompt the next reply would get."""
-        from rpchat.tui.inspector import PromptInspector
-
-        session: RoleplaySession = chat.session
-        if chat.generating:
-            self.notify("Wait for the reply to finish.", severity="warning")
-            return
-        try:
-            built: Any = session.build("reply")
-        except RpchatError as e:
-            self.notify(str(e), severity="error", markup=False)
-            return
-        n_ctx = session.engine.n_ctx if session.engine is not None else None
-        origins = session.choices.origins() if session.choices is not None else None
-        self.push_screen(PromptInspector(built, n_ctx=n_ctx, max_new=session.max_new, origins=origins))
-
     # --- quitting -----------------------------------------------------------------------------------------
     async def action_quit(self) -> None:
         """Quit; a reply being written is stopped and kept, marked unfinished."""
-        from rpchat.tui.chat import ChatScreen
-
         waiting: list[Worker[Any]] = []
         chats = [screen for screen in self.screen_stack if isinstance(screen, ChatScreen)]
         if chats:
@@ -426,25 +329,14 @@ class RpchatApp(App[None]):
 
 
 def _default_engine(config: Config) -> Engine:
-    from rpchat.session import make_engine
+    from rpchat.engine.factory import make_engine
 
     return make_engine(config)
 
 
-def open_session_for(app: RpchatApp, card_path: Path, chat_path: Path | None) -> RoleplaySession:
-    """A session for the app's config, personas and (possibly still loading) engine."""
-    from rpchat.session import open_chat_session
-
-    return open_chat_session(card_path, chat_path, config=app.config, personas=app.personas,
-                             engine=app.engine if app.engine_state == "ready" else None)
-
-
-def screen_of(app: App[Any], kind: type[Screen[Any]]) -> Screen[Any] | None:
-    """The topmost screen of ``kind`` in the stack, if any."""
-    for screen in reversed(app.screen_stack):
-        if isinstance(screen, kind):
-            return screen
-    return None
+def _as_host(app: RpchatApp) -> Host:
+    # mypy checks here that the app is what its screens take it for.
+    return app
 
 
 def run_app() -> int:

@@ -1,7 +1,13 @@
-"""Every key binding, with an id users can remap in the config (``keys: {regenerate: ctrl+r}``).
+"""Every key binding of every screen and modal, with an id users can remap (``keys: {regenerate: ctrl+r}``).
 
-Screens take their `BINDINGS` from here, the help screen lists this table and the command palette
-offers every action in it, so the three never disagree.
+Screens and modals take their `BINDINGS` from here (``BINDINGS = bindings_for("settings")``), the help
+screen (F1) lists this table and the command palette offers the library's and chat's actions, so the
+three never disagree. No screen declares a `Binding` of its own.
+
+To add a key: add a `KeySpec` to `KEYS` under its scope (the id is what users write in config.yaml).
+To add a screen or modal: pick a new scope name, add its specs, give it a title in `SCOPE_TITLES`
+(the F1 heading) and set ``BINDINGS = bindings_for("<scope>")`` on the class. A scope in `SCOPES` of a
+screen (library, chat) also offers its actions in the command palette.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ class KeySpec:
     key: str
     action: str
     description: str
-    scope: str  # "app", "library", "chat", "transcript" (the message cursor)
+    scope: str  # a key of SCOPE_TITLES: "app", "library", "chat", "transcript" (the message cursor), a modal
     show: bool = True  # shown in the footer
     priority: bool = False  # wins over the focused widget (e.g. Esc while typing)
     palette: bool = True  # offered in the command palette
@@ -67,7 +73,59 @@ KEYS: tuple[KeySpec, ...] = (
     KeySpec("turn_swipe_left", "left", "swipe(-1)", "Swipe left", "transcript", show=False, palette=False),
     KeySpec("turn_swipe_right", "right", "swipe(1)", "Swipe right", "transcript", show=False, palette=False),
     KeySpec("turn_input", "i,tab", "focus_input", "Write", "transcript", palette=False),
+    # the box editing a turn in place (Enter also saves and Shift+Enter makes a newline, as in the input)
+    KeySpec("edit.save", "enter", "save", "Save edit", "edit", palette=False),
+    KeySpec("edit.cancel", "escape", "cancel", "Cancel edit", "edit", palette=False),
+    # modals: not in the palette (it lists the screen below's actions)
+    KeySpec("chats.close", "escape", "cancel", "Close", "chats", palette=False),
+    KeySpec("chats.branch", "b", "branch", "Branch selected", "chats", palette=False),
+    KeySpec("chats.new", "n", "new", "New chat", "chats", palette=False),
+    KeySpec("chats.export", "x", "export", "Export selected", "chats", palette=False),
+    KeySpec("card.save", "ctrl+s", "save", "Save", "card_editor", palette=False),
+    KeySpec("card.cancel", "escape", "cancel", "Close", "card_editor", palette=False),
+    KeySpec("persona.apply", "ctrl+s", "apply", "Apply", "persona_editor", palette=False),
+    KeySpec("persona.cancel", "escape", "cancel", "Cancel", "persona_editor", palette=False),
+    KeySpec("persona.new", "ctrl+n", "new_persona", "New persona", "persona_editor", palette=False),
+    KeySpec("note.save", "ctrl+s", "save", "Save", "note", palette=False),
+    KeySpec("note.cancel", "escape", "cancel", "Cancel", "note", palette=False),
+    KeySpec("inspector.close", "escape", "close", "Close", "inspector", palette=False),
+    KeySpec("inspector.toggle", "t", "toggle_view", "Template view", "inspector", palette=False),
+    KeySpec("inspector.copy", "c", "copy", "Copy prompt", "inspector", palette=False),
+    KeySpec("settings.save", "ctrl+s", "save", "Save", "settings", palette=False),
+    KeySpec("settings.cancel", "escape", "cancel", "Cancel", "settings", palette=False),
+    KeySpec("picker.close", "escape", "close", "Close", "picker", palette=False),
+    KeySpec("picker.rescan", "ctrl+r", "rescan", "Rescan", "picker", palette=False),
+    KeySpec("dialog.cancel", "escape", "answer(False)", "Cancel", "confirm", palette=False),
+    KeySpec("dialog.yes", "y", "answer(True)", "Yes", "confirm", show=False, palette=False),
+    KeySpec("dialog.no", "n", "answer(False)", "No", "confirm", show=False, palette=False),
+    # As in most dialogs, the arrows move between the buttons (Tab still does too).
+    KeySpec("dialog.left", "left", "move_button(-1)", "Button to the left", "confirm", show=False, palette=False),
+    KeySpec("dialog.right", "right", "move_button(1)", "Button to the right", "confirm", show=False,
+            palette=False),
+    KeySpec("prompt.cancel", "escape", "cancel", "Cancel", "prompt", palette=False),
+    KeySpec("dialog.close", "escape", "close", "Close", "error", palette=False),
+    KeySpec("help.close", "escape,f1,q", "dismiss", "Close", "help", palette=False),
 )
+
+# Where each scope's keys work: the F1 headings, in the order F1 shows them.
+SCOPE_TITLES = {
+    "app": "Everywhere",
+    "library": "Character library",
+    "chat": "Chat",
+    "transcript": "Message cursor (ctrl+up)",
+    "edit": "Editing a turn",
+    "chats": "A card's chats (Enter in the library)",
+    "card_editor": "Card editor",
+    "persona_editor": "Persona and scenario",
+    "note": "Author's note",
+    "inspector": "Prompt inspector",
+    "settings": "Settings",
+    "picker": "Models",
+    "confirm": "Yes/no questions",
+    "prompt": "Asking for a file or a line",
+    "error": "Error messages",
+    "help": "This help",
+}
 
 PRIORITY_SCOPES = ("library", "chat")
 BY_ID = {spec.id: spec for spec in KEYS}
@@ -83,11 +141,6 @@ def bindings_for(scope: str) -> list[BindingType]:
         for s in KEYS
         if s.scope == scope
     ]
-
-
-def specs_for(scope: str) -> list[KeySpec]:
-    """The specs of one scope, in table order."""
-    return [s for s in KEYS if s.scope == scope]
 
 
 def check_keymap(keys: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -18,18 +19,21 @@ from typing import Any, ClassVar
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
-from textual.binding import Binding, BindingType
+from textual.binding import BindingType
 from textual.containers import Horizontal, HorizontalGroup, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Button, Footer, Input, Label, OptionList, Static, TabbedContent, TabPane, TextArea
 from textual.widgets.option_list import Option
 
-from rpchat.cards.cardfile import read_capped
-from rpchat.cards.library import is_bundled, save_edited_card
+from rpchat.cards.avatar import read_image
+from rpchat.cards.cardfile import load_card
+from rpchat.cards.library import is_bundled
 from rpchat.cards.model import Card
+from rpchat.chat.library import save_edited_card
 from rpchat.errors import RpchatError
 from rpchat.text import strip_controls
 from rpchat.tui.avatar import AvatarView
+from rpchat.tui.bindings import bindings_for
 from rpchat.tui.dialogs import ConfirmDialog, PathPrompt
 from rpchat.tui.persona_editor import kept_or_edited
 
@@ -149,29 +153,7 @@ class GreetingList(Vertical):
 class CardEditor(Screen["SavedCard | None"]):
     """Edit all fields of a card and save it."""
 
-    DEFAULT_CSS = """
-    CardEditor { background: $background; }
-    CardEditor #editor-title { text-style: bold; color: $primary; padding: 0 1; }
-    CardEditor #tabs { height: 1fr; }
-    CardEditor ContentSwitcher { height: 1fr; }
-    CardEditor TabPane { height: 1fr; padding: 0 1; }
-    CardEditor .field { height: auto; margin-bottom: 1; }
-    CardEditor .field-label { width: 14; color: $text-muted; }
-    CardEditor .field Input { width: 1fr; }
-    CardEditor .area-label { color: $text-muted; }
-    CardEditor TabPane TextArea { height: 1fr; min-height: 4; }
-    CardEditor #basics { height: 1fr; }
-    CardEditor #basics-fields { width: 1fr; }
-    CardEditor #avatar-side { width: 26; height: auto; align-horizontal: center; }
-    CardEditor AvatarView { width: 24; height: 12; }
-    CardEditor #problems { color: $error; height: auto; padding: 0 1; }
-    CardEditor #buttons { height: auto; align-horizontal: right; padding: 0 1; }
-    CardEditor #buttons Button { margin-left: 2; }
-    """
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("ctrl+s", "save", "Save", id="card.save"),
-        Binding("escape", "cancel", "Close", id="card.cancel"),
-    ]
+    BINDINGS: ClassVar[list[BindingType]] = bindings_for("card_editor")
 
     # Typing should go into the name at once, not into the tab strip.
     AUTO_FOCUS = "#f-name"
@@ -330,7 +312,7 @@ class CardEditor(Screen["SavedCard | None"]):
             if path is None:
                 return
             try:
-                self._avatar = read_capped(path, 16 * 2**20)
+                self._avatar = read_image(path)
             except RpchatError as e:
                 self.notify(strip_controls(str(e)), severity="error")
                 return
@@ -338,3 +320,19 @@ class CardEditor(Screen["SavedCard | None"]):
 
         self.app.push_screen(PathPrompt("Picture for this card", suffixes=IMAGE_SUFFIXES), picked)
 
+
+
+def edit_card(screen: Screen[Any], card_path: Path | None, saved: Callable[[SavedCard], None]) -> None:
+    """Open the card editor on ``card_path`` (a new card when None) over ``screen``; ``saved`` hears about
+    the card it wrote. A card that cannot be read is a notice, not an editor."""
+    try:
+        card = load_card(card_path) if card_path is not None else Card(name="New character")
+    except RpchatError as e:
+        screen.notify(str(e), severity="error", markup=False)
+        return
+
+    def done(result: SavedCard | None) -> None:
+        if result is not None:
+            saved(result)
+
+    screen.app.push_screen(CardEditor(card, card_path), done)

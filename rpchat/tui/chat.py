@@ -6,41 +6,50 @@ through typed messages posted with `post_message`; the screen never blocks on th
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from textual import events, on, work
 from textual.app import ComposeResult
-from textual.binding import Binding, BindingType
+from textual.binding import BindingType
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Static, TextArea
 
-from rpchat.chat.model import Turn
+from rpchat.chat.library import chats_folder, export_st_chat
+from rpchat.chat.model import AuthorsNote, Turn
 from rpchat.engine.base import PromptProgress, Result, format_seconds, throttle
 from rpchat.errors import RpchatError
-from rpchat.session import RoleplaySession, settings_banned
+from rpchat.personas import PersonaBook
+from rpchat.session import RoleplaySession, pick_persona
 from rpchat.tui.avatar import AvatarView
 from rpchat.tui.bindings import bindings_for
+from rpchat.tui.card_editor import SavedCard, edit_card
+from rpchat.tui.dialogs import ConfirmDialog, PathPrompt, TextPrompt, save_to_path
+from rpchat.tui.host import Host, host_of
+from rpchat.tui.inspector import PromptInspector
 from rpchat.tui.messages import (
     PromptMeasured,
     PromptProgressed,
     ReplyFailed,
     ReplyFinished,
+    SettingsChanged,
     StateSaved,
     TokensArrived,
 )
+from rpchat.tui.note_dialog import AuthorsNoteDialog
+from rpchat.tui.persona_editor import PersonaChoice, PersonaEditor
 from rpchat.tui.prose import clean
 from rpchat.tui.statusline import StatusLine, StatusPart
 from rpchat.tui.transcript import Transcript, TurnView
 
 if TYPE_CHECKING:
     from textual.timer import Timer
-
-    from rpchat.tui.app import RpchatApp
 
 
 class ChatInput(TextArea):
@@ -113,10 +122,7 @@ class EditBox(ChatInput):
     EditBox { border: round $accent; margin-bottom: 1; border-subtitle-color: $accent; }
     """
     # Shown in the footer instead of the message cursor's "Edit turn" (Enter) and the screen's "Stop" (Esc).
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("enter", "save", "Save edit"),
-        Binding("escape", "cancel", "Cancel edit"),
-    ]
+    BINDINGS: ClassVar[list[BindingType]] = bindings_for("edit")
 
     class Cancelled(Message):
         """Esc in the edit box: close it, keeping the turn as it was."""
@@ -173,17 +179,6 @@ class ChatScreen(Screen[None]):
     # Textual types it `ClassVar[...] | None`, which mypy takes for an instance variable: no annotation here.
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]  # noqa: RUF012
 
-    DEFAULT_CSS = """
-    ChatScreen #sidebar { width: 30; padding: 0 1; border-right: vkey $primary 40%; }
-    ChatScreen #sidebar AvatarView { width: 28; height: 14; }
-    ChatScreen #sidebar Static { margin-top: 1; }
-    ChatScreen #char-name { text-style: bold; color: $primary; }
-    ChatScreen #length { color: $accent; }
-    ChatScreen #worlds { color: $text-muted; }
-    ChatScreen #main { width: 1fr; }
-    ChatScreen #status { height: 1; background: $panel; color: $text-muted; padding: 0 1; }
-    ChatScreen.-narrow #sidebar { display: none; }
-    """
 
     def __init__(self, session: RoleplaySession) -> None:
         super().__init__()
@@ -200,8 +195,8 @@ class ChatScreen(Screen[None]):
         self._progress_timer: Timer | None = None
 
     @property
-    def rp_app(self) -> RpchatApp:
-        return self.app  # type: ignore[return-value]
+    def host(self) -> Host:
+        return host_of(self)
 
     # --- layout ----------------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -246,6 +241,8 @@ class ChatScreen(Screen[None]):
         self.show_chat()
         self.input.focus()
         self.watch(self.app, "engine_state", self._engine_changed)
+        self.watch(self.app, "load_progress", lambda _: self.update_status(), init=False)
+        self.watch(self.app, "load_stage", lambda _: self.update_status(), init=False)
         self.watch(self.app, "theme", lambda _: self.show_chat(), init=False)
         for warning in self.session.chat.warnings:
             self.notify(warning, severity="warning", markup=False)
@@ -255,7 +252,7 @@ class ChatScreen(Screen[None]):
 
     def show_chat(self) -> None:
         """Render the whole chat again (after open, delete, branch, theme change)."""
-        self.transcript.show_turns(self.session.chat.turns, self.rp_app.prose_styles(),
+        self.transcript.show_turns(self.session.chat.turns, self.host.prose_styles(),
                                    first_kept=self._first_kept())
         self.update_sidebar()
         self.update_status()
@@ -293,12 +290,12 @@ class ChatScreen(Screen[None]):
             self.notify(notice, severity="warning", markup=False)
 
     def _key(self, binding_id: str) -> str:
-        return self.rp_app.key_for(binding_id)
+        return self.host.key_for(binding_id)
 
     def update_status(self) -> None:
         """model | backend | ctx used/n_ctx | reading progress, or the last reply's cost | tok/s | format |
         preset | length, fitted to the width: the least important parts are shortened or dropped first."""
-        app = self.rp_app
+        app = self.host
         parts: list[StatusPart] = []
         info = app.engine_info
         if app.engine_state == "ready" and info is not None:
@@ -365,7 +362,7 @@ class ChatScreen(Screen[None]):
 
     def _engine_changed(self, state: str) -> None:
         if state == "ready":
-            self.session.engine = self.rp_app.engine
+            self.session.engine = self.host.engine
             # After the first paint: building the prompt of a long chat competes for the GIL.
             self.set_timer(0.3, self.measure)
         elif not self.generating:
@@ -397,14 +394,14 @@ class ChatScreen(Screen[None]):
         if self.generating:
             self.notify("Already writing.", severity="warning")
             return
-        if self.rp_app.engine_state != "ready" or self.rp_app.engine is None:
-            if self.rp_app.engine_state == "loading":
+        if self.host.engine_state != "ready" or self.host.engine is None:
+            if self.host.engine_state == "loading":
                 msg = "The model is still loading; your message is saved. Press regenerate when it is ready."
             else:
-                msg = self.rp_app.engine_problem or "No model is loaded."
+                msg = self.host.engine_problem or "No model is loaded."
             self.notify(msg, severity="warning", markup=False)
             return
-        self.session.engine = self.rp_app.engine
+        self.session.engine = self.host.engine
         chat = self.session.chat
         last = len(chat.turns) - 1
         if mode in ("regenerate", "continue") and (
@@ -541,7 +538,7 @@ class ChatScreen(Screen[None]):
         self._show_notices()
         if message.first_kept != self.transcript.first_kept and not self.generating:
             self.transcript.first_kept = message.first_kept
-            self.transcript.show_turns(self.session.chat.turns, self.rp_app.prose_styles(), message.first_kept)
+            self.transcript.show_turns(self.session.chat.turns, self.host.prose_styles(), message.first_kept)
         self.update_status()
 
     # --- actions (keys and command palette) ------------------------------------------------------------
@@ -562,28 +559,31 @@ class ChatScreen(Screen[None]):
         """The app is quitting: stop the reply; the session keeps it, marked unfinished."""
         self._cancel.set()
 
-    def settings_changed(self, config: Any) -> None:
+    def on_settings_changed(self, message: SettingsChanged) -> None:
         """Apply new settings (format, preset, reply budget) from the next reply on."""
-        from rpchat.engine.recognize import session_choices
-
+        before, config = self.session.choices, message.config
         try:
-            choices, fmt, preset = session_choices(config, chat_length=(self.session.chat.length,))
+            choices = self.session.use_settings(config)
         except RpchatError as e:
             self.notify(str(e), severity="error", markup=False)
             return
-        if choices != self.session.choices:
+        if choices != before:
             for notice in choices.notices:  # e.g. "Recognised Limamono-7B ..." after picking another model
                 self.notify(notice, markup=False)
-        self.session.fmt, self.session.choices = fmt, choices
-        self.session.sampling, self.session.preset_name = preset.sampling, preset.name
-        self.session.max_new = config.max_new_tokens
-        self.session.banned_phrases = settings_banned(config, remote=config.engine.kind == "remote")
         self.update_sidebar()
         self.update_status()
         self.measure()
 
-    def card_changed(self, saved: Any) -> None:
-        """The card was edited and saved: use it for the sidebar and the next prompt."""
+    def _card_saved(self, saved: SavedCard) -> None:
+        # The card was edited and saved: use it for the sidebar and the next prompt.
+        session = self.session
+        if saved.renamed_from is not None and saved.renamed_from == session.card_path:
+            # The renamed card's chats moved to its new folder: this chat goes on saving there.
+            session.card_path = saved.path
+            moved = chats_folder(saved.path) / session.store.path.name
+            if not session.store.path.exists() and moved.is_file():
+                session.store.path = moved
+            self.host.remember_chat(session)
         self.session.card, self.session.card_path = saved.card, saved.path
         self.query_one(AvatarView).set_image(self.session.card.avatar)
         self.query_one("#char-name", Static).update(clean(self.session.card.display_name))  # a rename
@@ -659,21 +659,57 @@ class ChatScreen(Screen[None]):
             self._turn_op("edit", index)
 
     def action_edit_persona(self) -> None:
-        self.rp_app.open_persona_editor(self)
+        """Pick the persona and edit the scenario of this chat."""
+        host, session = self.host, self.session
+        book = host.personas
+        if book.find(session.persona.name) is None:
+            # The name this chat's user plays (an imported chat's user_name) is offered as a persona too,
+            # so applying the editor never swaps it for the default by itself.
+            book = dataclasses.replace(book, personas=[*book.personas, session.persona])
+
+        def done(choice: PersonaChoice | None) -> None:
+            try:
+                host.personas = PersonaBook.load(host.paths.personas_file)  # the editor saved its changes
+                if choice is None:
+                    return
+                session.set_persona(pick_persona(host.personas, choice.persona))
+                session.set_scenario(choice.scenario)
+            except RpchatError as e:
+                self.notify(str(e), severity="error", markup=False)
+                return
+            self.show_chat()  # the user's turns now carry the persona's name
+            self.measure()
+
+        self.app.push_screen(PersonaEditor(book, persona=session.persona.name, scenario=session.chat.scenario,
+                                           card_scenario=session.card.scenario), done)
 
     def action_edit_card(self) -> None:
-        self.rp_app.open_card_editor(self.session.card_path, self)
+        if self.generating:
+            # A rename moves the chat file that the reply is being written to.
+            self.notify("Wait for the reply to finish.", severity="warning")
+            return
+        edit_card(self, self.session.card_path, self._card_saved)
 
     def action_inspect_prompt(self) -> None:
-        self.rp_app.open_prompt_inspector(self)
+        """Show the exact prompt the next reply would get."""
+        session = self.session
+        if self.generating:
+            self.notify("Wait for the reply to finish.", severity="warning")
+            return
+        try:
+            built = session.build("reply")
+        except RpchatError as e:
+            self.notify(str(e), severity="error", markup=False)
+            return
+        n_ctx = session.engine.n_ctx if session.engine is not None else None
+        origins = session.choices.origins() if session.choices is not None else None
+        self.app.push_screen(PromptInspector(built, n_ctx=n_ctx, max_new=session.max_new, origins=origins))
 
     def action_edit_note(self) -> None:
         """Edit this chat's author's note (palette)."""
-        from rpchat.tui.note_dialog import AuthorsNoteDialog
-
         session = self.session
 
-        def done(note: Any) -> None:
+        def done(note: AuthorsNote | None) -> None:
             if note is None or session is not self.session:
                 return
             try:
@@ -689,11 +725,9 @@ class ChatScreen(Screen[None]):
     # --- world info (palette only) ---------------------------------------------------------------------
     def action_attach_world(self) -> None:
         """Ask for a lorebook / world-info JSON and attach a copy of it to this chat."""
-        from rpchat.tui.dialogs import PathPrompt
-
         session = self.session
 
-        def chosen(path: Any) -> None:
+        def chosen(path: Path | None) -> None:
             if path is None or session is not self.session:
                 return
             try:
@@ -711,8 +745,6 @@ class ChatScreen(Screen[None]):
 
     def action_detach_world(self) -> None:
         """Detach a world: the only one at once, or the one named in a prompt when several."""
-        from rpchat.tui.dialogs import TextPrompt
-
         session = self.session
         worlds = session.worlds
         if not worlds:
@@ -739,11 +771,6 @@ class ChatScreen(Screen[None]):
 
     def action_export_chat(self) -> None:
         """Write this chat as a SillyTavern .jsonl file (what `rpchat chat export` does)."""
-        from pathlib import Path
-
-        from rpchat.chat.store import export_st_chat
-        from rpchat.tui.dialogs import save_to_path
-
         chat = self.session.chat
         save_to_path(self, "Export this chat as SillyTavern .jsonl", lambda dest: export_st_chat(chat, dest),
                      value=str(Path.cwd() / self.session.path.name), suffixes=(".jsonl",),
@@ -765,8 +792,6 @@ class ChatScreen(Screen[None]):
 
     def action_chat_banned(self) -> None:
         """Edit the phrases this chat bans on top of Settings' list (separated by |)."""
-        from rpchat.tui.dialogs import TextPrompt
-
         def done(text: str | None) -> None:
             if text is None:
                 return
@@ -837,8 +862,6 @@ class ChatScreen(Screen[None]):
             self.notify(str(e), severity="error", markup=False)
 
     def _confirm_delete(self, index: int) -> None:
-        from rpchat.tui.dialogs import ConfirmDialog
-
         turn = self.session.chat.turns[index]
         preview = " ".join(turn.text.split())
         preview = preview[:80] + ("..." if len(preview) > 80 else "")

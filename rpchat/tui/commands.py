@@ -12,6 +12,7 @@ from typing import Any
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
 from rpchat.tui.bindings import KEYS, KeySpec
+from rpchat.tui.host import host_of
 
 # Extra palette-only commands: (scope, title, action, help).
 EXTRAS: tuple[tuple[str, str, str, str], ...] = (
@@ -63,9 +64,7 @@ class RpchatCommands(Provider):
         return out
 
     def _help(self, spec: KeySpec) -> str:
-        key_for = getattr(self.app, "key_for", None)
-        key = key_for(spec.id) if callable(key_for) else spec.key
-        return f"key: {key}"
+        return f"key: {host_of(self.screen).key_for(spec.id)}"
 
     async def discover(self) -> Hits:
         for title, callback, help_text in self._commands():

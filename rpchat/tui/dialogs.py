@@ -12,48 +12,21 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from textual import on
 from textual.app import ComposeResult
-from textual.binding import Binding, BindingType
+from textual.binding import BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, Input, Static
 
 from rpchat.errors import RpchatError
 from rpchat.text import strip_controls
+from rpchat.tui.bindings import bindings_for
 
-DIALOG_CSS = """
-{name} {{
-    align: center middle;
-}}
-{name} > Vertical {{
-    width: 72;
-    max-width: 95%;
-    height: auto;
-    max-height: 90%;
-    border: thick $primary 60%;
-    background: $surface;
-    padding: 1 2;
-}}
-{name} .dialog-title {{
-    text-style: bold;
-    color: $primary;
-    margin-bottom: 1;
-}}
-{name} .dialog-message {{
-    margin-bottom: 1;
-}}
-{name} .dialog-error {{
-    color: $error;
-    height: auto;
-}}
-{name} .dialog-buttons {{
-    height: auto;
-    align-horizontal: right;
-    margin-top: 1;
-}}
-{name} .dialog-buttons Button {{
-    margin-left: 1;
-}}
-"""
+_R = TypeVar("_R")
+
+
+class Dialog(ModalScreen[_R]):
+    """A small centred dialog: a title, a message, maybe a problem, buttons on the right (styled in
+    rpchat.tcss by this type, so every dialog looks alike)."""
 
 
 def _plain(text: str) -> Static:
@@ -61,18 +34,10 @@ def _plain(text: str) -> Static:
     return Static(strip_controls(text), markup=False)
 
 
-class ConfirmDialog(ModalScreen[bool]):
+class ConfirmDialog(Dialog[bool]):
     """Ask a yes/no question; dismisses with True for yes, False for no or Esc."""
 
-    DEFAULT_CSS = DIALOG_CSS.format(name="ConfirmDialog")
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "answer(False)", "Cancel", id="dialog.cancel"),
-        Binding("y", "answer(True)", "Yes", show=False, id="dialog.yes"),
-        Binding("n", "answer(False)", "No", show=False, id="dialog.no"),
-        # As in most dialogs, the arrows move between the buttons (Tab still does too).
-        Binding("left", "move_button(-1)", "Button to the left", show=False, id="dialog.left"),
-        Binding("right", "move_button(1)", "Button to the right", show=False, id="dialog.right"),
-    ]
+    BINDINGS: ClassVar[list[BindingType]] = bindings_for("confirm")
 
     def __init__(self, message: str, *, title: str = "Confirm", yes: str = "Yes", no: str = "No",
                  danger: bool = False) -> None:
@@ -108,11 +73,10 @@ class ConfirmDialog(ModalScreen[bool]):
 _T = TypeVar("_T")
 
 
-class LinePrompt(ModalScreen[_T | None], Generic[_T]):
+class LinePrompt(Dialog[_T | None], Generic[_T]):
     """Ask for one line; `check` refuses bad values in place, `result_value` converts a good one."""
 
-    DEFAULT_CSS = DIALOG_CSS.format(name="LinePrompt")
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel", id="dialog.cancel")]
+    BINDINGS: ClassVar[list[BindingType]] = bindings_for("prompt")
     SELECT_ON_FOCUS: ClassVar[bool] = True  # typing replaces the suggested value
 
     def __init__(self, title: str, value: str = "", *, placeholder: str = "", allow_empty: bool = False,
@@ -174,7 +138,6 @@ class LinePrompt(ModalScreen[_T | None], Generic[_T]):
 class TextPrompt(LinePrompt[str]):
     """Ask for one line of text; dismisses with the text, or None on Esc."""
 
-    DEFAULT_CSS = DIALOG_CSS.format(name="TextPrompt")
 
     def result_value(self, value: str) -> str:
         return value
@@ -187,7 +150,6 @@ class PathPrompt(LinePrompt[Path]):
     the file types, so the caller gets a usable file or nothing.
     """
 
-    DEFAULT_CSS = DIALOG_CSS.format(name="PathPrompt")
     SELECT_ON_FOCUS = False  # a suggested path is edited (its name, its extension), not retyped
 
     def __init__(self, title: str, value: str = "", *, must_exist: bool = True,
@@ -219,14 +181,10 @@ class PathPrompt(LinePrompt[Path]):
         return Path(value.strip()).expanduser()
 
 
-class ErrorDialog(ModalScreen[None]):
+class ErrorDialog(Dialog[None]):
     """Show an error message until the user closes it."""
 
-    DEFAULT_CSS = DIALOG_CSS.format(name="ErrorDialog") + """
-    ErrorDialog > Vertical { border: thick $error 70%; }
-    ErrorDialog .dialog-title { color: $error; }
-    """
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "close", "Close", id="dialog.close")]
+    BINDINGS: ClassVar[list[BindingType]] = bindings_for("error")
 
     def __init__(self, message: str, *, title: str = "Error") -> None:
         super().__init__()

@@ -8,20 +8,15 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.binding import Binding, BindingType
+from textual.binding import BindingType
 from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-from rpchat.tui.bindings import KEYS, effective_key
+from rpchat.tui.bindings import KEYS, SCOPE_TITLES, bindings_for, effective_key
 from rpchat.tui.commands import palette_only
+from rpchat.tui.host import host_of
 
-SCOPE_TITLES = {
-    "app": "Everywhere",
-    "library": "Character library",
-    "chat": "Chat",
-    "transcript": "Message cursor (ctrl+up)",
-}
 INPUT_KEYS = (
     ("enter", "Send (an empty Enter asks for a reply)"),
     ("shift+enter, ctrl+j", "New line"),
@@ -29,11 +24,7 @@ INPUT_KEYS = (
     ("left / right (input empty)", "Swipe the last reply"),
     ("ctrl+p", "Command palette: every action, themes"),
 )
-EDIT_KEYS = (
-    ("enter", "Save the edit"),
-    ("esc", "Cancel the edit (the turn stays as it was)"),
-    ("shift+enter, ctrl+j", "New line"),
-)
+EDIT_KEYS = (("shift+enter, ctrl+j", "New line"),)
 
 
 def _section(title: str, rows: list[tuple[str, str, str]], *, header: bool) -> Group:
@@ -58,8 +49,9 @@ def help_table(keymap: dict[str, str]) -> Group:
         rows = [(effective_key(spec, keymap), spec.description, spec.id) for spec in KEYS if spec.scope == scope]
         if scope == "chat":
             rows += [(key, what, "") for key, what in INPUT_KEYS]
+        elif scope == "edit":
+            rows += [(key, what, "") for key, what in EDIT_KEYS]
         sections.append(_section(title, rows, header=not sections))
-    sections.append(_section("Editing a turn", [(key, what, "") for key, what in EDIT_KEYS], header=False))
     palette = [(title, f"{SCOPE_TITLES.get(scope, scope)}: {help_text}", "") for scope, title, help_text in palette_only()]
     sections.append(_section("Only in the command palette (ctrl+p, then type the name)", palette, header=False))
     return Group(*sections)
@@ -68,18 +60,10 @@ def help_table(keymap: dict[str, str]) -> Group:
 class HelpScreen(ModalScreen[None]):
     """Lists every key; Esc or F1 closes it."""
 
-    DEFAULT_CSS = """
-    HelpScreen { align: center middle; }
-    HelpScreen > Vertical { width: 90; max-width: 95%; height: 90%; border: thick $primary 60%;
-                            background: $surface; padding: 0 1; }
-    HelpScreen #help-title { text-style: bold; color: $primary; }
-    """
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape,f1,q", "dismiss", "Close", id="help.close"),
-    ]
+    BINDINGS: ClassVar[list[BindingType]] = bindings_for("help")
 
     def compose(self) -> ComposeResult:
-        keymap = getattr(self.app, "keymap", {})
+        keymap = host_of(self).keymap
         with Vertical():
             yield Static("Keys (remap them in config.yaml under `keys:`, by id). Esc or F1 closes.", id="help-title",
                          markup=False)

@@ -11,7 +11,7 @@ from typing import ClassVar
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
-from textual.binding import Binding, BindingType
+from textual.binding import BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, ContentSwitcher, Footer, Static, TextArea
@@ -19,6 +19,7 @@ from textual.widgets import Button, ContentSwitcher, Footer, Static, TextArea
 from rpchat.prompt.builder import BuiltPrompt
 from rpchat.prompt.lorebook import LoreHit
 from rpchat.text import strip_controls
+from rpchat.tui.bindings import bindings_for
 
 
 def prompt_summary(built: BuiltPrompt, n_ctx: int | None = None, max_new: int | None = None) -> str:
@@ -79,23 +80,7 @@ def segments_text(built: BuiltPrompt) -> Text:
 class PromptInspector(ModalScreen[None]):
     """Shows a `BuiltPrompt` exactly; ``t`` toggles between plain text and the template view."""
 
-    DEFAULT_CSS = """
-    PromptInspector { align: center middle; }
-    PromptInspector > Vertical {
-        width: 95%; height: 95%; border: thick $primary 60%; background: $surface; padding: 0 1;
-    }
-    PromptInspector #inspector-title { text-style: bold; color: $primary; }
-    PromptInspector #summary, PromptInspector #lore, PromptInspector #origins { height: auto; color: $text-muted; }
-    PromptInspector #views { height: 1fr; }
-    PromptInspector #prompt-text { height: 1fr; }
-    PromptInspector #buttons { height: auto; align-horizontal: right; }
-    PromptInspector #buttons Button { margin-left: 2; }
-    """
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "close", "Close", id="inspector.close"),
-        Binding("t", "toggle_view", "Template view", id="inspector.toggle"),
-        Binding("c", "copy", "Copy prompt", id="inspector.copy"),
-    ]
+    BINDINGS: ClassVar[list[BindingType]] = bindings_for("inspector")
 
     def __init__(self, built: BuiltPrompt, *, n_ctx: int | None = None, max_new: int | None = None,
                  title: str = "Prompt inspector", origins: list[str] | None = None) -> None:

@@ -8,28 +8,39 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import ClassVar
 
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
-from textual.binding import Binding, BindingType
+from textual.binding import BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Input, OptionList, ProgressBar, Static
 from textual.widgets.option_list import Option
 
-from rpchat.cards import CardEntry, delete_card, duplicate_card, import_card, list_cards, load_card
+from rpchat.cards import CardEntry, delete_card, duplicate_card, import_card, list_cards, load_card, save_card
 from rpchat.cards.library import card_files
-from rpchat.chat.library import ChatEntry
+from rpchat.chat.library import (
+    ChatEntry,
+    chats_folder,
+    count_chats,
+    export_st_chat,
+    import_st_chat,
+    last_chat,
+    latest_chat,
+    list_chats,
+)
+from rpchat.chat.recent import recorded_chat
+from rpchat.chat.store import load_chat
 from rpchat.errors import RpchatError
+from rpchat.paths import profile
 from rpchat.tui.avatar import AvatarView
 from rpchat.tui.bindings import bindings_for
+from rpchat.tui.card_editor import SavedCard, edit_card
 from rpchat.tui.dialogs import ConfirmDialog, PathPrompt, save_to_path
+from rpchat.tui.host import Host, host_of
 from rpchat.tui.prose import clean
-
-if TYPE_CHECKING:
-    from rpchat.tui.app import RpchatApp
 
 CARD_SUFFIXES = (".png", ".json", ".charx")
 
@@ -67,19 +78,7 @@ _ISO_MINUTE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d")
 class ChatsDialog(ModalScreen["tuple[str, Path | None] | None"]):
     """A card's chats: start a new one, resume one (Enter), or branch one (b)."""
 
-    DEFAULT_CSS = """
-    ChatsDialog { align: center middle; }
-    ChatsDialog > Vertical { width: 90; max-width: 95%; height: 80%; border: thick $primary 60%;
-                             background: $surface; padding: 0 1; }
-    ChatsDialog #chats-title { text-style: bold; color: $primary; }
-    ChatsDialog OptionList { height: 1fr; }
-    """
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "cancel", "Close", id="chats.close"),
-        Binding("b", "branch", "Branch selected", id="chats.branch"),
-        Binding("n", "new", "New chat", id="chats.new"),
-        Binding("x", "export", "Export selected", id="chats.export"),
-    ]
+    BINDINGS: ClassVar[list[BindingType]] = bindings_for("chats")
 
     def __init__(self, name: str, chats: list[ChatEntry], last: Path | None = None, *, export: bool = False) -> None:
         super().__init__()
@@ -161,19 +160,6 @@ class LibraryScreen(Screen[None]):
     SCOPES = ("library",)
     AUTO_FOCUS = "#filter"
 
-    DEFAULT_CSS = """
-    LibraryScreen #title { text-style: bold; color: $primary; padding: 0 1; }
-    LibraryScreen #filter { margin: 0 1; }
-    LibraryScreen #cards { width: 2fr; height: 1fr; margin: 0 1; }
-    LibraryScreen #detail { width: 3fr; height: 1fr; padding: 0 1; }
-    LibraryScreen #detail AvatarView { width: 32; height: 16; }
-    LibraryScreen #card-name { text-style: bold; color: $primary; margin-top: 1; }
-    LibraryScreen #card-tags { color: $accent; }
-    LibraryScreen #card-notes { margin-top: 1; }
-    LibraryScreen #model-bar { height: 1; padding: 0 1; background: $panel; }
-    LibraryScreen #model-text { width: 1fr; color: $text-muted; }
-    LibraryScreen #model-progress { width: 30; }
-    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -182,8 +168,8 @@ class LibraryScreen(Screen[None]):
         self._files: list[tuple[Path, int]] = []
 
     @property
-    def rp_app(self) -> RpchatApp:
-        return self.app  # type: ignore[return-value]
+    def host(self) -> Host:
+        return host_of(self)
 
     def compose(self) -> ComposeResult:
         yield Static("rpchat  \u2014  character library", id="title", markup=False)
@@ -204,12 +190,11 @@ class LibraryScreen(Screen[None]):
     def on_mount(self) -> None:
         self.reload()
         self.query_one("#filter", Input).focus()
-        self.watch(self.app, "engine_state", lambda _: self.update_status())
-        self.watch(self.app, "load_progress", lambda _: self.update_status())
+        self.watch(self.app, "engine_state", lambda _: self._show_model())
+        self.watch(self.app, "load_progress", lambda _: self._show_model())
 
     def on_screen_resume(self) -> None:
         # Chats may have been added, and the card edited or renamed, while the chat screen was open.
-        from rpchat.chat.recent import recorded_chat
 
         if self._files == self._card_files():
             self._show_detail()  # no card changed: only the chat count may have
@@ -217,7 +202,7 @@ class LibraryScreen(Screen[None]):
         current = self.current
         select = current.path if current is not None and current.path.exists() else None
         if select is None and current is not None:
-            last = recorded_chat(self.rp_app.paths)  # a card renamed from its chat: follow it
+            last = recorded_chat(self.host.paths)  # a card renamed from its chat: follow it
             select = last.card if last is not None else None
             if select is not None:
                 self.query_one("#filter", Input).value = ""  # the new name may not match the filter
@@ -304,21 +289,20 @@ class LibraryScreen(Screen[None]):
         chats.update(self._chats_line(entry))
 
     def _chats_line(self, entry: CardEntry) -> str:
-        from rpchat.chat.library import list_chats
-
+        # Runs on every highlight: count the chat files, never parse them (a card may have many big chats).
         try:
-            count = len(list_chats(entry.path, entry.name))
+            count = count_chats(entry.path, entry.name)
         except (RpchatError, OSError):
             count = 0
-        resume, new = self.rp_app.key_for("resume_chat"), self.rp_app.key_for("new_chat")
+        resume, new = self.host.key_for("resume_chat"), self.host.key_for("new_chat")
         if count:
             return (f"{count} chat{'s' if count != 1 else ''}: Enter lists them, {new} starts new, "
                     f"{resume} resumes your last chat")
         return f"No chats yet: Enter or {new} starts one"
 
-    def update_status(self) -> None:
+    def _show_model(self) -> None:
         """The model bar: loading progress, ready, or the problem."""
-        app = self.rp_app
+        app = self.host
         text = self.query_one("#model-text", Static)
         bar = self.query_one("#model-progress", ProgressBar)
         if app.engine_state == "loading":
@@ -357,8 +341,6 @@ class LibraryScreen(Screen[None]):
         return entry
 
     def action_open_card(self) -> None:
-        from rpchat.chat.library import list_chats
-
         entry = self._usable()
         if entry is None:
             return
@@ -368,7 +350,7 @@ class LibraryScreen(Screen[None]):
             self.notify(str(e), severity="error", markup=False)
             return
         if not chats:
-            self.rp_app.open_chat(entry.path, None)
+            self.host.open_chat(entry.path, None)
             return
 
         def chosen(choice: tuple[str, Path | None] | None) -> None:
@@ -376,43 +358,23 @@ class LibraryScreen(Screen[None]):
                 return
             what, path = choice
             if what == "branch" and path is not None:
-                self._branch(entry, path)
+                self.host.open_chat(entry.path, path, branch=True)
             elif what == "export" and path is not None:
                 self._export_chat(path)
             else:
-                self.rp_app.open_chat(entry.path, path)
+                self.host.open_chat(entry.path, path)
 
-        from rpchat.chat.recent import recorded_chat
 
-        last = recorded_chat(self.rp_app.paths)
+        last = recorded_chat(self.host.paths)
         self.app.push_screen(ChatsDialog(entry.name, chats, last.chat if last else None), chosen)
-
-    def _branch(self, entry: CardEntry, path: Path) -> None:
-        from rpchat.tui.app import open_session_for
-        from rpchat.tui.chat import ChatScreen
-
-        try:
-            session = open_session_for(self.rp_app, entry.path, path)
-            if not session.chat.turns:
-                raise RpchatError("the chat is empty; nothing to branch", path)
-            session = session.branch(len(session.chat.turns) - 1)
-        except RpchatError as e:
-            self.notify(str(e), severity="error", markup=False)
-            return
-        self.app.push_screen(ChatScreen(session))
-        self.rp_app.remember_chat(session)
-        self.notify(f"Branched into {session.path.name}", markup=False)
 
     def action_resume_chat(self) -> None:
         """Open the chat used last (remembered across restarts); without one, the card's newest chat."""
-        from rpchat.chat.library import latest_chat
-        from rpchat.chat.recent import last_chat, recorded_chat
-
-        last = last_chat(self.rp_app.paths)
+        last = last_chat(self.host.paths)
         if last is not None:
-            self.rp_app.open_chat(last.card, last.chat)
+            self.host.open_chat(last.card, last.chat)
             return
-        gone = recorded_chat(self.rp_app.paths)
+        gone = recorded_chat(self.host.paths)
         entry = self._usable()
         newest = latest_chat(entry.path, entry.name) if entry is not None else None
         if gone is not None:
@@ -420,19 +382,19 @@ class LibraryScreen(Screen[None]):
                     else f"starting a new chat with {entry.name}")
             self.notify(f"Your last chat {gone.chat.name} is gone; {then}.", severity="warning", markup=False)
         if entry is not None:
-            self.rp_app.open_chat(entry.path, newest)
+            self.host.open_chat(entry.path, newest)
 
     def action_new_chat(self) -> None:
         entry = self._usable()
         if entry is not None:
-            self.rp_app.open_chat(entry.path, None)
+            self.host.open_chat(entry.path, None)
 
     def action_import_card(self) -> None:
-        def chosen(path: Any) -> None:
+        def chosen(path: Path | None) -> None:
             if path is None:
                 return
             try:
-                dest = import_card(Path(path))
+                dest = import_card(path)
             except RpchatError as e:
                 self.notify(str(e), severity="error", markup=False)
                 return
@@ -443,15 +405,15 @@ class LibraryScreen(Screen[None]):
         self.app.push_screen(PathPrompt("Import a card (PNG, JSON or CharX)", suffixes=CARD_SUFFIXES), chosen)
 
     def action_new_card(self) -> None:
-        self.rp_app.open_card_editor(None, self)
+        edit_card(self, None, self._card_saved)
 
     def action_edit_card(self) -> None:
         entry = self._usable()
         if entry is not None:
-            self.rp_app.open_card_editor(entry.path, self)
+            edit_card(self, entry.path, self._card_saved)
 
-    def card_changed(self, saved: Any) -> None:
-        """The card editor saved a card: show it in the list."""
+    def _card_saved(self, saved: SavedCard) -> None:
+        # Show the saved card in the list (its name may not match the filter).
         self.query_one("#filter", Input).value = ""
         self.reload(select=saved.path)
 
@@ -495,10 +457,6 @@ class LibraryScreen(Screen[None]):
     # --- import / export (what `rpchat chat import|export` and `rpchat card convert` do) ---------------
     def action_import_chat(self) -> None:
         """Copy a SillyTavern chat into the selected card's chats."""
-        from rpchat.chat.library import chats_folder
-        from rpchat.chat.store import import_st_chat
-        from rpchat.paths import profile
-
         entry = self._usable()
         if entry is None:
             return
@@ -521,8 +479,6 @@ class LibraryScreen(Screen[None]):
 
     def action_export_chat(self) -> None:
         """Pick one of the selected card's chats and write it as a SillyTavern chat."""
-        from rpchat.chat.library import list_chats
-
         entry = self._usable()
         if entry is None:
             return
@@ -542,16 +498,12 @@ class LibraryScreen(Screen[None]):
         self.app.push_screen(ChatsDialog(entry.name, chats, export=True), chosen)
 
     def _export_chat(self, path: Path) -> None:
-        from rpchat.chat.store import export_st_chat, load_chat
-
         save_to_path(self, "Export the chat as SillyTavern .jsonl", lambda dest: export_st_chat(load_chat(path), dest),
                      value=str(Path.cwd() / path.name), suffixes=(".jsonl",),
                      message=f"{path.name}, without rpchat's own settings, as SillyTavern reads it.")
 
     def action_export_card(self) -> None:
         """Save the selected card as .png, .json or .charx (converting as needed)."""
-        from rpchat.cards import save_card
-
         entry = self._usable()
         if entry is None:
             return

@@ -1,9 +1,10 @@
-"""Typed messages the workers post to the UI (harlequin style: one class per event)."""
+"""Typed messages between workers, screens and the app (harlequin style: one class per event)."""
 
 from __future__ import annotations
 
 from textual.message import Message
 
+from rpchat.config import Config
 from rpchat.engine.base import EngineInfo, PromptProgress, Result
 
 
@@ -82,3 +83,12 @@ class PromptProgressed(Message):
 
 class StateSaved(Message):
     """A chat's KV state was saved to disk in the background (or could not be: see the session's notices)."""
+
+
+class SettingsChanged(Message, bubble=False):
+    """The app posts this to every screen when the user saved new settings (a chat re-picks its format,
+    preset and reply budget)."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self.config = config

@@ -16,7 +16,7 @@ from typing import ClassVar
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
-from textual.binding import Binding, BindingType
+from textual.binding import BindingType
 from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Input, Static
@@ -34,6 +34,7 @@ from rpchat.engine.hub import HubFile, HubRepo
 from rpchat.errors import RpchatError
 from rpchat.paths import Paths
 from rpchat.text import strip_controls
+from rpchat.tui.bindings import bindings_for
 
 
 def _cell(value: object, style: str = "") -> Text:
@@ -48,17 +49,7 @@ def _size(n: int) -> str:
 class ModelPicker(ModalScreen["Path | None"]):
     """Lists models; Enter loads the one under the cursor."""
 
-    DEFAULT_CSS = """
-    ModelPicker { align: center middle; }
-    ModelPicker > #picker { width: 96%; height: 90%; border: thick $primary 60%; background: $surface; }
-    ModelPicker #picker-title { text-style: bold; color: $primary; padding: 0 1; }
-    ModelPicker #picker-note { color: $text-muted; padding: 0 1; height: auto; }
-    ModelPicker DataTable { height: 1fr; }
-    """
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "close", "Close", id="picker.close"),
-        Binding("ctrl+r", "rescan", "Rescan", id="picker.rescan"),
-    ]
+    BINDINGS: ClassVar[list[BindingType]] = bindings_for("picker")
 
     class Scanned(Message):
         """The scan finished."""

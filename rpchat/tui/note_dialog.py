@@ -11,14 +11,14 @@ from typing import ClassVar
 
 from textual import on
 from textual.app import ComposeResult
-from textual.binding import Binding, BindingType
+from textual.binding import BindingType
 from textual.containers import Horizontal, Vertical
-from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static, TextArea
 
 from rpchat.chat.model import NOTE_POSITIONS, ROLES, AuthorsNote
 from rpchat.text import strip_controls
-from rpchat.tui.dialogs import DIALOG_CSS
+from rpchat.tui.bindings import bindings_for
+from rpchat.tui.dialogs import Dialog
 from rpchat.tui.persona_editor import kept_or_edited
 
 _POSITION_LABELS = {
@@ -29,21 +29,10 @@ _POSITION_LABELS = {
 _ROLE_LABELS = {"system": "Nobody (like narration)", "user": "The user", "assistant": "The character"}
 
 
-class AuthorsNoteDialog(ModalScreen[AuthorsNote | None]):
+class AuthorsNoteDialog(Dialog[AuthorsNote | None]):
     """Edit this chat's author's note."""
 
-    DEFAULT_CSS = DIALOG_CSS.format(name="AuthorsNoteDialog") + """
-    AuthorsNoteDialog #note-text { height: 6; }
-    AuthorsNoteDialog .note-row { height: auto; }
-    AuthorsNoteDialog .note-row Label { width: 14; padding-top: 1; }
-    AuthorsNoteDialog .note-row Input { width: 12; }
-    AuthorsNoteDialog .note-row Select { width: 1fr; }
-    AuthorsNoteDialog .note-help { color: $text-muted; height: auto; }
-    """
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "cancel", "Cancel", id="dialog.cancel"),
-        Binding("ctrl+s", "save", "Save", id="dialog.save"),
-    ]
+    BINDINGS: ClassVar[list[BindingType]] = bindings_for("note")
 
     def __init__(self, note: AuthorsNote) -> None:
         super().__init__()

@@ -14,7 +14,7 @@ from typing import ClassVar
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
-from textual.binding import Binding, BindingType
+from textual.binding import BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Footer, Label, OptionList, Static, TextArea
@@ -23,6 +23,7 @@ from textual.widgets.option_list import Option
 from rpchat.errors import RpchatError
 from rpchat.personas import PersonaBook
 from rpchat.text import strip_controls
+from rpchat.tui.bindings import bindings_for
 from rpchat.tui.dialogs import ConfirmDialog, TextPrompt
 
 
@@ -45,30 +46,7 @@ def kept_or_edited(original: str, shown: str) -> str:
 class PersonaEditor(ModalScreen["PersonaChoice | None"]):
     """Pick and edit personas, and this chat's scenario."""
 
-    DEFAULT_CSS = """
-    PersonaEditor { align: center middle; }
-    PersonaEditor > Vertical {
-        width: 95%; height: 95%; border: thick $primary 60%; background: $surface; padding: 0 1;
-    }
-    PersonaEditor .title { text-style: bold; color: $primary; }
-    PersonaEditor .section { color: $text-muted; margin-top: 1; }
-    PersonaEditor #top { height: 3fr; min-height: 6; }
-    PersonaEditor #persona-side { width: 34; }
-    PersonaEditor #personas { height: 1fr; }
-    PersonaEditor #persona-buttons { height: auto; }
-    PersonaEditor #persona-buttons Button { margin-right: 1; min-width: 0; width: auto; }
-    PersonaEditor #persona-main { width: 1fr; padding-left: 1; }
-    PersonaEditor #description { height: 1fr; }
-    PersonaEditor #scenario { height: 2fr; min-height: 3; }
-    PersonaEditor #card-scenario { height: auto; max-height: 4; color: $text-muted; }
-    PersonaEditor #buttons { height: auto; align-horizontal: right; }
-    PersonaEditor #buttons Button { margin-left: 2; }
-    """
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("ctrl+s", "apply", "Apply", id="persona.apply"),
-        Binding("escape", "cancel", "Cancel", id="persona.cancel"),
-        Binding("ctrl+n", "new_persona", "New persona", id="persona.new"),
-    ]
+    BINDINGS: ClassVar[list[BindingType]] = bindings_for("persona_editor")
 
     def __init__(self, book: PersonaBook | None = None, *, persona: str | None = None,
                  scenario: str | None = None, card_scenario: str = "") -> None:

@@ -16,13 +16,12 @@ from textual.app import ComposeResult
 from textual.containers import HorizontalGroup, VerticalScroll
 from textual.widgets import Checkbox, Input, Label, Static
 
-from rpchat.engine.base import Sampling
+from rpchat.engine.base import NEUTRAL_SAMPLING, Sampling
 from rpchat.engine.presets import SAMPLER_HELP, SamplerPreset, sampling_from_dict
 from rpchat.errors import ConfigError
 from rpchat.text import strip_controls
 
 FIELDS = [f.name for f in dataclasses.fields(Sampling)]
-_NEUTRAL = Sampling()
 
 
 def shown_value(name: str, value: Any) -> str:
@@ -39,7 +38,7 @@ def shown_value(name: str, value: Any) -> str:
 def parse_value(name: str, text: str) -> Any:
     """The typed value for a text box's text; ValueError with a short reason when it is not one."""
     text = text.strip()
-    default = getattr(_NEUTRAL, name)
+    default = getattr(NEUTRAL_SAMPLING, name)
     if name == "seed":
         return int(text) if text else None
     if name in ("dry_sequence_breakers", "banned_phrases"):
@@ -83,7 +82,7 @@ class SamplerForm(VerticalScroll):
     def compose(self) -> ComposeResult:
         yield Static("", id="sampler-description", markup=False)
         for name in FIELDS:
-            default = getattr(_NEUTRAL, name)
+            default = getattr(NEUTRAL_SAMPLING, name)
             box: Input | Checkbox
             if isinstance(default, bool):
                 box = Checkbox("", default, id=f"s-{name}", compact=True)
@@ -116,7 +115,7 @@ class SamplerForm(VerticalScroll):
         # Samplers that do something stand out; the ones at their "off" value stay dim.
         row = self.query_one(f"#s-{name}").parent
         if row is not None:
-            row.set_class(value != getattr(_NEUTRAL, name), "-active")
+            row.set_class(value != getattr(NEUTRAL_SAMPLING, name), "-active")
 
     def read(self) -> tuple[Sampling | None, list[str]]:
         """The sampling the rows describe, or None and one message per bad value."""

@@ -14,13 +14,12 @@ from typing import Any, ClassVar
 from rich.text import Text
 from textual import on, work
 from textual.app import App, ComposeResult
-from textual.binding import Binding, BindingType
+from textual.binding import BindingType
 from textual.containers import Horizontal, HorizontalGroup
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import (
     Button,
-    Checkbox,
     DataTable,
     Footer,
     Input,
@@ -35,17 +34,18 @@ from textual.widgets import (
 from rpchat.config import API_KEY_ENV, Config, save_config
 from rpchat.engine.banned import clean_phrases, default_phrases
 from rpchat.engine.gguf_info import ModelInfo, scan_models
+from rpchat.engine.loader import FLASH_ATTN, KV_TYPES
 from rpchat.engine.presets import SamplerPreset, import_preset, list_presets, load_preset, save_preset
+from rpchat.engine.remote import API_NAMES
 from rpchat.errors import ConfigError, RpchatError
 from rpchat.paths import Paths, profile
 from rpchat.prompt.formats import import_format, list_formats, load_format, load_formats
 from rpchat.session import settings_banned
 from rpchat.text import strip_controls
+from rpchat.tui.bindings import bindings_for
 from rpchat.tui.sampler_form import SamplerForm
 from rpchat.tui.themes import prose_styles
 
-REMOTE_APIS = ("auto", "llama.cpp", "openai", "koboldcpp")
-KV_TYPES = ("f16", "q8_0", "q4_0")
 MAX_CTX = 1 << 20
 PREVIEW = (
     ("Marisol  ", "title"), ("*throws a blanket over you.* ", "action"), ('"Up you get, Theo." ', "dialogue"),
@@ -142,29 +142,7 @@ def _size(n: int) -> str:
 class SettingsScreen(Screen["Config | None"]):
     """Edit and save the user's `Config`."""
 
-    DEFAULT_CSS = """
-    SettingsScreen { background: $background; }
-    SettingsScreen #settings-title { text-style: bold; color: $primary; padding: 0 1; }
-    SettingsScreen #tabs { height: 1fr; }
-    SettingsScreen ContentSwitcher { height: 1fr; }
-    SettingsScreen TabPane { height: 1fr; padding: 1 1 0 1; overflow-y: auto; }
-    SettingsScreen #banned-phrases { height: 6; width: 1fr; }
-    SettingsScreen #banned-hint { width: 24; color: $text-muted; padding-left: 1; }
-    SettingsScreen .field { height: auto; margin-bottom: 1; }
-    SettingsScreen .field-label { width: 18; color: $text-muted; }
-    SettingsScreen .field Input, SettingsScreen .field Select { width: 1fr; }
-    SettingsScreen #models { height: 1fr; min-height: 4; margin-bottom: 1; }
-    SettingsScreen #models-note { color: $text-muted; height: auto; margin-bottom: 1; }
-    SettingsScreen #sampler-form { min-height: 6; }
-    SettingsScreen #theme-preview { height: auto; border: round $panel; padding: 0 1; }
-    SettingsScreen #problems { color: $error; height: auto; padding: 0 1; }
-    SettingsScreen #buttons { height: auto; align-horizontal: right; padding: 0 1; }
-    SettingsScreen #buttons Button { margin-left: 2; }
-    """
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("ctrl+s", "save", "Save", id="settings.save"),
-        Binding("escape", "cancel", "Cancel", id="settings.cancel"),
-    ]
+    BINDINGS: ClassVar[list[BindingType]] = bindings_for("settings")
 
     class ModelsScanned(Message):
         """The models folder scan finished."""
@@ -198,8 +176,8 @@ class SettingsScreen(Screen["Config | None"]):
                                               allow_blank=False, id="kind"))
                 yield _field("Server URL", Input(eng.remote_url or "", placeholder="http://127.0.0.1:8080",
                                                  id="remote-url"))
-                yield _field("Server API", Select([(a, a) for a in REMOTE_APIS], allow_blank=False,
-                                                  value=eng.remote_api if eng.remote_api in REMOTE_APIS else "auto",
+                yield _field("Server API", Select([(a, a) for a in API_NAMES], allow_blank=False,
+                                                  value=eng.remote_api if eng.remote_api in API_NAMES else "auto",
                                                   id="remote-api"))
                 env_key = os.environ.get(API_KEY_ENV, "").strip()
                 yield _field("API key", Input(eng.api_key or "", password=True, id="api-key", placeholder=(
@@ -213,7 +191,10 @@ class SettingsScreen(Screen["Config | None"]):
                 yield _field("KV cache type", Select([(k, k) for k in KV_TYPES], allow_blank=False,
                                                      value=eng.kv_type if eng.kv_type in KV_TYPES else "f16",
                                                      id="kv-type"))
-                yield _field("Flash attention", Checkbox("faster on GPUs", eng.flash_attn, id="flash-attn"))
+                yield _field("Flash attention", Select([(f, f) for f in FLASH_ATTN], allow_blank=False,
+                                                       value=eng.flash_attn if eng.flash_attn in FLASH_ATTN else "auto",
+                                                       tooltip="auto: llama.cpp decides (on where it is faster)",
+                                                       id="flash-attn"))
             with TabPane("Prompt & sampling", id="tab-prompt"):
                 yield _field("Prompt format", Select(_choices(_safe(list_formats), cfg.format), value=cfg.format,
                                                      allow_blank=False, id="format"),
@@ -430,7 +411,7 @@ class SettingsScreen(Screen["Config | None"]):
             remote_api=str(self.query_one("#remote-api", Select).value), api_key=value("api-key") or None,
             n_ctx=n_ctx or old.n_ctx, n_gpu_layers=gpu, n_threads=threads, n_batch=batch or old.n_batch,
             kv_type=str(self.query_one("#kv-type", Select).value),
-            flash_attn=self.query_one("#flash-attn", Checkbox).value,
+            flash_attn=str(self.query_one("#flash-attn", Select).value),
             models_dir=None if models_dir in ("", str(self._paths.models_dir)) else models_dir,
         )
         config = dataclasses.replace(

@@ -21,6 +21,9 @@ from rpchat.errors import ConfigError
 from rpchat.paths import Paths, bundled_dir, profile
 from rpchat.yamlfile import load_yaml
 
+# The screens' and modals' shared style sheet (RpchatApp.CSS_PATH); it ships inside the package.
+STYLESHEET = Path(__file__).with_name("rpchat.tcss")
+
 DEFAULT_THEME = "rpchat-dark"
 # Textual's own theme is the last resort when no rpchat theme could be read at all.
 LAST_RESORT_THEME = "textual-dark"
