@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import statistics
 import tempfile
 import threading
@@ -316,10 +317,23 @@ def against_llama_cpp(model_path: Path, threads: int, tools: dict[str, Path], co
 class _Rates:
     rpchat: list[float] = dataclasses.field(default_factory=list)
     server: list[float] = dataclasses.field(default_factory=list)
+    rpchat_cpu_ms: list[float] = dataclasses.field(default_factory=list)
+    server_cpu_ms: list[float] = dataclasses.field(default_factory=list)
+
+
+def _cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) a process has used so far; None where /proc does not say."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _generation_vs_server(model_path: Path, threads: int, binary: Path, n: int, rounds: int
                           ) -> dict[str, Any]:
+    """Generation speed of rpchat and llama-server taking turns on the same prompt: wall-clock rates, and
+    CPU time per token, which other processes on a shared machine disturb much less."""
     from rpchat.engine.remote import RemoteEngine
     from rpchat.engine.remote_apis import request_body
     from rpchat.llamacpp_tools import LlamaServer, server_completion
@@ -333,19 +347,29 @@ def _generation_vs_server(model_path: Path, threads: int, binary: Path, n: int, 
         remote = RemoteEngine(server.url, api="llama.cpp")
         try:
             remote.load()
-            build = _Builder(engine, n)
-            built = build(_chat(3))
+            built = _Builder(engine, n)(_chat(3))
             tokens = engine.tokenize_prompt(built.segments)
             for _ in range(rounds):  # they take turns, so noise from other processes hits both
                 for name, chain in GEN_CHAINS.items():
                     sampling = dataclasses.replace(chain, max_tokens=n)
                     gen = engine.generate_tokens(tokens, sampling)
-                    for _ in gen:
+                    pieces = iter(gen)
+                    next(pieces, None)  # the prompt is read by then
+                    c0 = time.process_time()
+                    for _ in pieces:
                         pass
+                    rates[name].rpchat_cpu_ms.append((time.process_time() - c0) * 1000
+                                                     / max(1, gen.result.tokens_generated - 1))
                     rates[name].rpchat.append(gen.result.tok_per_s)
                     body = request_body(remote._require(), built.segments, sampling, (), n_ctx)
                     body.update(prompt=tokens, ignore_eos=True)
-                    rates[name].server.append(server_completion(server.url, body).tok_s)
+                    server_completion(server.url, {**body, "n_predict": 1})  # the prompt is read by then
+                    p0 = _cpu_s(server.proc.pid)
+                    answer = server_completion(server.url, body)
+                    p1 = _cpu_s(server.proc.pid)
+                    rates[name].server.append(answer.tok_s)
+                    if p0 is not None and p1 is not None:
+                        rates[name].server_cpu_ms.append((p1 - p0) * 1000 / max(1, answer.tokens))
         finally:
             remote.close()
             server.stop()
@@ -355,6 +379,10 @@ def _generation_vs_server(model_path: Path, threads: int, binary: Path, n: int, 
         app, ref = statistics.median(r.rpchat), statistics.median(r.server)
         out[name] = {"rpchat_tok_s": round(app, 2), "server_tok_s": round(ref, 2),
                      "ratio": round(app / ref, 3) if ref else None}
+        if r.server_cpu_ms:
+            ours, theirs = statistics.median(r.rpchat_cpu_ms), statistics.median(r.server_cpu_ms)
+            out[name].update(rpchat_cpu_ms=round(ours, 2), server_cpu_ms=round(theirs, 2),
+                             cpu_ratio=round(theirs / ours, 3) if ours else None)
     return out
 
 
@@ -397,8 +425,10 @@ def format_long_chat(r: dict[str, Any]) -> Iterator[str]:
         if g:
             for name in GEN_CHAINS:
                 x = g[name]
+                cpu = (f"; CPU per token {x['rpchat_cpu_ms']} vs {x['server_cpu_ms']} ms: {x['cpu_ratio']}"
+                       if "cpu_ratio" in x else "")
                 yield (f"llama.cpp  generation {name:<6} {x['rpchat_tok_s']} tok/s vs llama-server "
-                       f"{x['server_tok_s']} tok/s: {x['ratio']} (goal >= 1.0)")
+                       f"{x['server_tok_s']} tok/s: {x['ratio']}{cpu} (goal >= 1.0)")
         if lc.get("error"):
             yield f"llama.cpp  the comparison failed: {lc['error']}"
         missing = [t for t in ("llama-bench", "llama-server") if t not in lc["tools"]]
