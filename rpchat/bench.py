@@ -182,67 +182,11 @@ def run_bench(
         "reevaluate": _overflow(Path(model_path), threads, overflow_ctx, False),
     }
     say("overflow measured")
-    out["reopen"] = _reopen(Path(model_path), threads, REOPEN_TOKENS)
-    say("reopen after restart measured")
     from rpchat.bench_summary import summary_cost
 
     out["summary"] = summary_cost(Path(model_path), threads)
     say("story-so-far summary measured")
     return out
-
-
-REOPEN_TOKENS = 2500  # a long chat's prompt, for the reopen-after-restart figures
-
-
-def _reopen(model_path: Path, threads: int, n_tokens: int) -> dict[str, Any]:
-    """Reopen a long chat after a restart: cold evaluation against a saved state read back from disk."""
-    import tempfile
-
-    from rpchat.engine.kvstate import KVStates
-
-    story = " ".join(f"{USER_LINES[i % len(USER_LINES)]} ({i})" for i in range(n_tokens // 4))
-    probe = Sampling(temperature=0.0, max_tokens=1)
-    with tempfile.TemporaryDirectory(prefix="rpchat-bench-states-") as folder:
-        first = LocalEngine(LocalSettings(model_path, n_ctx=n_tokens + 512, n_threads=threads))
-        first.load()
-        try:
-            # A model trained on a shorter context (the test models) gets a chat that fits it.
-            tokens = first.tokenize(story)[: min(n_tokens, first.n_ctx - 64)]
-            cold = first.generate_tokens(tokens, probe)
-            list(cold)
-            states = first.kv_states = KVStates(Path(folder), 1 << 40)
-            states.claim("chat")
-            t0 = time.perf_counter()
-            snap = states.capture(first, "chat")
-            t1 = time.perf_counter()
-            path = states.write(snap) if snap is not None else None
-            t2 = time.perf_counter()
-        finally:
-            first.close()
-        if path is None:
-            return {}
-        size = path.stat().st_size
-        second = LocalEngine(LocalSettings(model_path, n_ctx=n_tokens + 512, n_threads=threads))
-        second.load()
-        try:
-            second.kv_states = KVStates(Path(folder), 1 << 40)
-            turn = tokens + second.tokenize(" And then? (next turn)")
-            t3 = time.perf_counter()
-            with second.lock:
-                model = second.loaded
-                assert model is not None  # loaded above
-                second.kv_states.restore(model, turn, shift=second.settings.context_shift)
-            t4 = time.perf_counter()
-            second.reset_cache()
-            reopen = second.generate_tokens(turn, probe)
-            list(reopen)
-        finally:
-            second.close()
-    r = reopen.result
-    return {"prompt_tokens": r.prompt_tokens, "cold_ttft_s": round(cold.result.ttft_s, 4),
-            "restored": r.prompt_tokens_restored, "evaluated": r.prompt_tokens_evaluated,
-            "ttft_s": round(r.ttft_s, 4), "state_mib": round(size / 2**20, 1),
-            "capture_s": round(t1 - t0, 4), "write_s": round(t2 - t1, 4), "restore_s": round(t4 - t3, 4)}
 
 
 def _app_loop(engine: LocalEngine, prompt: list[int], sampling: Sampling) -> list[float]:
@@ -386,12 +330,6 @@ def format_bench(result: dict[str, Any]) -> str:
         if o:
             lines.append(f"overflow   {mode:<10} {o['evaluated']} of {o['prompt_tokens']} prompt tokens "
                          f"evaluated ({o['prompt_s']:.3f} s) when old turns fell out")
-    reopen = result.get("reopen")
-    if reopen:
-        lines.append(f"reopen     after restart, {reopen['prompt_tokens']} tokens: {reopen['restored']} restored + "
-                     f"{reopen['evaluated']} evaluated, ttft {reopen['ttft_s']:.3f} s (cold {reopen['cold_ttft_s']:.3f} s); "
-                     f"state {reopen['state_mib']} MiB, save {reopen['capture_s']:.3f} s copy + "
-                     f"{reopen['write_s']:.3f} s write, restore {reopen['restore_s']:.3f} s")
     if result.get("summary"):
         from rpchat.bench_summary import format_summary_cost
 

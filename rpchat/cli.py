@@ -132,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--json", action="store_true", help="print the figures as JSON")
     be.add_argument("--shape", choices=["7b"], help="measure prompt progress and Esc on a synthetic model of "
                     "this shape (Mistral-7B: about 4 GB, written once into the cache folder)")
+    be.add_argument("--against-llama-cpp", type=Path, metavar="DIR", help="also rate prompt evaluation and "
+                    "generation against llama-bench and llama-server found in DIR (built from the same llama.cpp)")
+    be.add_argument("--chat-tokens", type=int, default=3000, help="size of the long chat (default 3000)")
+    be.add_argument("--no-esc", action="store_true", help="with --shape: skip the progress and Esc figures")
     be.add_argument("--vocab", type=Path, help="llama.cpp's ggml-vocab-llama-spm.gguf, for writing the "
                     "synthetic model (default: found beside the llama.cpp sources, or $LLAMA_CPP_DIR/models)")
 
@@ -516,14 +520,23 @@ def _library_card(wanted: str | None, character: str, src: Path) -> tuple[str, P
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from rpchat.bench import format_bench, format_shape_bench, run_bench, run_shape_bench
+    from rpchat.bench_longchat import format_long_chat, run_long_chat
+    from rpchat.engine.demo import demo_model_path
 
     log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if not args.json else None
     if args.shape:
         from rpchat.engine.synthetic import ensure_synthetic_model
 
         model = ensure_synthetic_model(args.shape, args.vocab, log)
-        figures = run_shape_bench(model, args.threads, log=log)
-        print(json.dumps(figures, indent=2) if args.json else format_shape_bench(figures))
+        figures = {} if args.no_esc else run_shape_bench(model, args.threads, log=log)
+        # One reference round of few tokens: at 7B shape each 3,000-token evaluation takes minutes.
+        figures["long_chat"] = run_long_chat(model, args.threads, chat_tokens=args.chat_tokens,
+                                             llama_cpp=args.against_llama_cpp, ref_tokens=16, rounds=1, log=log)
+        if args.json:
+            print(json.dumps(figures, indent=2))
+        else:
+            print(format_shape_bench(figures) if figures.keys() - {"long_chat"} else "")
+            print("\n".join(format_long_chat(figures["long_chat"])))
         return 0
     result = run_bench(
         model_path=args.model,
@@ -532,6 +545,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         gen_tokens=args.tokens,
         log=log,
     )
+    result["long_chat"] = run_long_chat(args.model or demo_model_path(), args.threads, chat_tokens=args.chat_tokens,
+                                        llama_cpp=args.against_llama_cpp, log=log)
     if not args.no_tui:
         from rpchat.tui.bench import run_tui_bench  # the TUI's own figures: the core bench never imports it
 
@@ -542,6 +557,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
     else:
         print(format_bench(result))
+        print("\n".join(format_long_chat(result["long_chat"])))
     return 0
 
 

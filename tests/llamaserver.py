@@ -3,7 +3,9 @@ vendors, cached outside the repository by version, and run on a loopback port.
 
 The build lives in ``~/.cache/rpchat-tests/llama-server-VERSION/`` (``RPCHAT_TEST_CACHE`` moves the root):
 ``build/bin/llama-server`` plus ``build.log``, whose last line ``rc=0`` is the completion marker. A build
-without that line is never used. ``llama-server-VERSION.lock`` (an flock) keeps two processes from
+without that line is never used. Other tools of the same tree (``llama-bench``, for ``rpchat bench
+--against-llama-cpp``) are built afterwards into the same ``build/bin`` by `llama_tool_binary`, each with its
+own ``TOOL.log`` and marker: that build only adds a binary, so llama-server is never rebuilt nor missing. ``llama-server-VERSION.lock`` (an flock) keeps two processes from
 building at once; a build started by someone else without the lock is waited for while its log grows.
 
 On CI (``CI=true``) every failure to build is `BuildFailed`, so the tests fail instead of skipping;
@@ -17,20 +19,17 @@ import fcntl
 import importlib.metadata
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
+from rpchat.llamacpp_tools import LlamaServer, free_port
 
 BUILD_STALE_S = 900  # an unlocked build's log untouched this long, with no rc= line, is a dead build
 LOCKED_BUILD = b"# rpchat-tests build, run under the lock\n"
-START_TIMEOUT_S = 120
 
 
 class BuildUnavailable(Exception):
@@ -183,47 +182,41 @@ def llama_server_binary(version: str | None = None) -> Path:
         return _build(version)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _tool_binary(version: str, tool: str) -> Path | None:
+    binary = build_dir(version) / "build" / "bin" / tool
+    log = build_dir(version) / f"{tool}.log"
+    if _log_status(log) == "rc=0" and binary.is_file() and os.access(binary, os.X_OK):
+        return binary
+    return None
 
 
-class LlamaServer:
-    """One llama-server process on a free loopback port; `stop` kills it."""
+def llama_tool_binary(tool: str, version: str | None = None) -> Path:
+    """Another llama.cpp tool (e.g. ``llama-bench``) from llama-server's build tree, built once beside it.
 
-    def __init__(self, binary: Path, model: Path, log: Path, *, n_ctx: int, threads: int = 2,
-                 extra: Sequence[str] = ()) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        self.n_ctx = n_ctx
-        # One slot, so the whole context is one conversation's and prompt caching is per conversation.
-        cmd = [str(binary), "--model", str(model), "--host", "127.0.0.1", "--port", str(self.port),
-               "--ctx-size", str(n_ctx), "--threads", str(threads), "--parallel", "1", "--no-webui", *extra]  # fmt: skip
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            try:
-                if httpx.get(self.url + "/health", timeout=1.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"llama-server did not become healthy; its log:\n{self.log_text()[-3000:]}")
+    The existing tree is only extended (``cmake --build --target TOOL``, never cleaned or reconfigured), so a
+    llama-server in use by other tests stays in place while the tool builds.
+    """
+    version = version or llama_cpp_version()
+    if tool == "llama-server":
+        return llama_server_binary(version)
+    binary = _tool_binary(version, tool)
+    if binary is not None:
+        return binary
+    llama_server_binary(version)  # the tree, configured and with the shared libraries built
+    with _locked(cache_root() / f"llama-server-{version}.lock"):
+        binary = _tool_binary(version, tool)
+        if binary is not None:
+            return binary
+        log = build_dir(version) / f"{tool}.log"
+        log.write_bytes(LOCKED_BUILD)
+        _run(["cmake", "--build", str(build_dir(version) / "build"), "-j2", "--target", tool], log)
+        with open(log, "ab") as out:
+            out.write(b"rc=0\n")
+        binary = _tool_binary(version, tool)
+        if binary is None:
+            raise BuildFailed(f"the build finished but {tool} is missing from {build_dir(version) / 'build' / 'bin'}")
+        return binary
 
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
 
-    def kill(self) -> None:
-        """SIGKILL, as when the server crashes or is killed by the OOM killer."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=30)
+# The process runner is rpchat's (the benchmark starts the same server): re-exported for the tests.
+__all__ = ["BuildFailed", "BuildUnavailable", "LlamaServer", "free_port", "llama_server_binary", "llama_tool_binary"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import json
+import mmap
 import os
 import struct
 import threading
@@ -23,11 +24,14 @@ import zlib
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rpchat.atomic import write_atomic_chunks
 from rpchat.engine.kvreuse import common_prefix, plan_reuse
 from rpchat.engine.loader import LoadedModel
+
+if TYPE_CHECKING:
+    from rpchat.engine.remote_slots import SlotStates
 
 MAGIC = b"RPCHATKV"
 VERSION = 1
@@ -40,6 +44,16 @@ _HASHED = 1 << 20  # bytes of a file's start and end hashed for its identity
 # llama.cpp leaves out the cells a sliding-window model masks, and such a state serves only a
 # prompt that continues every saved token, which the next turn's prompt seldom does.
 ALL_CELLS = -1
+
+
+def c_buffer(size: int) -> Any:
+    """A ``size``-byte C array whose zero pages come from the kernel on first touch.
+
+    ``(c_uint8 * size)()`` zeroes the memory holding the GIL: 80-90 ms for a 44 MiB state on a busy
+    machine, a stall of the UI thread while a worker saves or reads a state. Anonymous mmap pages are
+    zeroed lazily, as llama.cpp (GIL released) or ``readinto`` fill them.
+    """
+    return (ctypes.c_uint8 * size).from_buffer(mmap.mmap(-1, max(size, 1)))
 
 
 def states_dir(cache_dir: Path) -> Path:
@@ -150,6 +164,10 @@ class KVStates:
         self._io = threading.Lock()
 
     # --- identity --------------------------------------------------------------------------------
+    def prepare(self, model: LoadedModel) -> None:
+        """Work out the state key now (the engine calls it when a model is loaded), not during a save."""
+        self._prepare(model)
+
     def _prepare(self, model: LoadedModel) -> Path:
         if self._key_dir is None:
             self._key = engine_key(model)
@@ -197,7 +215,7 @@ class KVStates:
             size = int(llama_cpp.llama_state_seq_get_size(ctx, ALL_CELLS))
             if size <= 0 or size > self.budget:
                 return None
-            data = (ctypes.c_uint8 * size)()
+            data = c_buffer(size)
             n = int(llama_cpp.llama_state_seq_get_data(ctx, data, size, ALL_CELLS))
             if n != size:
                 return None
@@ -292,7 +310,7 @@ class KVStates:
         try:
             # Read straight into a C buffer (no copy holding the GIL: the UI thread keeps running).
             size = path.stat().st_size
-            buf = (ctypes.c_uint8 * size)()
+            buf = c_buffer(size)
             with open(path, "rb") as f:
                 got = f.readinto(buf)
             raw = memoryview(buf).cast("B")
@@ -412,10 +430,12 @@ def attach(engine: Any, cache_dir: Path, budget: int) -> None:
         engine.kv_states = KVStates(states_dir(cache_dir), budget)
 
 
-def states_of(engine: Any) -> KVStates | None:
-    """The saved states of ``engine`` (None for a remote engine or when turned off)."""
+def states_of(engine: Any) -> KVStates | SlotStates | None:
+    """The saved states of ``engine``: on disk (local), on a llama-server (remote), or None when off."""
+    from rpchat.engine.remote_slots import SlotStates
+
     states = getattr(engine, "kv_states", None)
-    return states if isinstance(states, KVStates) else None
+    return states if isinstance(states, (KVStates, SlotStates)) else None
 
 
 def save_for(engine: Any, chat_path: Path) -> Path | None:
@@ -426,7 +446,7 @@ def save_for(engine: Any, chat_path: Path) -> Path | None:
     try:
         return states.save(engine, chat_id(chat_path))
     except Exception as exc:  # noqa: BLE001 - a failed save must never cost the chat
-        states._notice(f"the chat state was not saved: {type(exc).__name__}: {exc}")
+        states.notices.append(f"the chat state was not saved: {type(exc).__name__}: {exc}")
         return None
 
 

@@ -78,6 +78,8 @@ class LocalEngine:
                 self._loaded = load_model(self.settings, progress)
                 self._info = self._loaded.info
                 self.side.cells = self._loaded.side_cells
+                if self.kv_states is not None:  # bench10: the saved states' key once, in the loading thread
+                    self.kv_states.prepare(self._loaded)
 
     def count_tokens(self, text: str) -> int:
         return self._tokenizer().count_tokens(text)

@@ -364,6 +364,9 @@ class RemoteEngine:
         self._counts: OrderedDict[str, int] = OrderedDict()
         self._counts_lock = threading.Lock()  # the UI thread counts while a worker streams
         self._exact_counts = False
+        from rpchat.engine.remote_slots import SlotStates
+
+        self.kv_states = SlotStates()  # a llama-server's slot save/restore, when it allows it
 
     # -- Engine protocol -----------------------------------------------------------------------
     @property
@@ -424,6 +427,7 @@ class RemoteEngine:
             raise
         self._conn, self._api = conn, api
         self._counts.clear()
+        self.kv_states.reset()
         if progress:
             progress(1.0)
 
@@ -478,8 +482,15 @@ class RemoteEngine:
         assert self._conn is not None
         started = time.perf_counter()  # time to first token includes building the prompt (/tokenize)
         body = request_body(api, prompt, sampling, stop, self._n_ctx)
+        self.kv_states.before_request(self, body)
         return RemoteGeneration(self._conn, api, body, stop, cancel, api.unsupported(sampling), started,
                                 max_tokens=sampling.max_tokens, progress=progress)
+
+    def slot_connection(self) -> tuple[Connection | None, str]:
+        """The connection and the tag naming what a saved slot is valid for (see `remote_slots`)."""
+        from rpchat.engine.remote_slots import model_tag
+
+        return self._conn, model_tag(self._api.model_name if self._api else "", self._n_ctx)
 
     def close(self) -> None:
         """Close the connection pool; `load` reconnects."""
