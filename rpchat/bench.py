@@ -19,35 +19,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from rpchat.cards.model import Card
+from rpchat.bench_data import CARD, FILLER, PERSONA, USER_LINES
 from rpchat.chat.model import Turn
 from rpchat.engine.base import Result, Sampling
 from rpchat.engine.llama import LocalEngine, LocalSettings
 from rpchat.engine.loader import default_threads
-from rpchat.personas import Persona
 from rpchat.prompt.builder import BuiltPrompt, build_prompt
 from rpchat.prompt.formats import load_format
-
-CARD = Card(
-    name="Marisol",
-    description="Marisol Vega, 34, keeps the lighthouse on Gull Island. Dry humour, warm heart, "
-    "salt-stiff hair, hands that know every rope and engine on the island.",
-    personality="blunt, patient, curious about strangers, hates wasting fuel",
-    scenario="A storm washed Theo ashore below the lighthouse. Marisol found him at dawn.",
-    first_mes='*Marisol throws a blanket over you.* "Up you get. Nobody comes to Gull Island on purpose."',
-)
-PERSONA = Persona("Theo", "A city journalist who lost his boat and most of his pride.")
-USER_LINES = [
-    "Where am I? *I sit up, coughing, and pull the blanket tight.*",
-    "Gull Island... Is there a ferry? I need to call someone.",
-    '*I look at the lighthouse.* "You live up there alone?"',
-    "What happened to the last keeper? People in town tell stories.",
-    '"Can I help with the lamp tonight? I owe you that much."',
-    "*I follow you up the stairs, counting them under my breath.*",
-    '"The radio is dead too? Then we wait for the storm to pass."',
-    "Tell me about the wreck on the north rocks.",
-]
-FILLER = "The wind kept hammering the shutters while the old lamp turned above them. " * 3
 
 
 @dataclasses.dataclass

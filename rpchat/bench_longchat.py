@@ -56,13 +56,13 @@ USER = [
 
 
 def _turn(is_user: bool, text: str) -> Turn:
-    from rpchat.bench import CARD, PERSONA
+    from rpchat.bench_data import CARD, PERSONA
 
     return Turn(is_user=is_user, name=PERSONA.name if is_user else CARD.name, swipes=[text])
 
 
 def _chat(n_pairs: int) -> list[Turn]:
-    from rpchat.bench import CARD
+    from rpchat.bench_data import CARD
 
     history = [_turn(False, CARD.first_mes)]
     for i in range(n_pairs):
@@ -73,7 +73,7 @@ def _chat(n_pairs: int) -> list[Turn]:
 
 class _Builder:
     def __init__(self, engine: LocalEngine, max_new: int) -> None:
-        from rpchat.bench import CARD, PERSONA
+        from rpchat.bench_data import CARD, PERSONA
 
         self.engine, self.max_new, self.card, self.persona = engine, max_new, CARD, PERSONA
         self.fmt = load_format("limarp-v3")

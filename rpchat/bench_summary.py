@@ -20,6 +20,7 @@ from rpchat.chat.store import ChatStore
 from rpchat.config import SummaryConfig
 from rpchat.engine.base import Sampling
 from rpchat.engine.llama import LocalEngine, LocalSettings
+from rpchat.memory import update_summary
 from rpchat.prompt.formats import load_format
 from rpchat.session import RoleplaySession
 
@@ -49,7 +50,7 @@ class _Ticker:
 
 
 def _session(engine: LocalEngine, folder: Path, turns: int) -> RoleplaySession:
-    from rpchat.bench import CARD, FILLER, PERSONA, USER_LINES
+    from rpchat.bench_data import CARD, FILLER, PERSONA, USER_LINES
 
     chat = Chat.start(CARD.name, PERSONA.name, [CARD.first_mes])
     for i in range(turns):
@@ -83,7 +84,7 @@ def summary_cost(model_path: Path, threads: int, n_ctx: int = 1024, turns: int =
                 ticker = _Ticker()
                 ticker.start()
                 try:
-                    update = session.update_summary(prefill=prefill)
+                    update = update_summary(session, prefill=prefill)
                 finally:
                     ticker.stop()
                 if update is None or not update.applied:
@@ -101,7 +102,7 @@ def summary_cost(model_path: Path, threads: int, n_ctx: int = 1024, turns: int =
             engine.reset_cache()
             _reply(session, "*I watch the lamp turn.*")
             box: dict[str, Any] = {}
-            worker = threading.Thread(target=lambda: box.setdefault("u", session.update_summary()))
+            worker = threading.Thread(target=lambda: box.setdefault("u", update_summary(session)))
             worker.start()
             deadline = time.monotonic() + 60
             while engine.side._job is None and time.monotonic() < deadline:

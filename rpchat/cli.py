@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from rpchat.errors import RpchatError
 from rpchat.group import cli as group_cli
+from rpchat.memory import update_summary
 
 if TYPE_CHECKING:
     from rpchat.engine.base import PromptProgress
@@ -339,7 +340,7 @@ def cmd_reply(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         # The TUI does this in the background; here it runs after the reply is printed and reported.
-        update = session.update_summary(cancel)
+        update = update_summary(session, cancel)
         if update is not None:
             done = "updated" if update.applied else f"not updated ({update.finish_reason or 'the model wrote nothing'})"
             print(f"rpchat: story so far {done}: {len(update.turns)} turn(s) summarised, {update.prompt_tokens} "

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from rpchat.cards.model import Card
-from rpchat.chat.model import AuthorsNote, Chat, StorySummary, Turn
+from rpchat.chat.model import AuthorsNote, Chat, Turn
 from rpchat.chat.store import ChatStore
 from rpchat.config import Config, SummaryConfig
 from rpchat.engine.alternatives import TOP_K, Alternative, TokenTrace, reply_text
@@ -48,7 +48,6 @@ from rpchat.prompt.lorebook import Lorebook
 if TYPE_CHECKING:
     from rpchat.engine.presets import SamplerPreset
     from rpchat.engine.recognize import ModelChoices
-    from rpchat.memory import SummaryUpdate
 
 ReplyMode = Literal["reply", "regenerate", "continue", "impersonate"]
 SwipeOutcome = Literal["moved", "generate", "none"]
@@ -355,20 +354,6 @@ class RoleplaySession:
             )
         self.last_built = built
         return built
-
-    # --- the story-so-far summary (rpchat.memory) ---------------------------------------------------
-    def set_summary(self, value: StorySummary) -> None:
-        """Set the summary's text, pin and switch (the user's edit); saved, or unchanged on error."""
-        from rpchat.memory import set_summary
-
-        set_summary(self, value)
-
-    def update_summary(self, cancel: threading.Event | None = None, *, prefill: bool = False) -> SummaryUpdate | None:
-        """Summarise the turns that fell out of the context when an update is due (None when not);
-        runs the model beside the chat, and any reply preempts it (see rpchat.memory)."""
-        from rpchat.memory import update_summary
-
-        return update_summary(self, cancel, prefill=prefill)
 
     # --- turns -------------------------------------------------------------------------------------
     def send(self, text: str) -> Turn:

@@ -24,7 +24,8 @@ GREEDY = dataclasses.replace(SAMPLED, temperature=0.0)
 
 @pytest.fixture(scope="module")
 def demo(demo_model: Path) -> Iterator[tuple[LocalEngine, list[Segment], list[str]]]:
-    from rpchat.bench import CARD, PERSONA, _turn
+    from rpchat.bench import _turn
+    from rpchat.bench_data import CARD, PERSONA
     from rpchat.prompt.builder import build_prompt
     from rpchat.prompt.formats import load_format
 

@@ -39,7 +39,8 @@ def test_doctor_report_rows(demo_model: Path) -> None:
 
 
 def test_end_to_end_chat_with_the_demo_model(demo_model: Path) -> None:
-    from rpchat.bench import CARD, PERSONA, _turn
+    from rpchat.bench import _turn
+    from rpchat.bench_data import CARD, PERSONA
     from rpchat.prompt.builder import build_prompt
     from rpchat.prompt.formats import load_format
 

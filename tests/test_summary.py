@@ -18,6 +18,7 @@ from rpchat.config import Config, EngineConfig, SummaryConfig
 from rpchat.engine.base import Sampling
 from rpchat.engine.factory import make_engine
 from rpchat.engine.llama import LocalEngine, LocalSettings
+from rpchat.memory import set_summary, update_summary
 from rpchat.personas import Persona
 from rpchat.prompt import build_prompt, load_format
 from rpchat.prompt.segments import Segment
@@ -185,7 +186,7 @@ def test_turns_that_fall_out_are_summarised_and_the_prompt_carries_the_summary(d
     try:
         dropped = session.build().dropped
         assert len(dropped) >= 2 and "Story so far" not in session.build().text
-        update = session.update_summary()
+        update = update_summary(session)
         assert update is not None and update.applied and update.text
         assert update.turns == dropped[:4] and update.prompt_tokens > 100
         saved = load_chat(session.path).summary
@@ -193,7 +194,7 @@ def test_turns_that_fall_out_are_summarised_and_the_prompt_carries_the_summary(d
         assert f"Story so far: {update.text}\n\nPlay the role of Marisol." in session.build().text
 
         # Hysteresis: the next update takes the next chunk, and none is due once all that fell out is covered.
-        while (more := session.update_summary()) is not None:
+        while (more := update_summary(session)) is not None:
             assert more.applied and more.turns[0] > load_chat(session.path).summary.covers - len(more.turns)
         assert session.chat.summary.covers >= session.build().dropped[-1] - 1
     finally:
@@ -203,16 +204,16 @@ def test_turns_that_fall_out_are_summarised_and_the_prompt_carries_the_summary(d
 def test_a_pinned_summary_is_never_rewritten_and_off_leaves_it_out(demo_model: Path, tmp_path: Path) -> None:
     session = _session(demo_model, tmp_path)
     try:
-        session.set_summary(StorySummary("Written by hand.", covers=0, pinned=True))
-        assert session.update_summary() is None
+        set_summary(session, StorySummary("Written by hand.", covers=0, pinned=True))
+        assert update_summary(session) is None
         assert load_chat(session.path).summary.text == "Written by hand."
         assert "Story so far: Written by hand." in session.build().text
-        session.set_summary(StorySummary("Written by hand.", covers=0, pinned=True, enabled=False))
-        assert "Story so far" not in session.build().text and session.update_summary() is None
+        set_summary(session, StorySummary("Written by hand.", covers=0, pinned=True, enabled=False))
+        assert "Story so far" not in session.build().text and update_summary(session) is None
         # The config's switch turns it off everywhere.
-        session.set_summary(StorySummary("Written by hand.", covers=0))
+        set_summary(session, StorySummary("Written by hand.", covers=0))
         session.summary_config = SummaryConfig(enabled=False)
-        assert "Story so far" not in session.build().text and session.update_summary() is None
+        assert "Story so far" not in session.build().text and update_summary(session) is None
     finally:
         session.close()
 
@@ -240,7 +241,7 @@ def test_a_send_preempts_a_running_summary_which_is_retried_later(demo_model: Pa
     assert isinstance(engine, LocalEngine)
     try:
         outcome = {}
-        thread = threading.Thread(target=lambda: outcome.setdefault("update", session.update_summary()))
+        thread = threading.Thread(target=lambda: outcome.setdefault("update", update_summary(session)))
         thread.start()
         deadline = time.monotonic() + 120
         while not (engine.side._job is not None and engine.lock.locked()) and time.monotonic() < deadline:
@@ -253,7 +254,7 @@ def test_a_send_preempts_a_running_summary_which_is_retried_later(demo_model: Pa
         assert update is not None and not update.applied and update.finish_reason == "cancelled"
         assert load_chat(session.path).summary.text == ""
         session.summary_config = SummaryConfig(min_turns=2, chunk_turns=4, max_tokens=24)
-        retried = session.update_summary()
+        retried = update_summary(session)
         assert retried is not None and retried.applied
     finally:
         session.close()

@@ -12,6 +12,7 @@ from textual.widgets import Checkbox, TextArea
 
 from rpchat.chat.store import load_chat
 from rpchat.config import SummaryConfig
+from rpchat.memory import update_summary
 from rpchat.text import strip_controls
 from rpchat.tui.app import RpchatApp
 from rpchat.tui.chat import ChatScreen
@@ -59,7 +60,7 @@ def test_a_reply_past_the_context_writes_the_summary_and_f6_edits_and_pins_it(ho
             assert "Story so far: Ana's mill burned; Oriane owes the user a boat.\n\nPlay the role" in (
                 session.build().text)
             # Pinned: the next update is never due.
-            assert session.update_summary() is None
+            assert update_summary(session) is None
 
             await pilot.press("f6")
             await wait_for(pilot, lambda: isinstance(app.screen, StorySummaryDialog))

@@ -131,14 +131,14 @@ class LocalEngine:
         cancel: threading.Event | None,
         progress: PromptProgressCallback | None,
     ) -> LocalGeneration:
-        self._require_loaded()
+        self.require_loaded()
         self.side.preempt()  # the user never waits for a summary
         stops = tuple(stop)
 
         def run(result: Result) -> Iterator[str]:
             t0 = perf_counter()
             with self.lock:
-                model = self._require_loaded()
+                model = self.require_loaded()
                 tokens = tokenize(model)
                 yield from generation.run(model, tokens, sampling, stops, cancel, result, progress,
                                           states=self.kv_states, context_shift=self.settings.context_shift, t0=t0)
@@ -164,13 +164,13 @@ class LocalEngine:
         except Exception:  # noqa: BLE001, S110 - interpreter shutdown may have torn down ctypes
             pass
 
-    def _require_loaded(self) -> LoadedModel:
+    def require_loaded(self) -> LoadedModel:
         if self._loaded is None:
             raise EngineError("the model is not loaded", self.settings.model_path)
         return self._loaded
 
     def _tokenizer(self) -> Tokenizer:
-        return self._require_loaded().tokenizer
+        return self.require_loaded().tokenizer
 
 
 __all__ = ["LocalEngine", "LocalGeneration", "LocalSettings"]

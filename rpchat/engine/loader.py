@@ -23,6 +23,7 @@ from rpchat.engine.tokenizer import Tokenizer
 from rpchat.errors import ModelError
 
 FLASH_ATTN = ("auto", "on", "off")  # auto: llama.cpp decides (on where the backend supports it)
+MIN_SIDE_CELLS = 256
 KV_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "bf16": 30}
 _FLOAT_TYPES = {"F32", "F16", "BF16"}  # repacking (and its AMX kernels) only touches quantized weights
 
@@ -92,6 +93,13 @@ class LoadedModel:
         self.cache.tokens.clear()
 
 
+def side_cells(settings: LocalSettings, n_ctx: int) -> int:
+    """KV cells the side sequence gets on top of the chat's ``n_ctx`` (0: no side sequence)."""
+    if settings.side_ctx <= 0:
+        return 0
+    return max(MIN_SIDE_CELLS, -(-int(settings.side_ctx) // 256) * 256)
+
+
 def load_model(settings: LocalSettings, progress: ProgressCallback | None = None) -> LoadedModel:
     """Load the model and create its context, or raise ModelError naming the file."""
     import llama_cpp
@@ -143,8 +151,6 @@ def load_model(settings: LocalSettings, progress: ProgressCallback | None = None
         if train > 0:
             n_ctx = min(n_ctx, round_ctx(train))
         cparams = llama_cpp.llama_context_default_params()
-        from rpchat.engine.sideseq import side_cells
-
         side = side_cells(s, n_ctx)
         cparams.n_ctx = n_ctx + side
         if side:  # one KV cache for both sequences, so the chat keeps its whole n_ctx

@@ -10,12 +10,21 @@ evaluated. The local engine's states are `rpchat.engine.kvstate`.
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
 if TYPE_CHECKING:
-    from rpchat.engine.remote import RemoteEngine
+    from rpchat.engine.remote_http import Connection
+
+
+class SlotHost(Protocol):
+    """What slot states use of `rpchat.engine.remote.RemoteEngine` (which owns one)."""
+
+    @property
+    def api(self) -> str: ...
+
+    def slot_connection(self) -> tuple[Connection | None, str]: ...
 
 NOT_SUPPORTED = 501  # llama-server without --slot-save-path
 SLOT = 0
@@ -43,7 +52,7 @@ class SlotStates:
         """A new connection: the server may have restarted, the slot holds nothing of ours."""
         self._served = None
 
-    def before_request(self, engine: RemoteEngine, body: dict[str, Any]) -> None:
+    def before_request(self, engine: SlotHost, body: dict[str, Any]) -> None:
         """Restore the claimed chat's saved slot when the slot may hold another prompt; pins the request
         to that slot. Any failure leaves the request to evaluate the prompt as usual."""
         chat = self.owner
@@ -55,14 +64,14 @@ class SlotStates:
             self._served = chat  # tried once per switch, restored or not
             self._action(engine, "restore", chat)
 
-    def save(self, engine: RemoteEngine, chat: str) -> None:
+    def save(self, engine: SlotHost, chat: str) -> None:
         """Save the slot holding ``chat`` on the server (after a reply); nothing when it cannot."""
         if self._off or engine.api != "llama.cpp" or self.owner != chat:
             return
         if self._action(engine, "save", chat) is not None:
             self._served = chat
 
-    def _action(self, engine: RemoteEngine, action: str, chat: str) -> dict[str, Any] | None:
+    def _action(self, engine: SlotHost, action: str, chat: str) -> dict[str, Any] | None:
         conn, tag = engine.slot_connection()
         if conn is None:
             return None

@@ -14,10 +14,10 @@ job frees its cells and gives the lock back, and the caller may retry later.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rpchat.engine.base import Result, Sampling
 from rpchat.engine.textstream import StopFilter, Utf8Pieces
@@ -25,19 +25,33 @@ from rpchat.errors import EngineError
 from rpchat.prompt.segments import Segment
 
 if TYPE_CHECKING:
-    from rpchat.engine.llama import LocalEngine
-    from rpchat.engine.loader import LocalSettings
+    from rpchat.engine.loader import LoadedModel, LocalSettings
+
+
+class _Generation(Protocol):
+    result: Result
+
+    def __iter__(self) -> Iterator[str]: ...
+
+    def close(self) -> None: ...
+
+
+class SideHost(Protocol):
+    """What the side sequence uses of `rpchat.engine.llama.LocalEngine` (which owns one)."""
+
+    @property
+    def settings(self) -> LocalSettings: ...
+
+    @property
+    def lock(self) -> threading.Lock: ...
+
+    def stream(self, prompt: Sequence[Segment], sampling: Sampling, stop: Sequence[str] = (),
+               cancel: threading.Event | None = None) -> _Generation: ...
+
+    def require_loaded(self) -> LoadedModel: ...
 
 SEQ = 1  # the side sequence; the chat is sequence 0
-MIN_CELLS = 256
 LOCK_POLL_S = 0.05  # how often a side job waiting for the engine checks whether it was preempted
-
-
-def side_cells(settings: LocalSettings, n_ctx: int) -> int:
-    """KV cells the side sequence gets on top of the chat's ``n_ctx`` (0: no side sequence)."""
-    if settings.side_ctx <= 0:
-        return 0
-    return max(MIN_CELLS, -(-int(settings.side_ctx) // 256) * 256)
 
 
 @dataclass
@@ -79,7 +93,7 @@ class SideSequence:
             if job.flag is not None:
                 job.flag.value = b"x"
 
-    def prefill(self, engine: LocalEngine, prompt: Sequence[Segment], cancel: threading.Event | None = None) -> Result:
+    def prefill(self, engine: SideHost, prompt: Sequence[Segment], cancel: threading.Event | None = None) -> Result:
         """Read ``prompt`` into the chat's own cache (sequence 0) ahead of the next reply, e.g. after the
         summary changed its start. Any reply preempts it; what was read by then stays in the cache."""
         job = _Job(cancel or threading.Event())
@@ -100,7 +114,7 @@ class SideSequence:
 
     def run(
         self,
-        engine: LocalEngine,
+        engine: SideHost,
         prompt: Sequence[Segment],
         sampling: Sampling,
         stop: Sequence[str] = (),
@@ -126,13 +140,13 @@ class SideSequence:
                 self._job = None
 
     def _run_locked(
-        self, engine: LocalEngine, job: _Job, prompt: Sequence[Segment], sampling: Sampling, stop: Sequence[str]
+        self, engine: SideHost, job: _Job, prompt: Sequence[Segment], sampling: Sampling, stop: Sequence[str]
     ) -> SideResult:
         from rpchat.engine.sampling import SamplerChain
 
         t0 = perf_counter()
         result = SideResult()
-        model = engine._require_loaded()
+        model = engine.require_loaded()
         if not self.available:
             raise EngineError("this context has no side sequence", engine.settings.model_path)
         tokens = model.tokenizer.tokenize_prompt(prompt)

@@ -26,6 +26,7 @@ from rpchat.chat.model import AuthorsNote, Turn
 from rpchat.engine.base import PromptProgress, Result, format_seconds, throttle
 from rpchat.errors import RpchatError
 from rpchat.group.library import member_turn
+from rpchat.memory import default_covers, prefill_next, set_summary, update_summary
 from rpchat.personas import PersonaBook
 from rpchat.session import RoleplaySession, pick_persona
 from rpchat.tui.avatar import AvatarView
@@ -568,7 +569,7 @@ class ChatScreen(Screen[None]):
     # --- the story so far (rpchat.memory): written beside the chat, preempted by any reply ---------------
     @work(thread=True, group="summary", exclusive=True, exit_on_error=False)
     def _update_summary(self) -> None:
-        update = self.session.update_summary(prefill=True)
+        update = update_summary(self.session, prefill=True)
         if update is not None:
             self.post_message(SummaryUpdated(update))
             if update.prefilled:
@@ -576,8 +577,6 @@ class ChatScreen(Screen[None]):
 
     @work(thread=True, group="summary", exclusive=True, exit_on_error=False)
     def _prefill(self) -> None:
-        from rpchat.memory import prefill_next
-
         if prefill_next(self.session):
             self._save_state_now()  # a restart then finds the new prompt start on disk
 
@@ -851,7 +850,6 @@ class ChatScreen(Screen[None]):
 
     def action_edit_summary(self) -> None:
         """View, edit, pin or turn off the story-so-far summary (F6 and the palette)."""
-        from rpchat.memory import default_covers
         from rpchat.tui.summary_dialog import StorySummaryDialog
 
         session = self.session
@@ -867,7 +865,7 @@ class ChatScreen(Screen[None]):
             if value is None or session is not self.session:
                 return
             try:
-                session.set_summary(dataclasses.replace(value, covers=default_covers(session)))
+                set_summary(session, dataclasses.replace(value, covers=default_covers(session)))
             except RpchatError as e:
                 self.notify(str(e), severity="error", markup=False)
                 return
