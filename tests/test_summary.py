@@ -225,7 +225,7 @@ def test_the_chat_cache_survives_an_update_and_the_next_reply_reads_only_its_tai
         session.send("I look at the sea.")
         first = session.reply(lambda _: None)
         assert first.prompt_tokens_evaluated > 200  # a cold start
-        update = session.update_summary(prefill=True)
+        update = update_summary(session, prefill=True)
         assert update is not None and update.applied and update.prefilled > 0
         session.send("And then?")
         after = session.reply(lambda _: None)
