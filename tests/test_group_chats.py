@@ -247,6 +247,8 @@ def test_sillytavern_group_import_and_export_round_trip(home, capsys, tmp_path) 
     assert "Seraphina's Persona" in s.build().text
     out = tmp_path / "out"
     assert main(["group", "export", "Forest", str(out), "--cards"]) == 0
+    # the group file, its chat and both member cards
+    assert f"wrote 4 file(s) under {out}" in capsys.readouterr().out
     exported = json.loads((out / "groups" / "1718000000000.json").read_text())
     original = json.loads((src / "groups" / "1718000000000.json").read_text())
     assert exported == original

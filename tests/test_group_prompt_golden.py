@@ -202,3 +202,10 @@ def test_a_members_lorebook_says_its_owner_for_char_whoever_speaks() -> None:
         built = build_prompt(load_format("limarp-v3"), speaker, PERSONA, history, group=[MARISOL, oskar])
         assert "Oskar fears the drowned bell." in built.text
         assert "Marisol fears" not in built.text
+
+
+def test_a_removed_member_whose_messages_stay_in_the_chat_still_stops_the_reply() -> None:
+    # Oskar left the group (not a member, not muted), but his lines are in the prompt as "Oskar: ...".
+    built = build_prompt(load_format("limarp-v3"), MARISOL, PERSONA, _history(), group=[MARISOL])
+    assert 'Oskar: "Gull Island, lad."' in built.text
+    assert built.stop == ("\n### Input", "\n### Response", "\n### Instruction", "\nTheo:", "\nOskar:")

@@ -588,3 +588,35 @@ def test_highlighting_a_card_reads_none_of_its_chats(home: Path, monkeypatch: py
             assert len(parsed) == 5
 
     run(go())
+
+
+def test_ctrl_o_resumes_a_group_chat_used_last(home: Path) -> None:
+    from rpchat.cli import main
+    from rpchat.tui.group import GroupsDialog
+
+    zephyrine, quillon = profile().cards_dir / "zephyrine.png", profile().cards_dir / "quillon.png"
+    assert main(["group", "new", "Pair", str(zephyrine), str(quillon)]) == 0
+
+    async def first_run() -> Path:
+        app = RpchatApp(load_model=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await library(pilot, app)
+            await pilot.press("ctrl+g")
+            await wait_for(pilot, lambda: isinstance(app.screen, GroupsDialog))
+            await pilot.press("enter")  # the group's current chat
+            await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen))
+            used: Path = app.screen.session.path  # type: ignore[attr-defined]
+            await pilot.press("ctrl+q")
+        return used
+
+    async def second_run(expect: Path) -> None:
+        app = RpchatApp(load_model=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await library(pilot, app)
+            await pilot.press("ctrl+o")
+            await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen))
+            session = app.screen.session  # type: ignore[attr-defined]
+            assert session.cast is not None and session.path == expect
+
+    used = asyncio.run(first_run())
+    run(second_run(used))

@@ -95,7 +95,7 @@ def cmd_group(args: argparse.Namespace) -> int:
     if cmd == "export":
         files = export_st_group(group, args.dest)
         if args.cards:
-            copy_member_cards(group, args.dest)
+            files += copy_member_cards(group, args.dest)
         _say(f"wrote {len(files)} file(s) under {args.dest}")
         return 0
     # Member changes go through the session's one mutation mechanism (saved, or put back).

@@ -116,11 +116,15 @@ def export_st_group(group: Group, dest: Path) -> list[Path]:
     return written
 
 
-def copy_member_cards(group: Group, dest: Path) -> None:
-    """Copy the members' card files into ``dest/characters`` (an export SillyTavern can open as is)."""
+def copy_member_cards(group: Group, dest: Path) -> list[Path]:
+    """Copy the members' card files into ``dest/characters`` (an export SillyTavern can open as is).
+    Returns the files written."""
     folder = Path(dest) / "characters"
     folder.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
     for avatar in group.members:
         path = card_by_file(avatar)
         if path is not None:
             shutil.copyfile(path, folder / avatar)
+            written.append(folder / avatar)
+    return written

@@ -487,11 +487,14 @@ def build_prompt(
         return out
 
     budget = n_ctx - max_new if n_ctx else None
+    # A member who left the group but whose lines stay in the chat is stopped like the others.
+    former = [speaker(history[i]) for i in shown if not history[i].is_user] if members is not None else []
     cut, n_tokens = _fit(fmt, head, turn_blocks, tail, [b for _, _, b in inserts], assemble, counter, budget)
     segments = _merge(assemble(cut))
     return BuiltPrompt(
         segments=segments,
-        stop=_stop(fmt, char, user, mode, [n for n in dict.fromkeys([*names, *map(_one_line, muted)]) if n != char]),
+        stop=_stop(fmt, char, user, mode, [n for n in dict.fromkeys([*names, *map(_one_line, muted), *former])
+                                           if n != char]),
         dropped=tuple(shown[:cut]),
         n_tokens=n_tokens,
         first_kept=shown[cut] if cut else None,

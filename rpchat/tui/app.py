@@ -236,6 +236,7 @@ class RpchatApp(App[None]):
             self.notify(str(e), severity="error", markup=False)
             return
         self.push_screen(ChatScreen(session))
+        self.remember_chat(session)
 
     # --- other screens ------------------------------------------------------------------------------------
     def action_show_help(self) -> None:
@@ -308,7 +309,9 @@ class RpchatApp(App[None]):
         """Remember the chat on screen as the one Ctrl+O resumes, after a restart too."""
         from rpchat.chat.recent import remember_chat
 
-        if session.card_path is not None:
+        if session.cast is not None:  # a group chat: recorded with its group file
+            remember_chat(session.cast.group_file, session.path, self.paths)
+        elif session.card_path is not None:
             remember_chat(session.card_path, session.path, self.paths)
 
     # --- quitting -----------------------------------------------------------------------------------------

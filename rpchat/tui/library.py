@@ -34,6 +34,7 @@ from rpchat.chat.library import (
 from rpchat.chat.recent import recorded_chat
 from rpchat.chat.store import load_chat
 from rpchat.errors import RpchatError
+from rpchat.group.library import groups_dir
 from rpchat.paths import profile
 from rpchat.tui.avatar import AvatarView
 from rpchat.tui.bindings import bindings_for
@@ -373,7 +374,10 @@ class LibraryScreen(Screen[None]):
         """Open the chat used last (remembered across restarts); without one, the card's newest chat."""
         last = last_chat(self.host.paths)
         if last is not None:
-            self.host.open_chat(last.card, last.chat)
+            if last.card.parent == groups_dir(self.host.paths.data_dir):
+                self.host.open_group(last.card)  # the group goes on in the chat used last
+            else:
+                self.host.open_chat(last.card, last.chat)
             return
         gone = recorded_chat(self.host.paths)
         entry = self._usable()
