@@ -209,3 +209,29 @@ def test_a_removed_member_whose_messages_stay_in_the_chat_still_stops_the_reply(
     built = build_prompt(load_format("limarp-v3"), MARISOL, PERSONA, _history(), group=[MARISOL])
     assert 'Oskar: "Gull Island, lad."' in built.text
     assert built.stop == ("\n### Input", "\n### Response", "\n### Instruction", "\nTheo:", "\nOskar:")
+
+
+def test_a_tight_context_keeps_the_users_message_and_the_answers_to_it_in_a_group() -> None:
+    # Two members answered "Where am I?"; the third now speaks. Cutting by "the last two turns" used to drop
+    # the user's message, so the third member answered without seeing it.
+    history = [
+        *(Turn(i % 2 == 1, "Theo" if i % 2 else "Marisol", [f"Old line number {i} about the weather."])
+          for i in range(12)),
+        Turn(True, "Theo", ["Where am I, everyone?"]),
+        Turn(False, "Marisol", ['"Gull Island."']),
+        Turn(False, "Oskar", ['"The lighthouse side of it."']),
+    ]
+    wren = Card(name="Wren", description="Wren mends nets on the pier.")
+
+    def words(text: str) -> int:
+        return len(text.split())
+
+    # Room for the instruction and two turns only.
+    two = build_prompt(load_format("limarp-v3"), wren, PERSONA, history[-2:], group=[MARISOL, OSKAR, wren],
+                       counter=words)
+    assert two.n_tokens is not None
+    tight = build_prompt(load_format("limarp-v3"), wren, PERSONA, history, group=[MARISOL, OSKAR, wren],
+                         counter=words, n_ctx=two.n_tokens + 2, max_new=0)
+    assert "Old line number 0" not in tight.text  # the budget did cut the old turns
+    assert "Where am I, everyone?" in tight.text
+    assert '"The lighthouse side of it."' in tight.text

@@ -287,8 +287,10 @@ def _fit(
     assemble: Callable[[int], list[Segment]],
     counter: Counter | None,
     budget: int | None,
+    keep_last: int = KEEP_LAST,
 ) -> tuple[int, int | None]:
-    """How many turn blocks to leave out, and the prompt's token count (None without a counter)."""
+    """How many turn blocks to leave out (never the last ``keep_last``), and the prompt's token count
+    (None without a counter)."""
     if counter is None:
         return 0, None
     cache: dict[str, int] = {}
@@ -311,10 +313,10 @@ def _fit(
     cut, error = 0, 0
     n_tokens = 0
     for _ in range(3):
-        cut = max(cut, choose_cut(costs, fixed + error, budget, keep_last=KEEP_LAST))
+        cut = max(cut, choose_cut(costs, fixed + error, budget, keep_last=keep_last))
         n_tokens = count(join_text(assemble(cut)))
         # Separate counts do not add up exactly; correct with the real total and try again.
-        if n_tokens <= budget or cut >= max(0, len(costs) - KEEP_LAST):
+        if n_tokens <= budget or cut >= max(0, len(costs) - keep_last):
             break
         error = max(error + 1, n_tokens - (fixed + sum(costs[cut:])))
     return cut, n_tokens
@@ -489,7 +491,14 @@ def build_prompt(
     budget = n_ctx - max_new if n_ctx else None
     # A member who left the group but whose lines stay in the chat is stopped like the others.
     former = [speaker(history[i]) for i in shown if not history[i].is_user] if members is not None else []
-    cut, n_tokens = _fit(fmt, head, turn_blocks, tail, [b for _, _, b in inserts], assemble, counter, budget)
+    keep = KEEP_LAST
+    if members is not None:
+        # A group answers the user's message one member after another: the message and the answers so far
+        # (one round) stay in the prompt, or the next member would answer without seeing what was said.
+        since_user = next((len(shown) - j for j in range(len(shown) - 1, -1, -1) if history[shown[j]].is_user), 0)
+        if since_user <= len(members) + 1:
+            keep = max(keep, since_user)
+    cut, n_tokens = _fit(fmt, head, turn_blocks, tail, [b for _, _, b in inserts], assemble, counter, budget, keep)
     segments = _merge(assemble(cut))
     return BuiltPrompt(
         segments=segments,
