@@ -100,3 +100,27 @@ def test_group_flow_in_the_app(home: Path) -> None:
             assert _chat().turns[7].name == "Marisol"
 
     asyncio.run(go())
+
+
+def test_with_every_member_muted_passing_the_turn_says_so_instead_of_asking_again(home: Path) -> None:
+    _second_card()
+
+    async def go() -> None:
+        app = RpchatApp()
+        async with app.run_test(size=(130, 44)) as pilot:
+            screen = await _make_group(pilot, app)
+            cast = screen.session.cast
+            assert cast is not None
+            with screen.session.change():
+                for member in list(cast.members):
+                    cast.set_muted(member, True)
+            before = len(_chat().turns)
+            screen.input.focus()
+            await pilot.press("enter")  # an empty Enter passes the turn: nobody can answer
+            await pilot.pause()
+            await wait_for(pilot, lambda: any("Every member is muted" in str(n.message)
+                                              for n in app._notifications))
+            assert isinstance(app.screen, ChatScreen)  # no "who speaks now?" dialog that only loops
+            assert len(_chat().turns) == before
+
+    asyncio.run(go())

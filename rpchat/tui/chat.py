@@ -25,6 +25,7 @@ from rpchat.chat.library import chats_folder, export_st_chat
 from rpchat.chat.model import AuthorsNote, Turn
 from rpchat.engine.base import PromptProgress, Result, format_seconds, throttle
 from rpchat.errors import RpchatError
+from rpchat.group.cast import GroupCast
 from rpchat.group.library import member_turn
 from rpchat.memory import default_covers, prefill_next, set_summary, update_summary
 from rpchat.personas import PersonaBook
@@ -416,6 +417,10 @@ class ChatScreen(Screen[None]):
         assert self.group_turns is not None
         if self.group_turns.start_round():
             self.generate("reply")
+        elif not _cast_of(self.session).active_members():
+            # Nobody can answer by turn order; asking "who speaks" again would only loop.
+            self.notify(f"Every member is muted: unmute one ({self.host.key_for('members')}), or pick who speaks "
+                        f"now ({self.host.key_for('speaker')}).", severity="warning", markup=False)
         else:
             self.action_pick_speaker()
 
@@ -1142,3 +1147,8 @@ def _reply_cost(result: Result) -> tuple[str, ...]:
         return f"prompt {full}", f"prompt {short}"
     first = f"1st token {format_seconds(result.ttft_s)}"
     return f"{first} ({full})", f"{first} ({short})", first
+
+
+def _cast_of(session: RoleplaySession) -> GroupCast:
+    assert session.cast is not None  # only group chats have group turns
+    return session.cast
