@@ -15,6 +15,7 @@ from dataclasses import dataclass
 ANCHOR = 16  # tokens that must match to recognise the surviving span
 MIN_SHIFT = 16  # below this, re-evaluating is as cheap as shifting
 MAX_BACKOFF = 4  # the tokens just before the cut may tokenize differently; look back this far
+MAX_CANDIDATES = 64  # places in the cache where the anchor occurs that are tried
 
 
 @dataclass(frozen=True)
@@ -60,12 +61,20 @@ def plan_reuse(cache: Sequence[int], prompt: Sequence[int], *, can_shift: bool) 
         anchor = prompt[start : start + ANCHOR]
         if len(anchor) < ANCHOR:
             break
-        q = _find(cache_bytes, array("i", anchor).tobytes(), start + 1)
-        if q < 0:
-            continue
-        m = common_prefix(cache[q:], prompt[start:limit])
-        if m >= MIN_SHIFT:
-            return ReusePlan(start, q, q + m)
+        # The anchor may occur more than once (a chat repeats a line, a header and a short message): the
+        # occurrence that serves the longest run wins, not the first one found.
+        needle = array("i", anchor).tobytes()
+        best_q, best_m = -1, 0
+        q = _find(cache_bytes, needle, start + 1)
+        for _ in range(MAX_CANDIDATES):
+            if q < 0:
+                break
+            m = common_prefix(cache[q:], prompt[start:limit])
+            if m > best_m:
+                best_q, best_m = q, m
+            q = _find(cache_bytes, needle, q + 1)
+        if best_m >= MIN_SHIFT:
+            return ReusePlan(start, best_q, best_q + best_m)
     return ReusePlan(keep)
 
 
