@@ -1,6 +1,6 @@
 """Chat states on a real llama-server (``--slot-save-path``): after a restart of the server and of rpchat,
 the chat's saved slot is restored and the server's own counts show the prompt served from it. A server
-without a slot folder still replies, with one notice."""
+without a slot folder still replies, and says nothing about it."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def test_a_restarted_server_serves_the_reopened_chat_from_its_saved_slot(
     assert evaluated2 < reused2 / 10
 
 
-def test_a_server_without_a_slot_folder_replies_with_one_notice(
+def test_a_server_without_a_slot_folder_replies_without_a_word_about_it(
     llama_server_binary: Path, demo_model: Path, tmp_path: Path
 ) -> None:
     chat = tmp_path / "chat.jsonl"
@@ -73,5 +73,5 @@ def test_a_server_without_a_slot_folder_replies_with_one_notice(
         evaluated, reused, err2 = reply(server.url, chat, "Where am I?")
     finally:
         server.stop()
-    assert err.count("--slot-save-path") == 1 and err2.count("--slot-save-path") == 1
+    assert "slot" not in err and "slot" not in err2
     assert reused > 0 and evaluated < reused  # the server's own prompt cache still works

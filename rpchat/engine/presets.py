@@ -57,6 +57,7 @@ SAMPLER_HELP: dict[str, str] = {
     "mirostat": "Mirostat: 1 or 2 replaces the other truncation samplers and steers perplexity; 0 is off.",
     "mirostat_tau": "Mirostat: target surprise (entropy); lower is more focused.",
     "mirostat_eta": "Mirostat: learning rate of the steering.",
+    "n_probs": "Token alternatives kept per generated token; rpchat sets it (the token view), not a preset.",
     "seed": "Random seed; empty picks a new one per reply, a number makes replies repeatable.",
     "max_tokens": "The most tokens one reply may have.",
     "dynatemp_range": "Dynamic temperature: vary temperature by up to this much with the model's certainty; 0 is off.",

@@ -85,9 +85,9 @@ class SlotStates:
         except Exception:  # noqa: BLE001 - an EngineError from the transport: the reply itself still works
             return None
         if status == NOT_SUPPORTED:
+            # A server without --slot-save-path: nothing to do, and nothing to say (issue 10: "otherwise
+            # nothing"); README tells how to turn it on. A notice here printed on every `rpchat reply`.
             self._off = True
-            self.notices.append("the llama-server keeps no chat states (start it with --slot-save-path DIR "
-                                "to reopen long chats without reading them again)")
             return None
         return answer if isinstance(answer, dict) else None
 

@@ -21,7 +21,8 @@ from rpchat.engine.presets import SAMPLER_HELP, SamplerPreset, sampling_from_dic
 from rpchat.errors import ConfigError
 from rpchat.text import strip_controls
 
-FIELDS = [f.name for f in dataclasses.fields(Sampling)]
+# n_probs is rpchat's own (the token view asks for alternatives), not a sampler setting to tune.
+FIELDS = [f.name for f in dataclasses.fields(Sampling) if f.name != "n_probs"]
 
 
 def shown_value(name: str, value: Any) -> str:
