@@ -51,15 +51,20 @@ def read_json_object(path: Path, cap: int, error: type[RpchatError], what: str,
     ``what`` names what the file should be ("SillyTavern textgen preset") and ``file_what`` the file
     (read_capped's ``what``: "no such preset file").
     """
-    raw = read_capped(path, cap, error, file_what)
+    data = decode_json(read_capped(path, cap, error, file_what), path, error, what)
+    if not isinstance(data, dict):
+        raise error(f"not a {what} (expected a JSON object)", path)
+    return data
+
+
+def decode_json(raw: bytes, path: Path, error: type[RpchatError], what: str) -> Any:
+    """The JSON value in ``raw`` (UTF-8, a BOM allowed), read from ``path``; ``error`` in one line naming
+    ``what`` the file should be when it is not."""
     try:
-        data = json.loads(raw.decode("utf-8-sig"))
+        return json.loads(raw.decode("utf-8-sig"))
     except UnicodeDecodeError as e:
         raise error(f"not UTF-8 text (byte {e.start})", path) from None
     except json.JSONDecodeError as e:
         raise error(f"not a JSON {what}: {e.msg} at line {e.lineno}", path) from None
     except RecursionError:
         raise error(f"not a JSON {what}: nested too deeply", path) from None
-    if not isinstance(data, dict):
-        raise error(f"not a {what} (expected a JSON object)", path)
-    return data

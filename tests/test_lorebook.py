@@ -296,7 +296,7 @@ def test_v3_lorebook_file_and_decorators(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("raw", "problem"),
     [
-        (b"{not json", "invalid JSON"),
+        (b"{not json", "not a JSON lorebook"),
         (b"[1, 2]", "JSON object"),
         (b'{"entries": 5}', "no 'entries'"),
         (b"\xff\xfe", "not UTF-8"),

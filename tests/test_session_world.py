@@ -76,7 +76,7 @@ def test_attaching_the_same_file_twice_keeps_one_copy(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "needle"),
     [
-        (b"{not json", "invalid JSON"),
+        (b"{not json", "not a JSON lorebook"),
         (b'{"name": "x"}', "no 'entries'"),
         (b"\xff\xfe\x00garbage", "not UTF-8"),
         (b"[1, 2, 3]", "JSON object"),
@@ -104,7 +104,7 @@ def test_missing_or_broken_attached_world_is_one_notice_and_the_prompt_still_bui
     text = s.build().text
     assert LORE not in text and "the lighthouse" in text
     notices = s.take_notices()
-    assert len(notices) == 1 and name in notices[0] and "invalid JSON" in notices[0]
+    assert len(notices) == 1 and name in notices[0] and "not a JSON lorebook" in notices[0]
     s.build()
     assert s.take_notices() == []  # reported once, not on every build
     (worlds_dir() / name).unlink()

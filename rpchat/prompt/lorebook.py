@@ -8,7 +8,6 @@ deterministic (no probability rolls), so the same chat gives the same prompt.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -20,7 +19,7 @@ from rpchat.chat.model import ROLES
 from rpchat.errors import ConfigError
 from rpchat.prompt.lorekeys import KeyMatcher
 from rpchat.prompt.macros import expand_macros, normalize_newlines
-from rpchat.userfile import read_capped
+from rpchat.userfile import decode_json, read_capped
 
 DEFAULT_SCAN_DEPTH = 2
 DEFAULT_MAX_RECURSION = 3
@@ -310,15 +309,7 @@ def load_lorebook(path: Path) -> Lorebook:
 
 def lorebook_from_bytes(raw: bytes, path: Path) -> Lorebook:
     """Parse the bytes of a lorebook JSON file read from ``path``."""
-    try:
-        data = json.loads(raw.decode("utf-8-sig"))
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"not UTF-8 text (byte {e.start})", path) from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"invalid JSON at line {e.lineno}: {e.msg}", path) from None
-    except RecursionError:
-        raise ConfigError("invalid JSON: nested too deeply", path) from None
-    return parse_lorebook(data, path, path.stem)
+    return parse_lorebook(decode_json(raw, path, ConfigError, "lorebook"), path, path.stem)
 
 
 def lorebook_from_card(card: Card) -> Lorebook | None:
