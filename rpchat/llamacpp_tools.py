@@ -49,6 +49,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+
+def wait_until_up(proc: subprocess.Popen[bytes], url: str, timeout_s: float) -> bool:
+    """Poll ``url`` until it answers 200 (True), ``proc`` exits or ``timeout_s`` passes (False)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    return False
+
 class LlamaServer:
     """One llama-server process on a free loopback port; `stop` kills it."""
 
@@ -63,14 +76,8 @@ class LlamaServer:
                "--ctx-size", str(n_ctx), "--threads", str(threads), "--parallel", "1", "--no-webui", *extra]  # fmt: skip
         with open(log, "wb") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            try:
-                if httpx.get(self.url + "/health", timeout=1.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
+        if wait_until_up(self.proc, self.url + "/health", START_TIMEOUT_S):
+            return
         self.stop()
         raise RuntimeError(f"llama-server did not become healthy; its log:\n{self.log_text()[-3000:]}")
 

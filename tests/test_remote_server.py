@@ -11,11 +11,9 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from llamaserver import free_port
 from tinymodel import token_id, write_tiny_model
@@ -23,6 +21,7 @@ from tinymodel import token_id, write_tiny_model
 from rpchat.engine.base import Sampling
 from rpchat.engine.remote import RemoteEngine
 from rpchat.errors import EngineError
+from rpchat.llamacpp_tools import wait_until_up
 from rpchat.prompt.segments import Segment
 
 pytestmark = pytest.mark.skipif(
@@ -47,16 +46,8 @@ class Server:
                "--port", str(self.port), "--n_ctx", str(N_CTX), "--verbose", "False"]  # fmt: skip
         with open(log, "wb") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                break
-            try:
-                if httpx.get(self.url + "/v1/models", timeout=1.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
+        if wait_until_up(self.proc, self.url + "/v1/models", 90):
+            return
         self.stop()
         pytest.fail(f"llama_cpp.server did not start: {log.read_text(errors='replace')[-2000:]}")
 
